@@ -1,0 +1,303 @@
+// Configuration keys, TOML reading, `key=value` overrides, validation and presets.
+// Each key is declared once in the table below (name, member, description); reading, writing
+// and the "did you mean" suggestion all come from that table.
+#include "painvrl/config.h"
+
+#include <toml++/toml.h>
+
+#include <algorithm>
+#include <charconv>
+#include <sstream>
+#include <variant>
+
+#include "painvrl/error.h"
+
+namespace painvrl {
+namespace {
+
+using Member = std::variant<std::string Config::*, uint64_t Config::*, int Config::*,
+                            double Config::*, bool Config::*, std::vector<int> Config::*>;
+
+struct Key {
+  const char* name;
+  Member member;
+  const char* help;
+};
+
+const std::vector<Key>& keys() {
+  static const std::vector<Key> k = {
+      {"method", &Config::method, "ultragcn | ultragcn-mm | mostpop"},
+      {"seed", &Config::seed, "seed of every random draw"},
+      {"threads", &Config::threads, "CPU threads (0: all cores)"},
+      {"dim", &Config::dim, "embedding size D"},
+      {"init_std", &Config::init_std, "std of the normal initialisation of Pt, Pf, T, W"},
+      {"batch_size", &Config::batch_size, "positives per step"},
+      {"negatives", &Config::negatives, "uniform negatives N per positive"},
+      {"neg_weight", &Config::neg_weight, "weight of the mean over negatives"},
+      {"w1", &Config::w1, "positive weight, constant part"},
+      {"w2", &Config::w2, "positive weight, beta_u beta_i part"},
+      {"w3", &Config::w3, "negative weight, constant part"},
+      {"w4", &Config::w4, "negative weight, beta_u beta_j part"},
+      {"kappa", &Config::kappa, "weight of the item-item constraint loss L_I"},
+      {"ii_neighbors", &Config::ii_neighbors, "item-item neighbours K"},
+      {"ii_similarity", &Config::ii_similarity, "paper | ultragcn (omega formula)"},
+      {"gamma_emb", &Config::gamma_emb, "L2 weight of the embedding tables"},
+      {"gamma_w", &Config::gamma_w, "L2 weight of W and b"},
+      {"l2", &Config::l2, "full | touched (rows the L2 term covers)"},
+      {"lr", &Config::lr, "Adam learning rate"},
+      {"adam_beta1", &Config::adam_beta1, "Adam beta1"},
+      {"adam_beta2", &Config::adam_beta2, "Adam beta2"},
+      {"adam_eps", &Config::adam_eps, "Adam epsilon"},
+      {"epochs", &Config::epochs, "maximum training epochs"},
+      {"eval_every", &Config::eval_every, "evaluate after epochs e with e % eval_every == 0"},
+      {"eval_dense_after", &Config::eval_dense_after,
+       "from this epoch on evaluate every epoch (-1: never)"},
+      {"patience", &Config::patience, "evaluations without improvement before stopping (0: off)"},
+      {"select_metric", &Config::select_metric, "validation metric for model selection"},
+      {"eval_test_each", &Config::eval_test_each, "record test metrics at every evaluation"},
+      {"eval_ks", &Config::eval_ks, "list of K for P/R/NDCG@K"},
+      {"ndcg", &Config::ndcg, "standard | invrl"},
+      {"eval_block", &Config::eval_block, "users scored per block"},
+      {"normalize_features", &Config::normalize_features,
+       "-1: as the dataset says; 0/1: off/on (row L2 per modality)"},
+  };
+  return k;
+}
+
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    cur[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] != b[j - 1])});
+    }
+    std::swap(prev, cur);
+  }
+  return prev[b.size()];
+}
+
+const Key& find_key(const std::string& name, const std::string& origin) {
+  for (const Key& k : keys()) {
+    if (name == k.name) return k;
+  }
+  const Key* best = &keys()[0];
+  size_t best_d = SIZE_MAX;
+  for (const Key& k : keys()) {
+    const size_t d = edit_distance(name, k.name);
+    if (d < best_d) {
+      best_d = d;
+      best = &k;
+    }
+  }
+  input_error("{}: unknown config key `{}`; did you mean `{}`? (`painvrl keys` lists them all)",
+              origin, name, best->name);
+}
+
+template <class Int>
+Int parse_int(const std::string& text, const std::string& what) {
+  Int v{};
+  const char* end = text.data() + text.size();
+  auto [p, ec] = std::from_chars(text.data(), end, v);
+  if (ec != std::errc() || p != end) input_error("{}: expected an integer, got `{}`", what, text);
+  return v;
+}
+
+double parse_double(const std::string& text, const std::string& what) {
+  double v = 0;
+  const char* end = text.data() + text.size();
+  auto [p, ec] = std::from_chars(text.data(), end, v);
+  if (ec != std::errc() || p != end) input_error("{}: expected a number, got `{}`", what, text);
+  return v;
+}
+
+bool parse_bool(const std::string& text, const std::string& what) {
+  if (text == "true" || text == "1") return true;
+  if (text == "false" || text == "0") return false;
+  input_error("{}: expected true or false, got `{}`", what, text);
+}
+
+// Sets a key from text (the --set form). Lists are comma separated, brackets optional.
+void set_from_text(Config& c, const Key& key, std::string text, const std::string& what) {
+  std::visit(
+      [&](auto member) {
+        using M = std::remove_cvref_t<decltype(c.*member)>;
+        if constexpr (std::is_same_v<M, std::string>) {
+          if (text.size() >= 2 && text.front() == '"' && text.back() == '"') {
+            text = text.substr(1, text.size() - 2);
+          }
+          c.*member = text;
+        } else if constexpr (std::is_same_v<M, bool>) {
+          c.*member = parse_bool(text, what);
+        } else if constexpr (std::is_same_v<M, double>) {
+          c.*member = parse_double(text, what);
+        } else if constexpr (std::is_same_v<M, std::vector<int>>) {
+          std::string s = text;
+          s.erase(std::remove_if(s.begin(), s.end(),
+                                 [](char ch) { return ch == '[' || ch == ']' || ch == ' '; }),
+                  s.end());
+          std::vector<int> out;
+          std::stringstream ss(s);
+          std::string item;
+          while (std::getline(ss, item, ',')) out.push_back(parse_int<int>(item, what));
+          c.*member = out;
+        } else {
+          c.*member = parse_int<M>(text, what);
+        }
+      },
+      key.member);
+}
+
+void set_from_toml(Config& c, const Key& key, const toml::node& node, const std::string& what) {
+  std::visit(
+      [&](auto member) {
+        using M = std::remove_cvref_t<decltype(c.*member)>;
+        if constexpr (std::is_same_v<M, std::string>) {
+          if (!node.is_string()) input_error("{}: expected a string", what);
+          c.*member = *node.value<std::string>();
+        } else if constexpr (std::is_same_v<M, bool>) {
+          if (!node.is_boolean()) input_error("{}: expected true or false", what);
+          c.*member = *node.value<bool>();
+        } else if constexpr (std::is_same_v<M, double>) {
+          if (!node.is_number()) input_error("{}: expected a number", what);
+          c.*member = *node.value<double>();
+        } else if constexpr (std::is_same_v<M, std::vector<int>>) {
+          const toml::array* arr = node.as_array();
+          if (!arr) input_error("{}: expected a list of integers, e.g. [10, 20]", what);
+          std::vector<int> out;
+          for (const toml::node& e : *arr) {
+            if (!e.is_integer()) input_error("{}: expected a list of integers", what);
+            out.push_back(int(*e.value<int64_t>()));
+          }
+          c.*member = out;
+        } else {
+          if (!node.is_integer()) input_error("{}: expected an integer", what);
+          const int64_t v = *node.value<int64_t>();
+          if constexpr (std::is_same_v<M, uint64_t>) {
+            if (v < 0) input_error("{}: expected a non-negative integer", what);
+          }
+          c.*member = M(v);
+        }
+      },
+      key.member);
+}
+
+}  // namespace
+
+const std::vector<std::pair<std::string, std::string>>& config_keys() {
+  static const std::vector<std::pair<std::string, std::string>> out = [] {
+    std::vector<std::pair<std::string, std::string>> v;
+    for (const Key& k : keys()) v.emplace_back(k.name, k.help);
+    return v;
+  }();
+  return out;
+}
+
+void apply_toml(Config& config, const std::string& toml_text, const std::string& origin) {
+  toml::table table;
+  try {
+    table = toml::parse(toml_text, origin);
+  } catch (const toml::parse_error& e) {
+    input_error("{}:{}:{}: TOML syntax error: {}", origin, e.source().begin.line,
+                e.source().begin.column, e.description());
+  }
+  for (const auto& [name, node] : table) {
+    const std::string key_name(name.str());
+    const Key& key = find_key(key_name, origin);
+    set_from_toml(config, key, node, fmt::format("{}: key `{}`", origin, key_name));
+  }
+}
+
+void apply_override(Config& config, const std::string& assignment) {
+  const auto eq = assignment.find('=');
+  if (eq == std::string::npos || eq == 0) {
+    input_error("--set `{}`: expected key=value", assignment);
+  }
+  const std::string name = assignment.substr(0, eq);
+  const Key& key = find_key(name, "--set");
+  set_from_text(config, key, assignment.substr(eq + 1), fmt::format("--set {}", name));
+}
+
+void validate(const Config& c) {
+  auto need = [](bool ok, const char* key, const char* expected) {
+    if (!ok) input_error("config key `{}`: expected {}", key, expected);
+  };
+  need(c.method == "ultragcn" || c.method == "ultragcn-mm" || c.method == "mostpop", "method",
+       "ultragcn, ultragcn-mm or mostpop");
+  need(c.dim > 0 && c.dim <= 4096, "dim", "an integer in [1, 4096]");
+  need(c.init_std >= 0, "init_std", "a value >= 0");
+  need(c.batch_size > 0, "batch_size", "a positive integer");
+  need(c.negatives >= 0 && c.negatives <= 100000, "negatives", "an integer in [0, 100000]");
+  need(c.neg_weight >= 0, "neg_weight", "a value >= 0");
+  need(c.kappa >= 0, "kappa", "a value >= 0");
+  need(c.ii_neighbors >= 0 && c.ii_neighbors <= 1000, "ii_neighbors", "an integer in [0, 1000]");
+  need(c.ii_similarity == "paper" || c.ii_similarity == "ultragcn", "ii_similarity",
+       "paper or ultragcn");
+  need(c.gamma_emb >= 0 && c.gamma_w >= 0, "gamma_emb/gamma_w", "values >= 0");
+  need(c.l2 == "full" || c.l2 == "touched", "l2", "full or touched");
+  need(c.lr > 0, "lr", "a positive value");
+  need(c.adam_beta1 >= 0 && c.adam_beta1 < 1, "adam_beta1", "a value in [0, 1)");
+  need(c.adam_beta2 >= 0 && c.adam_beta2 < 1, "adam_beta2", "a value in [0, 1)");
+  need(c.adam_eps > 0, "adam_eps", "a positive value");
+  need(c.epochs >= 0, "epochs", "an integer >= 0");
+  need(c.eval_every > 0, "eval_every", "a positive integer");
+  need(c.patience >= 0, "patience", "an integer >= 0");
+  need(!c.eval_ks.empty(), "eval_ks", "a non-empty list of positive integers");
+  for (int k : c.eval_ks) need(k > 0, "eval_ks", "a non-empty list of positive integers");
+  need(c.ndcg == "standard" || c.ndcg == "invrl", "ndcg", "standard or invrl");
+  need(c.eval_block > 0, "eval_block", "a positive integer");
+  need(c.threads >= 0, "threads", "an integer >= 0");
+  need(c.normalize_features >= -1 && c.normalize_features <= 1, "normalize_features", "-1, 0 or 1");
+  const auto at = c.select_metric.find('@');
+  bool metric_ok = at != std::string::npos;
+  if (metric_ok) {
+    const std::string kind = c.select_metric.substr(0, at);
+    metric_ok = kind == "recall" || kind == "precision" || kind == "ndcg";
+    int k = 0;
+    const std::string ks = c.select_metric.substr(at + 1);
+    auto [p, ec] = std::from_chars(ks.data(), ks.data() + ks.size(), k);
+    metric_ok = metric_ok && ec == std::errc() && p == ks.data() + ks.size() &&
+                std::find(c.eval_ks.begin(), c.eval_ks.end(), k) != c.eval_ks.end();
+  }
+  need(metric_ok, "select_metric", "recall@K, precision@K or ndcg@K with K in eval_ks");
+}
+
+std::string to_toml(const Config& c) {
+  std::string out = "# painvrl resolved configuration\n";
+  for (const Key& key : keys()) {
+    std::visit(
+        [&](auto member) {
+          using M = std::remove_cvref_t<decltype(c.*member)>;
+          const auto& v = c.*member;
+          if constexpr (std::is_same_v<M, std::string>) {
+            out += fmt::format("{} = \"{}\"\n", key.name, v);
+          } else if constexpr (std::is_same_v<M, bool>) {
+            out += fmt::format("{} = {}\n", key.name, v ? "true" : "false");
+          } else if constexpr (std::is_same_v<M, double>) {
+            std::string text = fmt::format("{:.17g}", v);
+            if (text.find_first_of(".en") == std::string::npos) text += ".0";  // stays a float
+            out += fmt::format("{} = {}\n", key.name, text);
+          } else if constexpr (std::is_same_v<M, std::vector<int>>) {
+            out += fmt::format("{} = [{}]\n", key.name, fmt::join(v, ", "));
+          } else {
+            out += fmt::format("{} = {}\n", key.name, v);
+          }
+        },
+        key.member);
+  }
+  return out;
+}
+
+void apply_preset(Config& config, const std::string& name) {
+  std::string names;
+  for (const auto& [preset, text] : shipped_presets()) {
+    if (preset == name) {
+      apply_toml(config, text, "preset " + name);
+      return;
+    }
+    names += (names.empty() ? "" : ", ") + preset;
+  }
+  input_error("--preset {}: no such preset (shipped: {})", name, names);
+}
+
+}  // namespace painvrl

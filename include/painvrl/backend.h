@@ -1,0 +1,58 @@
+// The backend interface the scheduler drives. The CPU backend (host/cpu_backend.cpp) implements
+// it completely; the CUDA backend implements the same functions with kernels. A backend owns the
+// parameters (one contiguous buffer with a ParamLayout), the gradients and Adam moments, and
+// draws its own negatives from the shared counter-based generator, so per-step data never
+// crosses from the host; the host sees one summary per epoch.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "painvrl/graph.h"
+#include "painvrl/model.h"
+
+namespace painvrl {
+
+struct AdamSettings {
+  double lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
+};
+
+struct TrainSetup {
+  ParamLayout layout;
+  LossSettings loss;
+  AdamSettings adam;
+  int32_t negatives = 1;  // N
+  int32_t batch_size = 512;
+  uint64_t seed = 0;
+  uint32_t stage = 0;  // keys the random streams of this training stage
+  double init_std = 1e-3;
+};
+
+struct EpochStats {
+  double loss_total = 0;  // sum over the epoch's steps of the batch loss
+  double loss_main = 0, loss_item_item = 0, loss_l2 = 0;
+  int64_t steps = 0;
+  int64_t pairs = 0;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+  // Binds the problem (graph and features must outlive the backend) and initialises parameters.
+  virtual void setup(const TrainSetup& setup, const Graph& graph,
+                     const std::vector<float>& features) = 0;
+  // One epoch over the given (already shuffled) positives, in batches of setup.batch_size.
+  virtual EpochStats train_epoch(const PairList& shuffled, uint32_t epoch) = 0;
+  // Scoring for evaluation: prepare once per evaluation, then score blocks of users.
+  virtual void prepare_scoring() = 0;
+  virtual void score(const int32_t* users, int64_t count, float* out) = 0;  // (count, n_items)
+  // Host copy of the parameters (layout order).
+  virtual std::vector<float> parameters() const = 0;
+  virtual void set_parameters(const std::vector<float>& params) = 0;
+};
+
+std::unique_ptr<Backend> make_cpu_backend();
+
+}  // namespace painvrl

@@ -1,0 +1,24 @@
+// Negative sampling and initial weights from the counter-based generator (philox.h), so that
+// every backend draws identical values. Negatives are uniform over all items with replacement
+// (they may hit a positive, as in the UltraGCN and InvRL reference code).
+#pragma once
+#include "painvrl/math/philox.h"
+
+namespace painvrl::math {
+
+// The n-th negative of batch row `row` in step `step` of epoch `epoch`.
+PAINVRL_HD uint32_t negative_item(PhiloxKey key, uint32_t epoch, uint32_t step, uint32_t row,
+                                  uint32_t slot, uint32_t n_items) {
+  const U32x4 r = philox(key, slot >> 2, row, step, epoch);
+  return uniform_below(r.v[slot & 3u], n_items);
+}
+
+// Element `index` of tensor `tensor`, drawn N(0, std^2).
+template <class T>
+PAINVRL_HD T init_normal(PhiloxKey key, uint32_t tensor, uint64_t index, T std_dev) {
+  const U32x4 r = philox(key, uint32_t(index >> 1), uint32_t(index >> 33), tensor, 0);
+  const uint32_t half = uint32_t(index & 1u) * 2u;
+  return std_dev * normal_from<T>(r.v[half], r.v[half + 1]);
+}
+
+}  // namespace painvrl::math

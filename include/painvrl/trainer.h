@@ -1,0 +1,23 @@
+// The host-side scheduler for a training run: load and check everything, then create the run
+// directory, train with periodic full-ranking evaluation, early stopping on the validation
+// metric, and write config.toml, metrics.jsonl and summary.json.
+#pragma once
+#include <string>
+
+#include "painvrl/config.h"
+
+namespace painvrl {
+
+struct RunOptions {
+  std::string data_dir;
+  std::string out_dir;
+  bool overwrite = false;
+};
+
+// Runs `config.method` on the dataset. Throws InputError (nothing written) for bad input.
+void run_training(const Config& config, const RunOptions& options);
+
+// Prints counts, sparsity, degree summaries and feature widths of a dataset.
+void inspect_dataset(const std::string& data_dir);
+
+}  // namespace painvrl

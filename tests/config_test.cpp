@@ -1,0 +1,90 @@
+// Config keys: TOML and --set parsing, errors that name the key and suggest the nearest one,
+// presets, and the resolved config round-tripping through to_toml.
+#include "painvrl/config.h"
+
+#include <gtest/gtest.h>
+
+#include "painvrl/error.h"
+
+namespace painvrl {
+namespace {
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const InputError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(Config, OverridesSetTypedValues) {
+  Config c;
+  apply_override(c, "dim=32");
+  apply_override(c, "kappa=0.5");
+  apply_override(c, "eval_ks=5,10,50");
+  apply_override(c, "ii_similarity=ultragcn");
+  apply_override(c, "eval_test_each=false");
+  EXPECT_EQ(c.dim, 32);
+  EXPECT_DOUBLE_EQ(c.kappa, 0.5);
+  EXPECT_EQ(c.eval_ks, (std::vector<int>{5, 10, 50}));
+  EXPECT_EQ(c.ii_similarity, "ultragcn");
+  EXPECT_FALSE(c.eval_test_each);
+}
+
+TEST(Config, UnknownKeySuggestsNearest) {
+  Config c;
+  const std::string e = error_of([&] { apply_override(c, "negative=5"); });
+  EXPECT_NE(e.find("unknown config key `negative`"), std::string::npos) << e;
+  EXPECT_NE(e.find("did you mean `negatives`"), std::string::npos) << e;
+  const std::string t = error_of([&] { apply_toml(c, "batchsize = 3\n", "my.toml"); });
+  EXPECT_NE(t.find("my.toml"), std::string::npos) << t;
+  EXPECT_NE(t.find("`batch_size`"), std::string::npos) << t;
+}
+
+TEST(Config, MistypedValuesNameTheKey) {
+  Config c;
+  EXPECT_NE(error_of([&] { apply_override(c, "dim=abc"); }).find("dim"), std::string::npos);
+  EXPECT_NE(error_of([&] { apply_override(c, "dim"); }).find("key=value"), std::string::npos);
+  EXPECT_NE(error_of([&] { apply_toml(c, "dim = \"big\"\n", "x.toml"); }).find("dim"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { apply_toml(c, "dim = = 3\n", "x.toml"); }).find("x.toml:1"),
+            std::string::npos);
+  Config bad;
+  bad.select_metric = "recall@50";
+  EXPECT_NE(error_of([&] { validate(bad); }).find("select_metric"), std::string::npos);
+  bad = Config{};
+  bad.l2 = "some";
+  EXPECT_NE(error_of([&] { validate(bad); }).find("`l2`"), std::string::npos);
+}
+
+TEST(Config, PresetsLoadAndValidate) {
+  for (const char* name : {"paper", "invrl", "ultragcn-ml1m"}) {
+    Config c;
+    apply_preset(c, name);
+    EXPECT_NO_THROW(validate(c)) << name;
+  }
+  Config c;
+  apply_preset(c, "ultragcn-ml1m");
+  EXPECT_EQ(c.dim, 128);
+  EXPECT_EQ(c.negatives, 200);
+  EXPECT_DOUBLE_EQ(c.gamma_emb, 5e-5);  // UltraGCN's gamma 1e-4 on half the sum of squares
+  EXPECT_EQ(c.ii_similarity, "ultragcn");
+  EXPECT_NE(error_of([&] { apply_preset(c, "nope"); }).find("ultragcn-ml1m"), std::string::npos);
+}
+
+TEST(Config, ResolvedConfigRoundTrips) {
+  Config c;
+  apply_preset(c, "ultragcn-ml1m");
+  apply_override(c, "seed=77");
+  apply_override(c, "init_std=0.0003");
+  Config back;
+  apply_toml(back, to_toml(c), "resolved");
+  EXPECT_EQ(to_toml(back), to_toml(c));
+  EXPECT_EQ(back.seed, 77u);
+  EXPECT_DOUBLE_EQ(back.init_std, 0.0003);
+  EXPECT_DOUBLE_EQ(back.w1, 1e-7);
+}
+
+}  // namespace
+}  // namespace painvrl
