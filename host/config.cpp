@@ -26,7 +26,7 @@ struct Key {
 
 const std::vector<Key>& keys() {
   static const std::vector<Key> k = {
-      {"method", &Config::method, "ultragcn | ultragcn-mm | mostpop"},
+      {"method", &Config::method, "ultragcn | ultragcn-mm | mostpop | invrl | painvrl"},
       {"seed", &Config::seed, "seed of every random draw"},
       {"threads", &Config::threads, "CPU threads (0: all cores)"},
       {"dim", &Config::dim, "embedding size D"},
@@ -58,8 +58,29 @@ const std::vector<Key>& keys() {
       {"eval_ks", &Config::eval_ks, "list of K for P/R/NDCG@K"},
       {"ndcg", &Config::ndcg, "standard | invrl"},
       {"eval_block", &Config::eval_block, "users scored per block"},
+      {"candidates", &Config::candidates, "all | cold (rank held-out items among cold items)"},
       {"normalize_features", &Config::normalize_features,
        "-1: as the dataset says; 0/1: off/on (row L2 per modality)"},
+      {"pretrain_epochs", &Config::pretrain_epochs, "stage 0 epochs (backbone on full features)"},
+      {"outer_iterations", &Config::outer_iterations, "T outer iterations of Algorithm 1"},
+      {"envs", &Config::envs, "E environments"},
+      {"him_epochs", &Config::him_epochs, "epochs per environment model per HIM round"},
+      {"him_rounds", &Config::him_rounds, "maximum HIM reassignment rounds"},
+      {"him_move_tol", &Config::him_move_tol, "HIM stops when at most this share of pairs moved"},
+      {"mask_epochs", &Config::mask_epochs, "mask-generation epochs per outer iteration"},
+      {"mask_batch", &Config::mask_batch, "positives per environment per mask step"},
+      {"mask_init", &Config::mask_init, "initial mask value"},
+      {"sigma", &Config::sigma, "gate noise std (Eq. 10)"},
+      {"mask_lambda", &Config::mask_lambda, "lambda of the mask regulariser"},
+      {"mask_center", &Config::mask_center, "c: 0 (paper) or 0.5 (InvRL)"},
+      {"mask_step", &Config::mask_step, "s: mask step size (sgd) or Adam learning rate"},
+      {"mask_optimizer", &Config::mask_optimizer, "sgd | adam"},
+      {"objective", &Config::objective, "pareto | erm | irm"},
+      {"pareto_normalize", &Config::pareto_normalize, "none | l2 | loss (MGDA normalisation)"},
+      {"attention", &Config::attention, "attention MLPs of Eq. 13-14"},
+      {"attention_hidden", &Config::attention_hidden, "hidden units H of each attention MLP"},
+      {"invrl_alpha", &Config::invrl_alpha, "invrl: weight of L_IRM"},
+      {"invrl_growth", &Config::invrl_growth, "invrl: growth of alpha and lambda per iteration"},
   };
   return k;
 }
@@ -222,8 +243,30 @@ void validate(const Config& c) {
   auto need = [](bool ok, const char* key, const char* expected) {
     if (!ok) input_error("config key `{}`: expected {}", key, expected);
   };
-  need(c.method == "ultragcn" || c.method == "ultragcn-mm" || c.method == "mostpop", "method",
-       "ultragcn, ultragcn-mm or mostpop");
+  need(c.method == "ultragcn" || c.method == "ultragcn-mm" || c.method == "mostpop" ||
+           c.method == "invrl" || c.method == "painvrl",
+       "method", "ultragcn, ultragcn-mm, mostpop, invrl or painvrl");
+  need(c.candidates == "all" || c.candidates == "cold", "candidates", "all or cold");
+  need(c.pretrain_epochs >= 0, "pretrain_epochs", "an integer >= 0");
+  need(c.outer_iterations >= 1, "outer_iterations", "an integer >= 1");
+  need(c.envs >= 1 && c.envs <= 1000, "envs", "an integer in [1, 1000]");
+  need(c.him_epochs >= 0, "him_epochs", "an integer >= 0");
+  need(c.him_rounds >= 1, "him_rounds", "an integer >= 1");
+  need(c.him_move_tol >= 0 && c.him_move_tol <= 1, "him_move_tol", "a value in [0, 1]");
+  need(c.mask_epochs >= 0, "mask_epochs", "an integer >= 0");
+  need(c.mask_batch > 0, "mask_batch", "a positive integer");
+  need(c.mask_init >= 0 && c.mask_init <= 1, "mask_init", "a value in [0, 1]");
+  need(c.sigma >= 0, "sigma", "a value >= 0");
+  need(c.mask_lambda >= 0, "mask_lambda", "a value >= 0");
+  need(c.mask_step >= 0, "mask_step", "a value >= 0");
+  need(c.mask_optimizer == "sgd" || c.mask_optimizer == "adam", "mask_optimizer", "sgd or adam");
+  need(c.objective == "pareto" || c.objective == "erm" || c.objective == "irm", "objective",
+       "pareto, erm or irm");
+  need(c.pareto_normalize == "none" || c.pareto_normalize == "l2" || c.pareto_normalize == "loss",
+       "pareto_normalize", "none, l2 or loss");
+  need(c.attention_hidden > 0, "attention_hidden", "a positive integer");
+  need(c.invrl_alpha >= 0 && c.invrl_growth > 0, "invrl_alpha/invrl_growth",
+       "alpha >= 0 and growth > 0");
   need(c.dim > 0 && c.dim <= 4096, "dim", "an integer in [1, 4096]");
   need(c.init_std >= 0, "init_std", "a value >= 0");
   need(c.batch_size > 0, "batch_size", "a positive integer");

@@ -117,6 +117,24 @@ class CpuBackend final : public Backend {
     cpu::score_users<float>(setup_.layout, params_.data(), item_rows_, users, count, out);
   }
 
+  void score_pairs(const int32_t* users, const int32_t* items, int64_t count, float* out) override {
+    const ParamLayout& L = setup_.layout;
+    const int32_t D = L.dim;
+    const int32_t width = L.content ? 2 * D : D;
+#pragma omp parallel for schedule(static)
+    for (int64_t p = 0; p < count; ++p) {
+      const float* item = item_rows_.data() + size_t(items[p]) * width;
+      const float* pt = params_.data() + L.pt + size_t(users[p]) * D;
+      float s = 0;
+      for (int32_t k = 0; k < D; ++k) s += pt[k] * item[k];
+      if (L.content) {
+        const float* pf = params_.data() + L.pf + size_t(users[p]) * D;
+        for (int32_t k = 0; k < D; ++k) s += pf[k] * item[D + k];
+      }
+      out[p] = s;
+    }
+  }
+
   std::vector<float> parameters() const override { return params_; }
   void set_parameters(const std::vector<float>& params) override { params_ = params; }
 

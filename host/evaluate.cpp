@@ -75,7 +75,8 @@ void UserHits::accumulate(const int32_t* ranked, int n_ranked, const int32_t* he
 
 Metrics evaluate_full_ranking(const ScoreFn& score, int32_t n_users, int32_t n_items,
                               const UserItemCsr& exclude, const PairList& heldout,
-                              const std::vector<int>& ks, NdcgVariant variant, int block_users) {
+                              const std::vector<int>& ks, NdcgVariant variant, int block_users,
+                              const std::vector<uint8_t>& candidates) {
   Metrics m;
   m.ks = ks;
   const size_t nk = ks.size();
@@ -107,6 +108,11 @@ Metrics evaluate_full_ranking(const ScoreFn& score, int32_t n_users, int32_t n_i
         float* row = scores.data() + size_t(r) * n_items;
         for (int64_t p = exclude.offsets[u]; p < exclude.offsets[u + 1]; ++p) {
           row[exclude.items[p]] = neg_inf;
+        }
+        if (!candidates.empty()) {
+          for (int32_t j = 0; j < n_items; ++j) {
+            if (!candidates[j]) row[j] = neg_inf;
+          }
         }
         for (int32_t j = 0; j < n_items; ++j) order[j] = j;
         auto better = [row](int32_t a, int32_t b) {

@@ -20,6 +20,7 @@
 #include "painvrl/graph.h"
 #include "painvrl/io.h"
 #include "painvrl/math/philox.h"
+#include "painvrl/stages.h"
 
 namespace painvrl {
 namespace {
@@ -33,20 +34,6 @@ std::string format_duration(double s) {
   if (s < 120) return fmt::format("{:.0f}s", s);
   if (s < 7200) return fmt::format("{:.1f}m", s / 60);
   return fmt::format("{:.1f}h", s / 3600);
-}
-
-// Fisher-Yates shuffle keyed by (seed, stage, epoch): the same order on every backend.
-void shuffle_pairs(const PairList& in, PairList& out, uint64_t seed, uint32_t stage,
-                   uint32_t epoch) {
-  out = in;
-  const math::PhiloxKey key =
-      math::make_key(seed, math::stream_id(math::RngStream::kShuffle, stage));
-  for (int64_t p = int64_t(out.size()) - 1; p > 0; --p) {
-    const math::U32x4 r = math::philox(key, uint32_t(p), uint32_t(uint64_t(p) >> 32), 0, epoch);
-    const int64_t j = math::uniform_below(r.v[0], uint32_t(p + 1));
-    std::swap(out.user[p], out.user[j]);
-    std::swap(out.item[p], out.item[j]);
-  }
 }
 
 nlohmann::json metrics_json(const Metrics& m) {
@@ -76,7 +63,165 @@ void create_run_dir(const RunOptions& o) {
   if (ec) input_error("--out {}: cannot create the run directory: {}", o.out_dir, ec.message());
 }
 
+std::string epoch_line(const std::string& label, int epoch, int epochs, const EpochStats& st,
+                       double dt, double eta) {
+  return fmt::format(
+      "{}epoch {:>4}/{}  loss {:.6g} (main {:.6g}, ii {:.4g}, l2 {:.4g})  {:.2f}s  {:.0f} pairs/s"
+      "  eta {}",
+      label, epoch, epochs, st.loss_total / double(std::max<int64_t>(st.steps, 1)),
+      st.loss_main / double(std::max<int64_t>(st.steps, 1)),
+      st.loss_item_item / double(std::max<int64_t>(st.steps, 1)),
+      st.loss_l2 / double(std::max<int64_t>(st.steps, 1)), dt, double(st.pairs) / dt,
+      format_duration(eta));
+}
+
 }  // namespace
+
+TrainSetup make_train_setup(const Config& c, int32_t n_users, int32_t n_items, int64_t feat_dim,
+                            bool content, uint32_t stage) {
+  TrainSetup setup;
+  setup.layout = ParamLayout::make(n_users, n_items, c.dim, feat_dim, content);
+  setup.loss = LossSettings{
+      c.w1, c.w2, c.w3, c.w4, c.neg_weight, c.kappa, c.gamma_emb, c.gamma_w, c.l2 == "touched"};
+  setup.adam = AdamSettings{c.lr, c.adam_beta1, c.adam_beta2, c.adam_eps};
+  setup.negatives = c.negatives;
+  setup.batch_size = c.batch_size;
+  setup.seed = c.seed;
+  setup.stage = stage;
+  setup.init_std = c.init_std;
+  return setup;
+}
+
+void shuffle_pairs(const PairList& in, PairList& out, uint64_t seed, uint32_t stage,
+                   uint32_t epoch) {
+  out = in;
+  const math::PhiloxKey key =
+      math::make_key(seed, math::stream_id(math::RngStream::kShuffle, stage));
+  for (int64_t p = int64_t(out.size()) - 1; p > 0; --p) {
+    const math::U32x4 r = math::philox(key, uint32_t(p), uint32_t(uint64_t(p) >> 32), 0, epoch);
+    const int64_t j = math::uniform_below(r.v[0], uint32_t(p + 1));
+    std::swap(out.user[p], out.user[j]);
+    std::swap(out.item[p], out.item[j]);
+  }
+}
+
+std::unique_ptr<Backend> train_fixed(const Config& c, const Graph& graph, const PairList& pairs,
+                                     const std::vector<float>& features, int64_t feat_dim,
+                                     bool content, uint32_t stage, int epochs,
+                                     const std::string& label) {
+  std::unique_ptr<Backend> backend = make_cpu_backend();
+  backend->setup(make_train_setup(c, graph.n_users, graph.n_items, feat_dim, content, stage), graph,
+                 features);
+  PairList shuffled;
+  double total = 0;
+  for (int epoch = 0; epoch < epochs; ++epoch) {
+    const auto t0 = Clock::now();
+    shuffle_pairs(pairs, shuffled, c.seed, stage, uint32_t(epoch));
+    const EpochStats st = backend->train_epoch(shuffled, uint32_t(epoch));
+    const double dt = seconds_since(t0);
+    total += dt;
+    if (!std::isfinite(st.loss_total)) {
+      input_error("{}epoch {}: the training loss is not finite; lower lr or init_std", label,
+                  epoch);
+    }
+    if (!label.empty()) {
+      log_info(
+          epoch_line(label, epoch, epochs, st, dt, total / (epoch + 1) * (epochs - epoch - 1)));
+    }
+  }
+  return backend;
+}
+
+Evaluator::Evaluator(const Config& c, const Dataset& d, const Graph& g)
+    : config(c), data(d), graph(g) {
+  if (c.candidates == "cold") {
+    candidates.assign(size_t(d.n_items), 0);
+    for (int32_t i = 0; i < d.n_items; ++i) candidates[i] = g.item_degree[i] == 0 ? 1 : 0;
+  }
+}
+
+Metrics Evaluator::run(const ScoreFn& score, const PairList& heldout) const {
+  return evaluate_full_ranking(score, data.n_users, data.n_items, graph.train_by_user, heldout,
+                               config.eval_ks, parse_ndcg(config.ndcg), config.eval_block,
+                               candidates);
+}
+
+Metrics Evaluator::run(Backend& backend, const PairList& heldout) const {
+  backend.prepare_scoring();
+  return run([&backend](const int32_t* users, int64_t count,
+                        float* out) { backend.score(users, count, out); },
+             heldout);
+}
+
+SelectionResult train_with_selection(const Config& c, const Evaluator& eval,
+                                     const std::vector<float>& features, bool content,
+                                     uint32_t stage, const std::string& stage_name,
+                                     std::ostream& metrics_out) {
+  const Dataset& data = eval.data;
+  const bool has_valid = data.valid.size() > 0;
+  std::unique_ptr<Backend> backend = make_cpu_backend();
+  backend->setup(make_train_setup(c, data.n_users, data.n_items, data.feature_dim, content, stage),
+                 eval.graph, features);
+  SelectionResult res;
+  double best_value = -1;
+  int evals_since_best = 0;
+  PairList shuffled;
+  const std::string label = stage_name.empty() ? "" : stage_name + " ";
+  for (int epoch = 0; epoch < c.epochs; ++epoch) {
+    const auto t0 = Clock::now();
+    shuffle_pairs(data.train, shuffled, c.seed, stage, uint32_t(epoch));
+    const EpochStats st = backend->train_epoch(shuffled, uint32_t(epoch));
+    const double dt = seconds_since(t0);
+    res.train_seconds += dt;
+    res.pairs_trained += st.pairs;
+    res.epochs_run = epoch + 1;
+    if (!std::isfinite(st.loss_total)) {
+      input_error("{}epoch {}: the training loss is not finite ({}); lower lr or init_std", label,
+                  epoch, st.loss_total);
+    }
+    const double eta = res.train_seconds / res.epochs_run * (c.epochs - res.epochs_run);
+    log_info(epoch_line(label, epoch, c.epochs, st, dt, eta));
+    if (!should_evaluate(c, epoch)) continue;
+    const auto te = Clock::now();
+    nlohmann::json line = {{"epoch", epoch},
+                           {"loss", st.loss_total / double(std::max<int64_t>(st.steps, 1))},
+                           {"train_seconds", res.train_seconds}};
+    if (!stage_name.empty()) line["stage"] = stage_name;
+    Metrics valid, test;
+    if (has_valid) {
+      valid = eval.run(*backend, data.valid);
+      line["valid"] = metrics_json(valid);
+    }
+    const bool improved = !has_valid || valid.get(c.select_metric) > best_value;
+    if (c.eval_test_each || improved) {
+      test = eval.run(*backend, data.test);
+      line["test"] = metrics_json(test);
+    }
+    metrics_out << line.dump() << "\n" << std::flush;
+    std::string msg = fmt::format("{}eval epoch {}:", label, epoch);
+    if (has_valid) {
+      msg += fmt::format(" valid {} {:.4f}", c.select_metric, valid.get(c.select_metric));
+    }
+    if (line.contains("test")) {
+      msg += fmt::format(" | test recall@{} {:.4f} ndcg@{} {:.4f}", c.eval_ks.back(),
+                         test.recall.back(), c.eval_ks.back(), test.ndcg.back());
+    }
+    log_info(msg + fmt::format(" ({:.1f}s){}", seconds_since(te), improved ? " *" : ""));
+    if (improved) {
+      best_value = has_valid ? valid.get(c.select_metric) : 0;
+      res.best_epoch = epoch;
+      res.best_valid = valid;
+      res.test_at_best = test;
+      evals_since_best = 0;
+    } else if (c.patience > 0 && ++evals_since_best >= c.patience) {
+      log_info(fmt::format("{}early stop: {} evaluations without a better validation {}", label,
+                           evals_since_best, c.select_metric));
+      res.stopped_early = true;
+      break;
+    }
+  }
+  return res;
+}
 
 void run_training(const Config& config, const RunOptions& options) {
   const auto wall0 = Clock::now();
@@ -85,14 +230,15 @@ void run_training(const Config& config, const RunOptions& options) {
   if (options.out_dir.empty()) input_error("--out: a run directory is required");
 
   // 1. Load and check everything before writing anything.
+  const std::string& m = config.method;
+  const bool content = m == "ultragcn-mm" || m == "invrl" || m == "painvrl";
   LoadOptions load;
   load.normalize = config.normalize_features;
-  load.load_features = config.method == "ultragcn-mm";
+  load.load_features = content;
   const Dataset data = load_dataset(options.data_dir, load);
-  if (config.method == "ultragcn-mm" && data.feature_dim == 0) {
-    input_error("--method ultragcn-mm: dataset {} has no [[modality]] feature files", data.dir);
+  if (content && data.feature_dim == 0) {
+    input_error("--method {}: dataset {} has no [[modality]] feature files", m, data.dir);
   }
-  const bool content = config.method == "ultragcn-mm";
   log_info(fmt::format("dataset {}: {} users, {} items, {} train / {} valid / {} test pairs{}",
                        data.name, data.n_users, data.n_items, data.train.size(), data.valid.size(),
                        data.test.size(), content ? fmt::format(", d = {}", data.feature_dim) : ""));
@@ -102,12 +248,18 @@ void run_training(const Config& config, const RunOptions& options) {
                                   parse_ii_similarity(config.ii_similarity));
   log_info(fmt::format("graph: degrees and {} item-item neighbours per item ({}) in {:.2f}s", ii_k,
                        config.ii_similarity, seconds_since(t_graph)));
-  const NdcgVariant ndcg = parse_ndcg(config.ndcg);
   const bool has_valid = data.valid.size() > 0;
   if (!has_valid) {
     log_warn(
         "the dataset has no validation pairs: no model selection or early stopping; test "
         "metrics are reported at the last evaluation");
+  }
+  const Evaluator eval(config, data, graph);
+  if (config.candidates == "cold") {
+    int64_t cold = 0;
+    for (uint8_t x : eval.candidates) cold += x;
+    if (cold == 0) input_error("candidates = cold: the dataset has no item without training pairs");
+    log_info(fmt::format("ranking held-out items among the {} cold items", cold));
   }
 
   create_run_dir(options);
@@ -116,126 +268,48 @@ void run_training(const Config& config, const RunOptions& options) {
   std::ofstream metrics_out(dir + "/metrics.jsonl");
 
   nlohmann::json summary;
-  summary["method"] = config.method;
+  summary["method"] = m;
   summary["dataset"] = data.dir;
   summary["backend"] = "cpu";
   summary["threads"] = omp_get_max_threads();
-
-  std::unique_ptr<Backend> backend;
-  ScoreFn scorer;
-  if (config.method == "mostpop") {
-    scorer = most_popular_scorer(graph.item_degree);
-  } else {
-    TrainSetup setup;
-    setup.layout =
-        ParamLayout::make(data.n_users, data.n_items, config.dim, data.feature_dim, content);
-    setup.loss = LossSettings{config.w1,        config.w2,         config.w3,
-                              config.w4,        config.neg_weight, config.kappa,
-                              config.gamma_emb, config.gamma_w,    config.l2 == "touched"};
-    setup.adam = AdamSettings{config.lr, config.adam_beta1, config.adam_beta2, config.adam_eps};
-    setup.negatives = config.negatives;
-    setup.batch_size = config.batch_size;
-    setup.seed = config.seed;
-    setup.stage = 0;
-    setup.init_std = config.init_std;
-    backend = make_cpu_backend();
-    backend->setup(setup, graph, data.features);
-    scorer = [&backend](const int32_t* users, int64_t count, float* out) {
-      backend->score(users, count, out);
-    };
+  if (m == "painvrl" || m == "invrl") {
+    summary["objective"] = m == "invrl" ? "fixed" : config.objective;
+    summary["attention"] = m == "painvrl" && config.attention;
   }
 
-  auto evaluate = [&](const PairList& heldout) {
-    if (backend) backend->prepare_scoring();
-    return evaluate_full_ranking(scorer, data.n_users, data.n_items, graph.train_by_user, heldout,
-                                 config.eval_ks, ndcg, config.eval_block);
-  };
-
-  double train_seconds = 0;
-  int64_t pairs_trained = 0;
-  int best_epoch = -1, evals_since_best = 0, epochs_run = 0;
-  double best_value = -1;
-  Metrics best_valid, test_at_best;
-  bool stopped_early = false;
-
-  if (!backend) {  // most popular: nothing to train
-    best_valid = has_valid ? evaluate(data.valid) : Metrics{};
-    test_at_best = evaluate(data.test);
-    nlohmann::json line = {{"epoch", 0}, {"test", metrics_json(test_at_best)}};
-    if (has_valid) line["valid"] = metrics_json(best_valid);
-    metrics_out << line.dump() << "\n" << std::flush;
-    best_epoch = 0;
-  }
-  PairList shuffled;
-  for (int epoch = 0; backend && epoch < config.epochs; ++epoch) {
-    const auto t0 = Clock::now();
-    shuffle_pairs(data.train, shuffled, config.seed, 0, uint32_t(epoch));
-    const EpochStats st = backend->train_epoch(shuffled, uint32_t(epoch));
-    const double dt = seconds_since(t0);
-    train_seconds += dt;
-    pairs_trained += st.pairs;
-    epochs_run = epoch + 1;
-    if (!std::isfinite(st.loss_total)) {
-      input_error("epoch {}: the training loss is not finite ({}); lower lr or init_std", epoch,
-                  st.loss_total);
-    }
-    const double eta = train_seconds / epochs_run * (config.epochs - epochs_run);
-    log_info(
-        fmt::format("epoch {:>4}/{}  loss {:.6g} (main {:.6g}, ii {:.4g}, l2 {:.4g})  "
-                    "{:.2f}s  {:.0f} pairs/s  eta {}",
-                    epoch, config.epochs, st.loss_total / st.steps, st.loss_main / st.steps,
-                    st.loss_item_item / st.steps, st.loss_l2 / st.steps, dt, st.pairs / dt,
-                    format_duration(eta)));
-    if (!should_evaluate(config, epoch)) continue;
-    const auto te = Clock::now();
-    nlohmann::json line = {
-        {"epoch", epoch}, {"loss", st.loss_total / st.steps}, {"train_seconds", train_seconds}};
-    Metrics valid, test;
+  SelectionResult res;
+  if (m == "mostpop") {
+    const ScoreFn pop = most_popular_scorer(graph.item_degree);
+    nlohmann::json line = {{"epoch", 0}};
     if (has_valid) {
-      valid = evaluate(data.valid);
-      line["valid"] = metrics_json(valid);
+      res.best_valid = eval.run(pop, data.valid);
+      line["valid"] = metrics_json(res.best_valid);
     }
-    const bool improved = !has_valid || valid.get(config.select_metric) > best_value;
-    if (config.eval_test_each || improved) {
-      test = evaluate(data.test);
-      line["test"] = metrics_json(test);
-    }
+    res.test_at_best = eval.run(pop, data.test);
+    line["test"] = metrics_json(res.test_at_best);
     metrics_out << line.dump() << "\n" << std::flush;
-    std::string msg = fmt::format("eval epoch {}:", epoch);
-    if (has_valid)
-      msg += fmt::format(" valid {} {:.4f}", config.select_metric, valid.get(config.select_metric));
-    if (line.contains("test")) {
-      msg += fmt::format(" | test recall@{} {:.4f} ndcg@{} {:.4f}", config.eval_ks.back(),
-                         test.recall.back(), config.eval_ks.back(), test.ndcg.back());
-    }
-    log_info(msg + fmt::format(" ({:.1f}s){}", seconds_since(te), improved ? " *" : ""));
-    if (improved) {
-      best_value = has_valid ? valid.get(config.select_metric) : 0;
-      best_epoch = epoch;
-      best_valid = valid;
-      test_at_best = test;
-      evals_since_best = 0;
-    } else if (config.patience > 0 && ++evals_since_best >= config.patience) {
-      log_info(fmt::format("early stop: {} evaluations without a better validation {}",
-                           evals_since_best, config.select_metric));
-      stopped_early = true;
-      break;
-    }
+    res.best_epoch = 0;
+  } else if (m == "ultragcn" || m == "ultragcn-mm") {
+    res = train_with_selection(config, eval, data.features, content, stage_id::kBaseline, "",
+                               metrics_out);
+  } else {
+    res = run_invariant_pipeline(config, eval, dir, metrics_out, summary);
   }
 
-  summary["best_epoch"] = best_epoch;
+  summary["best_epoch"] = res.best_epoch;
   summary["select_metric"] = config.select_metric;
-  if (has_valid && best_epoch >= 0) summary["best_valid"] = metrics_json(best_valid);
-  if (best_epoch >= 0) summary["test_at_best"] = metrics_json(test_at_best);
-  summary["epochs_run"] = epochs_run;
-  summary["stopped_early"] = stopped_early;
-  summary["train_seconds"] = train_seconds;
-  summary["pairs_per_second"] = train_seconds > 0 ? double(pairs_trained) / train_seconds : 0.0;
+  if (has_valid && res.best_epoch >= 0) summary["best_valid"] = metrics_json(res.best_valid);
+  if (res.best_epoch >= 0) summary["test_at_best"] = metrics_json(res.test_at_best);
+  summary["epochs_run"] = res.epochs_run;
+  summary["stopped_early"] = res.stopped_early;
+  summary["train_seconds"] = res.train_seconds;
+  summary["pairs_per_second"] =
+      res.train_seconds > 0 ? double(res.pairs_trained) / res.train_seconds : 0.0;
   summary["wall_seconds"] = seconds_since(wall0);
   write_text_atomic(dir + "/summary.json", summary.dump(2) + "\n");
-  if (best_epoch >= 0) {
-    log_info(fmt::format("done: best epoch {}; test {} at that point; run directory {}", best_epoch,
-                         nlohmann::json(test_at_best.as_map()).dump(), dir));
+  if (res.best_epoch >= 0) {
+    log_info(fmt::format("done: best epoch {}; test {} at that point; run directory {}",
+                         res.best_epoch, nlohmann::json(res.test_at_best.as_map()).dump(), dir));
   }
 }
 

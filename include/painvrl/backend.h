@@ -48,6 +48,9 @@ class Backend {
   // Scoring for evaluation: prepare once per evaluation, then score blocks of users.
   virtual void prepare_scoring() = 0;
   virtual void score(const int32_t* users, int64_t count, float* out) = 0;  // (count, n_items)
+  // Scores of individual pairs (after prepare_scoring): out[p] = s(users[p], items[p]).
+  virtual void score_pairs(const int32_t* users, const int32_t* items, int64_t count,
+                           float* out) = 0;
   // Host copy of the parameters (layout order).
   virtual std::vector<float> parameters() const = 0;
   virtual void set_parameters(const std::vector<float>& params) = 0;

@@ -39,9 +39,12 @@ struct UserHits {
 using ScoreFn = std::function<void(const int32_t* users, int64_t count, float* scores)>;
 
 // Evaluates `heldout` pairs. `exclude` lists the items never recommended to each user (training).
+// `candidates` (n_items,), when not empty, restricts the ranking to items with a non-zero entry
+// (the cold-item protocol ranks held-out cold items among the cold items only).
 Metrics evaluate_full_ranking(const ScoreFn& score, int32_t n_users, int32_t n_items,
                               const UserItemCsr& exclude, const PairList& heldout,
-                              const std::vector<int>& ks, NdcgVariant ndcg, int block_users);
+                              const std::vector<int>& ks, NdcgVariant ndcg, int block_users,
+                              const std::vector<uint8_t>& candidates = {});
 
 // Most-popular baseline scores: training degree of each item, same for every user.
 ScoreFn most_popular_scorer(const std::vector<float>& item_degree);

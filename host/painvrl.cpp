@@ -1,0 +1,346 @@
+// The invariant-learning pipeline of Algorithm 1 (DESIGN.md section 2) on the CPU backend:
+//   stage 0: a backbone on the full features f; its Pt, Pf, T are frozen for the mask model;
+//   for t in 0..T-1: environment identification (HIM, Eq. 9) on psi = (1 - m) f, then
+//     `mask_epochs` epochs of mask generation (host/mask_step.cpp, Eq. 10-19);
+//   final model: a fresh backbone on Phi = m f with validation-based selection (Eq. 24-26).
+// `painvrl` weights L_ERM and L_IRM by the closed-form w_ERM (or objective = erm | irm); `invrl`
+// uses L_ERM + alpha L_IRM without attention, with InvRL's regulariser and the 1.05 growth of
+// alpha and lambda per outer iteration.
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <numeric>
+
+#include "painvrl/error.h"
+#include "painvrl/mask_step.h"
+#include "painvrl/math/adam.h"
+#include "painvrl/math/sampling.h"
+#include "painvrl/npy.h"
+#include "painvrl/stages.h"
+
+namespace painvrl {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+// Columns of f scaled by a per-column factor: (n_items, d).
+std::vector<float> scale_columns(const std::vector<float>& f, int64_t d,
+                                 const std::vector<float>& factor) {
+  std::vector<float> out(f.size());
+  const int64_t rows = d > 0 ? int64_t(f.size()) / d : 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t j = 0; j < d; ++j) out[size_t(r * d + j)] = f[size_t(r * d + j)] * factor[j];
+  }
+  return out;
+}
+
+// Gate noise for environment e in a step: eps (d), N(0, sigma^2), from (epoch, step, e, j).
+void draw_noise(math::PhiloxKey key, uint32_t epoch, uint32_t step, uint32_t env, int64_t d,
+                float sigma, float* eps) {
+  for (int64_t j = 0; j < d; j += 2) {
+    const math::U32x4 r = math::philox(key, uint32_t(j >> 1), env, step, epoch);
+    eps[j] = sigma * math::normal_from<float>(r.v[0], r.v[1]);
+    if (j + 1 < d) eps[j + 1] = sigma * math::normal_from<float>(r.v[2], r.v[3]);
+  }
+}
+
+// Initial mask-model parameters: W ~ N(0, init_std), b = 0; attention layers N(0, 1/fan_in).
+std::vector<float> init_mask_params(const MaskLayout& L, uint64_t seed, uint32_t stage,
+                                    double init_std) {
+  std::vector<float> p(size_t(L.total), 0.f);
+  const math::PhiloxKey key = math::make_key(seed, math::stream_id(math::RngStream::kInit, stage));
+  auto fill = [&](int64_t off, int64_t n, float std_dev, uint32_t tensor) {
+    for (int64_t k = 0; k < n; ++k)
+      p[size_t(off + k)] = math::init_normal<float>(key, tensor, uint64_t(k), std_dev);
+  };
+  fill(L.W, int64_t(L.D) * L.d, float(init_std), 0);
+  if (L.attention) {
+    for (int k = 0; k < 2; ++k) {
+      fill(L.w1u[k], int64_t(L.H) * 2 * L.D, float(1.0 / std::sqrt(double(3 * L.D + L.d))), 10 + k);
+      fill(L.w1i[k], int64_t(L.H) * (L.D + L.d), float(1.0 / std::sqrt(double(3 * L.D + L.d))),
+           20 + k);
+      fill(L.w2[k], L.H, float(1.0 / std::sqrt(double(L.H))), 30 + k);
+    }
+  }
+  return p;
+}
+
+}  // namespace
+
+std::vector<int32_t> identify_environments(const Config& c, const Graph& graph,
+                                           const PairList& pairs, const std::vector<float>& psi,
+                                           int64_t feat_dim, int envs, int outer,
+                                           std::ostream* trace) {
+  const int64_t P = int64_t(pairs.size());
+  std::vector<int32_t> env(static_cast<size_t>(P));
+  const math::PhiloxKey key =
+      math::make_key(c.seed, math::stream_id(math::RngStream::kSplit, stage_id::him_init(outer)));
+  for (int64_t p = 0; p < P; ++p) {
+    env[p] =
+        int32_t(math::uniform_below(math::philox(key, uint32_t(p), 0, 0, 0).v[0], uint32_t(envs)));
+  }
+  std::vector<float> scores(static_cast<size_t>(P));
+  std::vector<float> best(static_cast<size_t>(P));
+  for (int round = 0; round < c.him_rounds; ++round) {
+    const auto t0 = Clock::now();
+    // Re-seed emptied environments from the largest one (half of its pairs, chosen at random).
+    std::vector<int64_t> sizes(size_t(envs), 0);
+    for (int32_t e : env) ++sizes[e];
+    for (int e = 0; e < envs; ++e) {
+      if (sizes[e] > 0) continue;
+      const int largest = int(std::max_element(sizes.begin(), sizes.end()) - sizes.begin());
+      log_warn(fmt::format("HIM round {}: environment {} is empty; re-seeded from environment {}",
+                           round, e, largest));
+      for (int64_t p = 0; p < P; ++p) {
+        if (env[p] == largest &&
+            (math::philox(key, uint32_t(p), uint32_t(round + 1), uint32_t(e), 1).v[0] & 1u)) {
+          env[p] = e;
+        }
+      }
+      std::fill(sizes.begin(), sizes.end(), 0);
+      for (int32_t x : env) ++sizes[x];
+    }
+    std::vector<int32_t> new_env(static_cast<size_t>(P), 0);
+    std::fill(best.begin(), best.end(), -INFINITY);
+    for (int e = 0; e < envs; ++e) {
+      PairList mine;
+      for (int64_t p = 0; p < P; ++p) {
+        if (env[p] == e) mine.push(pairs.user[p], pairs.item[p]);
+      }
+      std::unique_ptr<Backend> model =
+          train_fixed(c, graph, mine, psi, feat_dim, true, stage_id::him_model(outer, round, e),
+                      c.him_epochs, "");
+      model->prepare_scoring();
+      model->score_pairs(pairs.user.data(), pairs.item.data(), P, scores.data());
+      for (int64_t p = 0; p < P; ++p) {
+        if (scores[p] > best[p]) {  // ties keep the smaller environment id
+          best[p] = scores[p];
+          new_env[p] = e;
+        }
+      }
+    }
+    int64_t moved = 0;
+    for (int64_t p = 0; p < P; ++p) moved += new_env[p] != env[p];
+    env.swap(new_env);
+    std::fill(sizes.begin(), sizes.end(), 0);
+    for (int32_t e : env) ++sizes[e];
+    const double share = double(moved) / double(std::max<int64_t>(P, 1));
+    log_info(fmt::format("HIM outer {} round {}: {:.2f}% of pairs moved; sizes [{}] ({:.1f}s)",
+                         outer, round, 100 * share, fmt::join(sizes, ", "), seconds_since(t0)));
+    if (trace) {
+      *trace << nlohmann::json{{"outer", outer},
+                               {"him_round", round},
+                               {"moved", moved},
+                               {"moved_share", share},
+                               {"env_sizes", sizes}}
+                    .dump()
+             << "\n"
+             << std::flush;
+    }
+    if (share <= c.him_move_tol) break;
+  }
+  return env;
+}
+
+SelectionResult run_invariant_pipeline(const Config& c, const Evaluator& eval,
+                                       const std::string& run_dir, std::ostream& metrics_out,
+                                       nlohmann::json& summary) {
+  const Dataset& data = eval.data;
+  const Graph& graph = eval.graph;
+  const int64_t d = data.feature_dim;
+  const bool invrl = c.method == "invrl";
+  const bool attention = !invrl && c.attention;
+  std::ofstream trace(run_dir + "/trace.jsonl");
+
+  // Stage 0: the backbone on the full features; Pt, Pf, T frozen for the mask model.
+  log_info(fmt::format("stage 0: backbone on the full features, {} epochs", c.pretrain_epochs));
+  std::unique_ptr<Backend> pre = train_fixed(c, graph, data.train, data.features, d, true,
+                                             stage_id::kPretrain, c.pretrain_epochs, "pretrain ");
+  const std::vector<float> frozen = pre->parameters();
+  const ParamLayout bl = make_train_setup(c, data.n_users, data.n_items, d, true, 0).layout;
+  pre.reset();
+
+  const MaskLayout ml = MaskLayout::make(c.dim, d, c.attention_hidden, attention);
+  MaskProblem<float> problem{data.n_users,
+                             data.n_items,
+                             c.dim,
+                             d,
+                             frozen.data() + bl.pt,
+                             frozen.data() + bl.pf,
+                             frozen.data() + bl.t,
+                             data.features.data(),
+                             graph.beta_user.data(),
+                             graph.beta_item.data(),
+                             graph.ii_neighbors.data(),
+                             graph.ii_weights.data(),
+                             graph.ii_k};
+  MaskSettings ms;
+  ms.w1 = c.w1;
+  ms.w2 = c.w2;
+  ms.w3 = c.w3;
+  ms.w4 = c.w4;
+  ms.neg_weight = c.neg_weight;
+  ms.kappa = c.kappa;
+  ms.gamma_w = c.gamma_w;
+  ms.lambda = c.mask_lambda;
+  ms.center = invrl ? 0.5 : c.mask_center;
+  ms.step = c.mask_step;
+  ms.normalize = c.pareto_normalize == "l2"     ? ParetoNormalize::kL2
+                 : c.pareto_normalize == "loss" ? ParetoNormalize::kLoss
+                                                : ParetoNormalize::kNone;
+  ms.objective = invrl                  ? MaskObjective::kFixed
+                 : c.objective == "erm" ? MaskObjective::kErm
+                 : c.objective == "irm" ? MaskObjective::kIrm
+                                        : MaskObjective::kPareto;
+  ms.fixed_alpha = c.invrl_alpha;
+
+  std::vector<float> mask(size_t(d), float(c.mask_init));
+  std::vector<float> mask_m(size_t(d), 0.f), mask_v(size_t(d), 0.f);  // Adam moments of m
+  long long mask_t = 0;
+  for (int outer = 0; outer < c.outer_iterations; ++outer) {
+    const auto t_outer = Clock::now();
+    // HIM on psi = (1 - m) f.
+    std::vector<float> one_minus(static_cast<size_t>(d));
+    for (int64_t j = 0; j < d; ++j) one_minus[j] = 1.f - mask[j];
+    const std::vector<float> psi = scale_columns(data.features, d, one_minus);
+    const std::vector<int32_t> env =
+        identify_environments(c, graph, data.train, psi, d, c.envs, outer, &trace);
+    std::vector<std::vector<int32_t>> env_pairs(size_t(c.envs));
+    for (size_t p = 0; p < env.size(); ++p) env_pairs[env[p]].push_back(int32_t(p));
+    int64_t largest = 0;
+    for (const auto& v : env_pairs) largest = std::max<int64_t>(largest, int64_t(v.size()));
+
+    // Mask generation: one batch of mask_batch positives from every environment per step.
+    const uint32_t stage = stage_id::mask(outer);
+    std::vector<float> params = init_mask_params(ml, c.seed, stage, c.init_std);
+    std::vector<float> adam_m(params.size(), 0.f), adam_v(params.size(), 0.f);
+    long long adam_t = 0;
+    const math::PhiloxKey neg_key =
+        math::make_key(c.seed, math::stream_id(math::RngStream::kNegative, stage));
+    const math::PhiloxKey noise_key =
+        math::make_key(c.seed, math::stream_id(math::RngStream::kMaskNoise, stage));
+    const math::PhiloxKey order_key =
+        math::make_key(c.seed, math::stream_id(math::RngStream::kShuffle, stage));
+    const int64_t steps = (largest + c.mask_batch - 1) / c.mask_batch;
+    std::vector<float> noise(size_t(c.envs) * d);
+    double sum_w = 0, sum_erm = 0, sum_irm = 0;
+    int64_t n_steps = 0;
+    for (int epoch = 0; epoch < c.mask_epochs; ++epoch) {
+      // Each environment's pairs in a fresh order per epoch.
+      for (int e = 0; e < c.envs; ++e) {
+        auto& v = env_pairs[e];
+        for (int64_t p = int64_t(v.size()) - 1; p > 0; --p) {
+          const uint32_t r =
+              math::philox(order_key, uint32_t(p), uint32_t(e), 0, uint32_t(epoch)).v[0];
+          std::swap(v[p], v[math::uniform_below(r, uint32_t(p + 1))]);
+        }
+      }
+      for (int64_t step = 0; step < steps; ++step) {
+        EnvBatches batches;
+        batches.env_offsets = {0};
+        batches.n_negatives = c.negatives;
+        for (int e = 0; e < c.envs; ++e) {
+          const auto& v = env_pairs[e];
+          const int64_t n = int64_t(v.size());
+          const int64_t rows = std::min<int64_t>(c.mask_batch, n);
+          for (int64_t r = 0; r < rows; ++r) {  // exhausted environments restart (wrap around)
+            const int32_t p = v[size_t((step * c.mask_batch + r) % n)];
+            const uint32_t row = uint32_t(batches.users.size());
+            batches.users.push_back(data.train.user[p]);
+            batches.items.push_back(data.train.item[p]);
+            for (int32_t s = 0; s < c.negatives; ++s) {
+              batches.negatives.push_back(
+                  int32_t(math::negative_item(neg_key, uint32_t(epoch), uint32_t(step), row,
+                                              uint32_t(s), uint32_t(data.n_items))));
+            }
+          }
+          batches.env_offsets.push_back(int64_t(batches.users.size()));
+          draw_noise(noise_key, uint32_t(epoch), uint32_t(step), uint32_t(e), d, float(c.sigma),
+                     noise.data() + size_t(e) * d);
+        }
+        const MaskStepResult<float> r =
+            mask_step<float>(ml, params.data(), mask.data(), problem, batches, noise.data(), ms);
+        if (!std::isfinite(r.L_ERM) || !std::isfinite(r.L_IRM)) {
+          input_error(
+              "mask generation, outer {} epoch {} step {}: non-finite loss (L_ERM {}, "
+              "L_IRM {}); lower lr or mask_step",
+              outer, epoch, step, r.L_ERM, r.L_IRM);
+        }
+        // Adam on W, b and the attention MLPs (the L2 term is already in r.grad).
+        const math::AdamStep as = math::make_adam_step(
+            float(c.lr), float(c.adam_beta1), float(c.adam_beta2), float(c.adam_eps), ++adam_t);
+        for (size_t k = 0; k < params.size(); ++k) {
+          math::adam_update(params[k], adam_m[k], adam_v[k], r.grad[k], 0.f, as);
+        }
+        // The mask: Eq. 19 (sgd), or Adam on the same direction; clipped to [0, 1].
+        if (c.mask_optimizer == "sgd") {
+          mask = r.mask_new;
+        } else {
+          const math::AdamStep ma =
+              math::make_adam_step(float(c.mask_step), float(c.adam_beta1), float(c.adam_beta2),
+                                   float(c.adam_eps), ++mask_t);
+          for (int64_t j = 0; j < d; ++j) {
+            math::adam_update(mask[j], mask_m[j], mask_v[j], r.mask_grad[j], 0.f, ma);
+            mask[j] = std::clamp(mask[j], 0.f, 1.f);
+          }
+        }
+        double mean = 0;
+        for (float x : mask) mean += x;
+        mean /= double(std::max<int64_t>(d, 1));
+        trace << nlohmann::json{{"outer", outer},   {"epoch", epoch},   {"step", step},
+                                {"w_ERM", r.w_ERM}, {"L_ERM", r.L_ERM}, {"L_IRM", r.L_IRM},
+                                {"mask_mean", mean}}
+                     .dump()
+              << "\n";
+        sum_w += r.w_ERM;
+        sum_erm += r.L_ERM;
+        sum_irm += r.L_IRM;
+        ++n_steps;
+      }
+      if (n_steps > 0 && (epoch + 1) % std::max(1, c.mask_epochs / 8) == 0) {
+        double mean = 0, lo = 1, hi = 0;
+        for (float x : mask) {
+          mean += x;
+          lo = std::min(lo, double(x));
+          hi = std::max(hi, double(x));
+        }
+        log_info(
+            fmt::format("mask outer {} epoch {:>3}/{}: mean w_ERM {:.3f}, L_ERM {:.4g}, "
+                        "L_IRM {:.4g}; mask mean {:.3f} [{:.3f}, {:.3f}]",
+                        outer, epoch, c.mask_epochs, sum_w / n_steps, sum_erm / n_steps,
+                        sum_irm / n_steps, mean / double(std::max<int64_t>(d, 1)), lo, hi));
+        sum_w = sum_erm = sum_irm = 0;
+        n_steps = 0;
+      }
+    }
+    trace << std::flush;
+    if (invrl) {  // InvRL grows the penalty weight and the regulariser each outer iteration
+      ms.fixed_alpha *= c.invrl_growth;
+      ms.lambda *= c.invrl_growth;
+    }
+    log_info(fmt::format("outer iteration {} done in {:.1f}s", outer, seconds_since(t_outer)));
+  }
+  write_npy(run_dir + "/mask.npy", mask.data(), {d});
+
+  // Per-modality mask means for the summary.
+  nlohmann::json per_modality = nlohmann::json::object();
+  for (const Modality& mod : data.modalities) {
+    double s = 0;
+    for (int64_t j = mod.offset; j < mod.offset + mod.width; ++j) s += mask[j];
+    per_modality[mod.name] = mod.width > 0 ? s / double(mod.width) : 0.0;
+  }
+  summary["mask_mean_by_modality"] = per_modality;
+
+  // Final model on Phi = m * f.
+  log_info("final model on Phi = m * f");
+  const std::vector<float> phi = scale_columns(data.features, d, mask);
+  return train_with_selection(c, eval, phi, true, stage_id::kFinal, "final", metrics_out);
+}
+
+}  // namespace painvrl

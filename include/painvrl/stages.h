@@ -1,0 +1,89 @@
+// The training stages the scheduler composes (DESIGN.md section 2, Algorithm 1): a backbone
+// trained for fixed epochs (stage 0, environment models), a backbone trained with evaluation and
+// validation-based selection (baselines, the final model), heterogeneous environment
+// identification, and the PaInvRL / InvRL pipeline.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "painvrl/backend.h"
+#include "painvrl/config.h"
+#include "painvrl/dataset.h"
+#include "painvrl/evaluate.h"
+#include "painvrl/graph.h"
+
+namespace painvrl {
+
+// Random-stream stage numbers: every stage draws from its own streams.
+namespace stage_id {
+constexpr uint32_t kPretrain = 0;
+constexpr uint32_t kFinal = 1;
+constexpr uint32_t kBaseline = 2;
+inline uint32_t him_model(int outer, int round, int env) {
+  return 1000000u + uint32_t(outer) * 100000u + uint32_t(round) * 1000u + uint32_t(env);
+}
+inline uint32_t mask(int outer) { return 3000000u + uint32_t(outer); }
+inline uint32_t him_init(int outer) { return 4000000u + uint32_t(outer); }
+}  // namespace stage_id
+
+TrainSetup make_train_setup(const Config& c, int32_t n_users, int32_t n_items, int64_t feat_dim,
+                            bool content, uint32_t stage);
+
+// Fisher-Yates shuffle keyed by (seed, stage, epoch): the same order on every backend.
+void shuffle_pairs(const PairList& in, PairList& out, uint64_t seed, uint32_t stage,
+                   uint32_t epoch);
+
+// A backbone trained for `epochs` epochs on `pairs`, no evaluation; progress every epoch when
+// `label` is not empty.
+std::unique_ptr<Backend> train_fixed(const Config& c, const Graph& graph, const PairList& pairs,
+                                     const std::vector<float>& features, int64_t feat_dim,
+                                     bool content, uint32_t stage, int epochs,
+                                     const std::string& label);
+
+struct SelectionResult {
+  int best_epoch = -1;
+  Metrics best_valid, test_at_best;
+  int epochs_run = 0;
+  bool stopped_early = false;
+  double train_seconds = 0;
+  int64_t pairs_trained = 0;
+};
+
+// Evaluation on a held-out split with the configured ranking candidates.
+struct Evaluator {
+  const Config& config;
+  const Dataset& data;
+  const Graph& graph;
+  std::vector<uint8_t> candidates;  // (n_items,) empty: all items
+  Evaluator(const Config& c, const Dataset& d, const Graph& g);
+  Metrics run(const ScoreFn& score, const PairList& heldout) const;
+  Metrics run(Backend& backend, const PairList& heldout) const;
+};
+
+// Trains a backbone with periodic evaluation, early stopping on the validation metric, and test
+// metrics at the best validation point; one metrics.jsonl line per evaluation.
+SelectionResult train_with_selection(const Config& c, const Evaluator& eval,
+                                     const std::vector<float>& features, bool content,
+                                     uint32_t stage, const std::string& stage_name,
+                                     std::ostream& metrics_out);
+
+// Heterogeneous environment identification (Sec. 3.3, Eq. 9): E backbones on psi = (1 - m) f,
+// random initial assignment, rounds of train-then-reassign by argmax, stop at <= tol moved or
+// after the maximum rounds; an emptied environment is re-seeded from the largest. Returns the
+// environment of each pair; appends one trace line per round.
+std::vector<int32_t> identify_environments(const Config& c, const Graph& graph,
+                                           const PairList& pairs, const std::vector<float>& psi,
+                                           int64_t feat_dim, int envs, int outer,
+                                           std::ostream* trace);
+
+// The invrl / painvrl pipeline: stage 0, T outer iterations of HIM and mask generation, the
+// final model on Phi = m * f. Writes mask.npy and trace.jsonl into run_dir.
+SelectionResult run_invariant_pipeline(const Config& c, const Evaluator& eval,
+                                       const std::string& run_dir, std::ostream& metrics_out,
+                                       nlohmann::json& summary);
+
+}  // namespace painvrl
