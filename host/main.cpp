@@ -32,6 +32,22 @@ int main(int argc, char** argv) {
   train->add_flag("--overwrite", overwrite, "replace an existing run directory");
   train->add_flag("--quiet", quiet, "no progress output");
 
+  // debug-step
+  CLI::App* dbg = app.add_subcommand(
+      "debug-step", "run one mask-generation step and dump every input and output (.npy + JSON)");
+  std::string dbg_data, dbg_out, dbg_preset, dbg_config;
+  std::vector<std::string> dbg_overrides;
+  bool dbg_random_mask = false, dbg_float = false;
+  dbg->add_option("--data", dbg_data, "dataset directory (with features)")->required();
+  dbg->add_option("--out", dbg_out, "dump directory to create")->required();
+  dbg->add_option("--preset", dbg_preset, "shipped preset");
+  dbg->add_option("--config", dbg_config, "TOML config file");
+  dbg->add_option("--set", dbg_overrides, "key=value overrides")->take_all();
+  dbg->add_flag("--random-mask", dbg_random_mask, "start from a mask uniform in [0.1, 0.9]");
+  dbg->add_flag("--float", dbg_float,
+                "compute the step in float32 (the GPU's arithmetic) instead of double (the CPU "
+                "trainer's)");
+
   // synth
   CLI::App* synth = app.add_subcommand("synth", "write a synthetic dataset with a planted shift");
   SynthOptions so;
@@ -77,6 +93,13 @@ int main(int argc, char** argv) {
       if (!method.empty()) config.method = method;
       for (const std::string& o : overrides) apply_override(config, o);
       run_training(config, RunOptions{data_dir, out_dir, overwrite});
+    } else if (*dbg) {
+      Config config;
+      config.method = "painvrl";
+      if (!dbg_preset.empty()) apply_preset(config, dbg_preset);
+      if (!dbg_config.empty()) apply_toml(config, read_text_file(dbg_config), dbg_config);
+      for (const std::string& o : dbg_overrides) apply_override(config, o);
+      run_debug_step(config, dbg_data, dbg_out, dbg_random_mask, !dbg_float);
     } else if (*synth) {
       write_synthetic_dataset(synth_out, so);
       std::fprintf(stderr, "wrote synthetic dataset %s\n", synth_out.c_str());

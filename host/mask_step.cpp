@@ -190,7 +190,8 @@ struct StepContext {
     for (int64_t j = 0; j < d; ++j) h[j] = (t.alpha_psi + diff * mu[j]) * f[j];
     t.s = base + dot(P.Ti + size_t(t.item) * D, P.Pt + size_t(u) * D, D) + dot(q_u, h, d);
     const T sg = math::sigmoid(t.s);
-    t.delta = t.positive ? t.c * (sg - T(1)) : t.c * sg;
+    // sigma(s) - 1 = -sigma(-s), evaluated without the cancellation of the difference
+    t.delta = t.positive ? -t.c * math::sigmoid(-t.s) : t.c * sg;
     t.delta2 = t.c * sg * (T(1) - sg);
     t.loss = t.c * (t.positive ? math::softplus(-t.s) : math::softplus(t.s));
   }
@@ -256,7 +257,10 @@ MaskStepResult<T> mask_step(const MaskLayout& L, const T* params, const T* mask,
   std::vector<T> row_vec_erm(size_t(rows) * d);  // pass 2: sum_t delta_t h_t (kept for grad_W)
   std::vector<T> row_mask_e(size_t(rows) * d);   // g_E contribution per row (before open, 1/E)
   std::vector<T> row_mask_i(size_t(rows) * d);   // g_I contribution per row (before open)
-  std::vector<T> row_loss(static_cast<size_t>(rows)), row_delta_sum(static_cast<size_t>(rows)),
+  std::vector<T> row_loss(static_cast<size_t>(rows));
+  // Sums over a row's terms of delta_t / E and gamma_t, accumulated in double: the positive and
+  // negative terms nearly cancel in dJ/db, which float accumulation would blur.
+  std::vector<double> row_delta_sum(static_cast<size_t>(rows)),
       row_gamma_sum(static_cast<size_t>(rows));
   // Per term: dJ/dalpha pieces for the MLPs, ERM and IRM apart: (rows * TPR, 4).
   std::vector<T> term_dalpha(L.attention ? size_t(rows) * TPR * 4 : 0);
@@ -356,7 +360,7 @@ MaskStepResult<T> mask_step(const MaskLayout& L, const T* params, const T* mask,
       std::fill(kg, kg + d, T(0));
       std::fill(ke, ke + d, T(0));
       std::fill(mi, mi + d, T(0));
-      T gsum = 0, dsum = 0;
+      double gsum = 0, dsum = 0;
       for (int32_t slot = 0; slot < TPR; ++slot) {
         TermEval<T> t;
         C.term_identity(r, slot, t);
@@ -448,11 +452,11 @@ MaskStepResult<T> mask_step(const MaskLayout& L, const T* params, const T* mask,
   for (size_t x = 0; x < combined.size(); ++x) combined[x] = wE * row_vec_erm[x] + wI * row_vec[x];
   accumulate_outer(C, 0, rows, combined, T(1), R.grad.data() + L.W);
   for (int32_t k = 0; k < D; ++k) {
-    T acc = 0;
+    double acc = 0;
     for (int64_t r = 0; r < rows; ++r) {
       acc += (wE * row_delta_sum[r] + wI * row_gamma_sum[r]) * P.Pf[size_t(B.users[r]) * D + k];
     }
-    R.grad[L.b + k] = acc;
+    R.grad[L.b + k] = T(acc);
   }
   for (int64_t x = 0; x < int64_t(D) * d; ++x)
     R.grad[L.W + x] += T(2 * S.gamma_w) * params[L.W + x];

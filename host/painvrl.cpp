@@ -40,6 +40,8 @@ std::vector<float> scale_columns(const std::vector<float>& f, int64_t d,
   return out;
 }
 
+}  // namespace
+
 // Gate noise for environment e in a step: eps (d), N(0, sigma^2), from (epoch, step, e, j).
 void draw_noise(math::PhiloxKey key, uint32_t epoch, uint32_t step, uint32_t env, int64_t d,
                 float sigma, float* eps) {
@@ -71,7 +73,54 @@ std::vector<float> init_mask_params(const MaskLayout& L, uint64_t seed, uint32_t
   return p;
 }
 
-}  // namespace
+MaskSettings mask_settings_from(const Config& c) {
+  const bool invrl = c.method == "invrl";
+  MaskSettings ms;
+  ms.w1 = c.w1;
+  ms.w2 = c.w2;
+  ms.w3 = c.w3;
+  ms.w4 = c.w4;
+  ms.neg_weight = c.neg_weight;
+  ms.kappa = c.kappa;
+  ms.gamma_w = c.gamma_w;
+  ms.lambda = c.mask_lambda;
+  ms.center = invrl ? 0.5 : c.mask_center;
+  ms.step = c.mask_step;
+  ms.normalize = c.pareto_normalize == "l2"     ? ParetoNormalize::kL2
+                 : c.pareto_normalize == "loss" ? ParetoNormalize::kLoss
+                                                : ParetoNormalize::kNone;
+  ms.objective = invrl                  ? MaskObjective::kFixed
+                 : c.objective == "erm" ? MaskObjective::kErm
+                 : c.objective == "irm" ? MaskObjective::kIrm
+                                        : MaskObjective::kPareto;
+  ms.fixed_alpha = c.invrl_alpha;
+  return ms;
+}
+
+EnvBatches make_mask_batches(const PairList& train,
+                             const std::vector<std::vector<int32_t>>& env_pairs, int32_t mask_batch,
+                             int32_t negatives, int32_t n_items, math::PhiloxKey neg_key,
+                             uint32_t epoch, int64_t step) {
+  EnvBatches batches;
+  batches.env_offsets = {0};
+  batches.n_negatives = negatives;
+  for (const auto& v : env_pairs) {
+    const int64_t n = int64_t(v.size());
+    const int64_t rows = std::min<int64_t>(mask_batch, n);
+    for (int64_t r = 0; r < rows; ++r) {  // exhausted environments restart (wrap around)
+      const int32_t p = v[size_t((step * mask_batch + r) % n)];
+      const uint32_t row = uint32_t(batches.users.size());
+      batches.users.push_back(train.user[p]);
+      batches.items.push_back(train.item[p]);
+      for (int32_t s = 0; s < negatives; ++s) {
+        batches.negatives.push_back(int32_t(math::negative_item(neg_key, epoch, uint32_t(step), row,
+                                                                uint32_t(s), uint32_t(n_items))));
+      }
+    }
+    batches.env_offsets.push_back(int64_t(batches.users.size()));
+  }
+  return batches;
+}
 
 std::vector<int32_t> identify_environments(const Config& c, const Graph& graph,
                                            const PairList& pairs, const std::vector<float>& psi,
@@ -167,47 +216,42 @@ SelectionResult run_invariant_pipeline(const Config& c, const Evaluator& eval,
   pre.reset();
 
   const MaskLayout ml = MaskLayout::make(c.dim, d, c.attention_hidden, attention);
-  MaskProblem<float> problem{data.n_users,
-                             data.n_items,
-                             c.dim,
-                             d,
-                             frozen.data() + bl.pt,
-                             frozen.data() + bl.pf,
-                             frozen.data() + bl.t,
-                             data.features.data(),
-                             graph.beta_user.data(),
-                             graph.beta_item.data(),
-                             graph.ii_neighbors.data(),
-                             graph.ii_weights.data(),
-                             graph.ii_k};
-  MaskSettings ms;
-  ms.w1 = c.w1;
-  ms.w2 = c.w2;
-  ms.w3 = c.w3;
-  ms.w4 = c.w4;
-  ms.neg_weight = c.neg_weight;
-  ms.kappa = c.kappa;
-  ms.gamma_w = c.gamma_w;
-  ms.lambda = c.mask_lambda;
-  ms.center = invrl ? 0.5 : c.mask_center;
-  ms.step = c.mask_step;
-  ms.normalize = c.pareto_normalize == "l2"     ? ParetoNormalize::kL2
-                 : c.pareto_normalize == "loss" ? ParetoNormalize::kLoss
-                                                : ParetoNormalize::kNone;
-  ms.objective = invrl                  ? MaskObjective::kFixed
-                 : c.objective == "erm" ? MaskObjective::kErm
-                 : c.objective == "irm" ? MaskObjective::kIrm
-                                        : MaskObjective::kPareto;
-  ms.fixed_alpha = c.invrl_alpha;
+  // The mask step runs in double on the CPU: L_IRM and its derivatives are built from
+  // differences of per-environment gradients (G_e - Gbar) and from sums whose positive and
+  // negative terms nearly cancel, which float32 blurs to ~1e-3 relative error (see
+  // tests/reference_test.cpp). The inputs are converted once.
+  auto to_double = [](const float* p, size_t n) { return std::vector<double>(p, p + n); };
+  const size_t nu = size_t(data.n_users) * c.dim, ni = size_t(data.n_items) * c.dim;
+  const std::vector<double> pt_d = to_double(frozen.data() + bl.pt, nu),
+                            pf_d = to_double(frozen.data() + bl.pf, nu),
+                            ti_d = to_double(frozen.data() + bl.t, ni),
+                            f_d = to_double(data.features.data(), data.features.size()),
+                            bu_d = to_double(graph.beta_user.data(), graph.beta_user.size()),
+                            bi_d = to_double(graph.beta_item.data(), graph.beta_item.size()),
+                            iw_d = to_double(graph.ii_weights.data(), graph.ii_weights.size());
+  const MaskProblem<double> problem{data.n_users,
+                                    data.n_items,
+                                    c.dim,
+                                    d,
+                                    pt_d.data(),
+                                    pf_d.data(),
+                                    ti_d.data(),
+                                    f_d.data(),
+                                    bu_d.data(),
+                                    bi_d.data(),
+                                    graph.ii_neighbors.data(),
+                                    iw_d.data(),
+                                    graph.ii_k};
+  MaskSettings ms = mask_settings_from(c);
 
-  std::vector<float> mask(size_t(d), float(c.mask_init));
-  std::vector<float> mask_m(size_t(d), 0.f), mask_v(size_t(d), 0.f);  // Adam moments of m
+  std::vector<double> mask(size_t(d), c.mask_init);
+  std::vector<double> mask_m(size_t(d), 0.0), mask_v(size_t(d), 0.0);  // Adam moments of m
   long long mask_t = 0;
   for (int outer = 0; outer < c.outer_iterations; ++outer) {
     const auto t_outer = Clock::now();
     // HIM on psi = (1 - m) f.
     std::vector<float> one_minus(static_cast<size_t>(d));
-    for (int64_t j = 0; j < d; ++j) one_minus[j] = 1.f - mask[j];
+    for (int64_t j = 0; j < d; ++j) one_minus[j] = float(1.0 - mask[j]);
     const std::vector<float> psi = scale_columns(data.features, d, one_minus);
     const std::vector<int32_t> env =
         identify_environments(c, graph, data.train, psi, d, c.envs, outer, &trace);
@@ -218,8 +262,9 @@ SelectionResult run_invariant_pipeline(const Config& c, const Evaluator& eval,
 
     // Mask generation: one batch of mask_batch positives from every environment per step.
     const uint32_t stage = stage_id::mask(outer);
-    std::vector<float> params = init_mask_params(ml, c.seed, stage, c.init_std);
-    std::vector<float> adam_m(params.size(), 0.f), adam_v(params.size(), 0.f);
+    const std::vector<float> params_init = init_mask_params(ml, c.seed, stage, c.init_std);
+    std::vector<double> params(params_init.begin(), params_init.end());
+    std::vector<double> adam_m(params.size(), 0.0), adam_v(params.size(), 0.0);
     long long adam_t = 0;
     const math::PhiloxKey neg_key =
         math::make_key(c.seed, math::stream_id(math::RngStream::kNegative, stage));
@@ -229,6 +274,7 @@ SelectionResult run_invariant_pipeline(const Config& c, const Evaluator& eval,
         math::make_key(c.seed, math::stream_id(math::RngStream::kShuffle, stage));
     const int64_t steps = (largest + c.mask_batch - 1) / c.mask_batch;
     std::vector<float> noise(size_t(c.envs) * d);
+    std::vector<double> noise_d(noise.size());
     double sum_w = 0, sum_erm = 0, sum_irm = 0;
     int64_t n_steps = 0;
     for (int epoch = 0; epoch < c.mask_epochs; ++epoch) {
@@ -242,30 +288,16 @@ SelectionResult run_invariant_pipeline(const Config& c, const Evaluator& eval,
         }
       }
       for (int64_t step = 0; step < steps; ++step) {
-        EnvBatches batches;
-        batches.env_offsets = {0};
-        batches.n_negatives = c.negatives;
+        const EnvBatches batches =
+            make_mask_batches(data.train, env_pairs, c.mask_batch, c.negatives, data.n_items,
+                              neg_key, uint32_t(epoch), step);
         for (int e = 0; e < c.envs; ++e) {
-          const auto& v = env_pairs[e];
-          const int64_t n = int64_t(v.size());
-          const int64_t rows = std::min<int64_t>(c.mask_batch, n);
-          for (int64_t r = 0; r < rows; ++r) {  // exhausted environments restart (wrap around)
-            const int32_t p = v[size_t((step * c.mask_batch + r) % n)];
-            const uint32_t row = uint32_t(batches.users.size());
-            batches.users.push_back(data.train.user[p]);
-            batches.items.push_back(data.train.item[p]);
-            for (int32_t s = 0; s < c.negatives; ++s) {
-              batches.negatives.push_back(
-                  int32_t(math::negative_item(neg_key, uint32_t(epoch), uint32_t(step), row,
-                                              uint32_t(s), uint32_t(data.n_items))));
-            }
-          }
-          batches.env_offsets.push_back(int64_t(batches.users.size()));
           draw_noise(noise_key, uint32_t(epoch), uint32_t(step), uint32_t(e), d, float(c.sigma),
                      noise.data() + size_t(e) * d);
         }
-        const MaskStepResult<float> r =
-            mask_step<float>(ml, params.data(), mask.data(), problem, batches, noise.data(), ms);
+        const MaskStepResult<double> r = (std::copy(noise.begin(), noise.end(), noise_d.begin()),
+                                          mask_step<double>(ml, params.data(), mask.data(), problem,
+                                                            batches, noise_d.data(), ms));
         if (!std::isfinite(r.L_ERM) || !std::isfinite(r.L_IRM)) {
           input_error(
               "mask generation, outer {} epoch {} step {}: non-finite loss (L_ERM {}, "
@@ -276,7 +308,7 @@ SelectionResult run_invariant_pipeline(const Config& c, const Evaluator& eval,
         const math::AdamStep as = math::make_adam_step(
             float(c.lr), float(c.adam_beta1), float(c.adam_beta2), float(c.adam_eps), ++adam_t);
         for (size_t k = 0; k < params.size(); ++k) {
-          math::adam_update(params[k], adam_m[k], adam_v[k], r.grad[k], 0.f, as);
+          math::adam_update(params[k], adam_m[k], adam_v[k], r.grad[k], 0.0, as);
         }
         // The mask: Eq. 19 (sgd), or Adam on the same direction; clipped to [0, 1].
         if (c.mask_optimizer == "sgd") {
@@ -286,12 +318,12 @@ SelectionResult run_invariant_pipeline(const Config& c, const Evaluator& eval,
               math::make_adam_step(float(c.mask_step), float(c.adam_beta1), float(c.adam_beta2),
                                    float(c.adam_eps), ++mask_t);
           for (int64_t j = 0; j < d; ++j) {
-            math::adam_update(mask[j], mask_m[j], mask_v[j], r.mask_grad[j], 0.f, ma);
-            mask[j] = std::clamp(mask[j], 0.f, 1.f);
+            math::adam_update(mask[j], mask_m[j], mask_v[j], r.mask_grad[j], 0.0, ma);
+            mask[j] = std::clamp(mask[j], 0.0, 1.0);
           }
         }
         double mean = 0;
-        for (float x : mask) mean += x;
+        for (double x : mask) mean += x;
         mean /= double(std::max<int64_t>(d, 1));
         trace << nlohmann::json{{"outer", outer},   {"epoch", epoch},   {"step", step},
                                 {"w_ERM", r.w_ERM}, {"L_ERM", r.L_ERM}, {"L_IRM", r.L_IRM},
@@ -305,7 +337,7 @@ SelectionResult run_invariant_pipeline(const Config& c, const Evaluator& eval,
       }
       if (n_steps > 0 && (epoch + 1) % std::max(1, c.mask_epochs / 8) == 0) {
         double mean = 0, lo = 1, hi = 0;
-        for (float x : mask) {
+        for (double x : mask) {
           mean += x;
           lo = std::min(lo, double(x));
           hi = std::max(hi, double(x));
@@ -326,7 +358,8 @@ SelectionResult run_invariant_pipeline(const Config& c, const Evaluator& eval,
     }
     log_info(fmt::format("outer iteration {} done in {:.1f}s", outer, seconds_since(t_outer)));
   }
-  write_npy(run_dir + "/mask.npy", mask.data(), {d});
+  const std::vector<float> mask_f(mask.begin(), mask.end());
+  write_npy(run_dir + "/mask.npy", mask_f.data(), {d});
 
   // Per-modality mask means for the summary.
   nlohmann::json per_modality = nlohmann::json::object();
@@ -339,7 +372,7 @@ SelectionResult run_invariant_pipeline(const Config& c, const Evaluator& eval,
 
   // Final model on Phi = m * f.
   log_info("final model on Phi = m * f");
-  const std::vector<float> phi = scale_columns(data.features, d, mask);
+  const std::vector<float> phi = scale_columns(data.features, d, mask_f);
   return train_with_selection(c, eval, phi, true, stage_id::kFinal, "final", metrics_out);
 }
 

@@ -15,6 +15,8 @@
 #include "painvrl/dataset.h"
 #include "painvrl/evaluate.h"
 #include "painvrl/graph.h"
+#include "painvrl/mask_step.h"
+#include "painvrl/math/philox.h"
 
 namespace painvrl {
 
@@ -79,6 +81,21 @@ std::vector<int32_t> identify_environments(const Config& c, const Graph& graph,
                                            const PairList& pairs, const std::vector<float>& psi,
                                            int64_t feat_dim, int envs, int outer,
                                            std::ostream* trace);
+
+// Pieces of one mask-generation step, shared by the pipeline and `debug-step`.
+MaskSettings mask_settings_from(const Config& c);
+// One batch of `mask_batch` positives per environment (wrapping around an exhausted one), with
+// negatives drawn from (epoch, step, row, slot).
+EnvBatches make_mask_batches(const PairList& train,
+                             const std::vector<std::vector<int32_t>>& env_pairs, int32_t mask_batch,
+                             int32_t negatives, int32_t n_items, math::PhiloxKey neg_key,
+                             uint32_t epoch, int64_t step);
+// Gate noise for environment e: eps (d) ~ N(0, sigma^2) from (epoch, step, e, j).
+void draw_noise(math::PhiloxKey key, uint32_t epoch, uint32_t step, uint32_t env, int64_t d,
+                float sigma, float* eps);
+// W ~ N(0, init_std), b = 0; attention layers N(0, 1 / fan_in), their biases 0.
+std::vector<float> init_mask_params(const MaskLayout& L, uint64_t seed, uint32_t stage,
+                                    double init_std);
 
 // The invrl / painvrl pipeline: stage 0, T outer iterations of HIM and mask generation, the
 // final model on Phi = m * f. Writes mask.npy and trace.jsonl into run_dir.

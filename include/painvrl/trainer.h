@@ -17,6 +17,10 @@ struct RunOptions {
 // Runs `config.method` on the dataset. Throws InputError (nothing written) for bad input.
 void run_training(const Config& config, const RunOptions& options);
 
+// One mask-generation step with every input and output dumped (docs/mask-step.md).
+void run_debug_step(const Config& config, const std::string& data_dir, const std::string& out_dir,
+                    bool random_mask, bool in_double);
+
 // Prints counts, sparsity, degree summaries and feature widths of a dataset.
 void inspect_dataset(const std::string& data_dir);
 
