@@ -48,6 +48,23 @@ int main(int argc, char** argv) {
                 "compute the step in float32 (the GPU's arithmetic) instead of double (the CPU "
                 "trainer's)");
 
+  // split
+  CLI::App* split = app.add_subcommand("split", "write the OOD/IID or cold-item protocol datasets");
+  std::string split_data, split_out, split_protocol = "ood", split_env = "him", split_config;
+  std::vector<std::string> split_overrides;
+  double cold_fraction = 0.2;
+  split->add_option("--data", split_data, "source dataset directory")->required();
+  split->add_option("--out", split_out, "directory to create")->required();
+  split->add_option("--protocol", split_protocol, "ood | cold")->capture_default_str();
+  split
+      ->add_option("--environments", split_env,
+                   "him (HIM with E = 2) | file (the dataset's environments.tsv)")
+      ->capture_default_str();
+  split->add_option("--cold-fraction", cold_fraction, "share of cold items (cold protocol)")
+      ->capture_default_str();
+  split->add_option("--config", split_config, "TOML config for the HIM backbone");
+  split->add_option("--set", split_overrides, "key=value overrides")->take_all();
+
   // synth
   CLI::App* synth = app.add_subcommand("synth", "write a synthetic dataset with a planted shift");
   SynthOptions so;
@@ -100,6 +117,11 @@ int main(int argc, char** argv) {
       if (!dbg_config.empty()) apply_toml(config, read_text_file(dbg_config), dbg_config);
       for (const std::string& o : dbg_overrides) apply_override(config, o);
       run_debug_step(config, dbg_data, dbg_out, dbg_random_mask, !dbg_float);
+    } else if (*split) {
+      Config config;
+      if (!split_config.empty()) apply_toml(config, read_text_file(split_config), split_config);
+      for (const std::string& o : split_overrides) apply_override(config, o);
+      run_split(config, split_data, split_out, split_protocol, split_env, cold_fraction);
     } else if (*synth) {
       write_synthetic_dataset(synth_out, so);
       std::fprintf(stderr, "wrote synthetic dataset %s\n", synth_out.c_str());

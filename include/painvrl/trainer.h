@@ -21,6 +21,10 @@ void run_training(const Config& config, const RunOptions& options);
 void run_debug_step(const Config& config, const std::string& data_dir, const std::string& out_dir,
                     bool random_mask, bool in_double);
 
+// Writes the OOD/IID or cold-item protocol datasets (host/split.cpp).
+void run_split(const Config& config, const std::string& data_dir, const std::string& out_dir,
+               const std::string& protocol, const std::string& env_source, double cold_fraction);
+
 // Prints counts, sparsity, degree summaries and feature widths of a dataset.
 void inspect_dataset(const std::string& data_dir);
 

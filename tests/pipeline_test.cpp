@@ -1,0 +1,170 @@
+// The invariant-learning pipeline and the protocols end to end through the program: painvrl and
+// invrl runs write the mask, the trace and the summary; `split` writes the OOD/IID and cold-item
+// datasets by its documented rules; cold-candidate evaluation ranks among cold items only.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "painvrl/dataset.h"
+#include "painvrl/npy.h"
+#include "test_util.h"
+
+namespace painvrl {
+namespace {
+
+namespace fs = std::filesystem;
+using test::run_program;
+using test::TempDir;
+
+nlohmann::json read_json(const std::string& path) {
+  std::ifstream in(path);
+  return nlohmann::json::parse(in);
+}
+
+std::set<std::pair<int32_t, int32_t>> pair_set(const PairList& p) {
+  std::set<std::pair<int32_t, int32_t>> s;
+  for (size_t k = 0; k < p.size(); ++k) s.insert({p.user[k], p.item[k]});
+  return s;
+}
+
+const char* kTiny =
+    " --set dim=8 negatives=4 batch_size=128 epochs=3 eval_every=1 pretrain_epochs=1 "
+    "outer_iterations=2 envs=3 him_epochs=1 him_rounds=2 mask_epochs=2 mask_batch=64 "
+    "attention_hidden=4";
+
+TEST(Pipeline, PainvrlAndInvrlWriteMaskTraceAndSummary) {
+  TempDir tmp("pipe");
+  const std::string data = tmp / "synth";
+  ASSERT_EQ(run_program("synth --out " + data + " --seed 2 --users 100 --items 80").status, 0);
+  for (const std::string method : {"painvrl", "invrl"}) {
+    const std::string run = tmp / method;
+    const auto r =
+        run_program("train --method " + method + " --data " + data + " --out " + run + kTiny);
+    ASSERT_EQ(r.status, 0) << r.output;
+    EXPECT_NE(r.output.find("HIM outer 1 round"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("final eval epoch"), std::string::npos) << r.output;
+    const NpyArray mask = read_npy(run + "/mask.npy");
+    ASSERT_EQ(mask.shape, (std::vector<int64_t>{48}));
+    for (float m : mask.to_float()) {
+      EXPECT_GE(m, 0.f);
+      EXPECT_LE(m, 1.f);
+    }
+    const nlohmann::json s = read_json(run + "/summary.json");
+    EXPECT_EQ(s["method"], method);
+    EXPECT_EQ(s["objective"], method == "invrl" ? "fixed" : "pareto");
+    EXPECT_EQ(s["attention"], method == "painvrl");
+    EXPECT_TRUE(s["test_at_best"].contains("recall@20"));
+    std::ifstream trace(run + "/trace.jsonl");
+    int rounds = 0, steps = 0;
+    for (std::string line; std::getline(trace, line);) {
+      const auto j = nlohmann::json::parse(line);
+      if (j.contains("him_round")) {
+        ++rounds;
+        int64_t total = 0;
+        for (int64_t n : j["env_sizes"]) total += n;
+        EXPECT_GT(total, 0);
+      } else {
+        ++steps;
+        EXPECT_GE(double(j["w_ERM"]), 0.0);
+        EXPECT_LE(double(j["w_ERM"]), method == "invrl" ? 1.0 : 1.0);
+        EXPECT_TRUE(j.contains("L_IRM"));
+      }
+    }
+    EXPECT_GE(rounds, 2);  // at least one HIM round per outer iteration
+    EXPECT_GT(steps, 2);
+  }
+}
+
+TEST(Pipeline, OodSplitFollowsItsRules) {
+  TempDir tmp("split");
+  const std::string data = tmp / "synth";
+  ASSERT_EQ(run_program("synth --out " + data + " --seed 4 --users 150 --items 100").status, 0);
+  const std::string out = tmp / "ood";
+  const auto r =
+      run_program("split --data " + data + " --out " + out + " --protocol ood --environments file");
+  ASSERT_EQ(r.status, 0) << r.output;
+  LoadOptions no_features;
+  no_features.load_features = false;
+  const Dataset ood = load_dataset(out + "/ood", no_features);
+  const Dataset iid = load_dataset(out + "/iid", no_features);
+  EXPECT_EQ(pair_set(ood.train), pair_set(iid.train));
+  EXPECT_EQ(pair_set(ood.valid), pair_set(iid.valid));
+  // The environments file: every OOD-test pair is from the minority environment, every training
+  // and IID-test pair from the majority.
+  std::map<std::pair<int32_t, int32_t>, int> env;
+  std::ifstream tsv(data + "/environments.tsv");
+  std::string line;
+  std::getline(tsv, line);
+  int64_t count[2] = {0, 0};
+  while (std::getline(tsv, line)) {
+    int u, i, e;
+    ASSERT_EQ(std::sscanf(line.c_str(), "%d\t%d\t%d", &u, &i, &e), 3);
+    env[{u, i}] = e;
+    ++count[e];
+  }
+  const int majority = count[0] >= count[1] ? 0 : 1;
+  for (const auto& p : pair_set(ood.test)) EXPECT_EQ(env.at(p), 1 - majority);
+  for (const auto& p : pair_set(ood.train)) EXPECT_EQ(env.at(p), majority);
+  for (const auto& p : pair_set(iid.test)) EXPECT_EQ(env.at(p), majority);
+  // IID test and validation are ~10 % each of the majority environment.
+  const double big = double(count[majority]);
+  EXPECT_NEAR(double(iid.test.size()) / big, 0.1, 0.03);
+  EXPECT_NEAR(double(ood.valid.size()) / big, 0.1, 0.03);
+  // OOD-test users and items all appear in training.
+  std::set<int32_t> users, items;
+  for (size_t k = 0; k < ood.train.size(); ++k) {
+    users.insert(ood.train.user[k]);
+    items.insert(ood.train.item[k]);
+  }
+  for (size_t k = 0; k < ood.test.size(); ++k) {
+    EXPECT_TRUE(users.count(ood.test.user[k]));
+    EXPECT_TRUE(items.count(ood.test.item[k]));
+  }
+  const nlohmann::json m = read_json(out + "/manifest.json");
+  EXPECT_EQ(m["protocol"], "ood");
+  EXPECT_EQ(int64_t(m["counts"]["ood_test"]), int64_t(ood.test.size()));
+}
+
+TEST(Pipeline, ColdSplitHoldsItemsOutAndRanksAmongThem) {
+  TempDir tmp("cold");
+  const std::string data = tmp / "synth";
+  ASSERT_EQ(run_program("synth --out " + data + " --seed 6 --users 150 --items 100").status, 0);
+  const std::string out = tmp / "cold";
+  auto r = run_program("split --data " + data + " --out " + out +
+                       " --protocol cold --environments file --cold-fraction 0.25");
+  ASSERT_EQ(r.status, 0) << r.output;
+  LoadOptions no_features;
+  no_features.load_features = false;
+  const Dataset cold = load_dataset(out + "/cold-ood", no_features);
+  std::set<int32_t> train_items, test_items;
+  for (int32_t i : cold.train.item) train_items.insert(i);
+  for (int32_t i : cold.test.item) test_items.insert(i);
+  ASSERT_FALSE(test_items.empty());
+  for (int32_t i : test_items) EXPECT_FALSE(train_items.count(i)) << "cold item " << i;
+  const nlohmann::json m = read_json(out + "/manifest.json");
+  EXPECT_NEAR(double(m["cold_items"]) / 100.0, 0.25, 0.12);
+  // Ranking among cold items only: the most-popular baseline gives every cold item the same
+  // score 0, so its ranking among them is by id; with candidates = all, warm items fill the
+  // top and no cold item can be hit.
+  r = run_program("train --method mostpop --data " + out + "/cold-ood --out " + (tmp / "all"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  r = run_program("train --method mostpop --data " + out + "/cold-ood --out " + (tmp / "coldc") +
+                  " --set candidates=cold");
+  ASSERT_EQ(r.status, 0) << r.output;
+  const double all_recall = read_json(tmp / "all/summary.json")["test_at_best"]["recall@20"];
+  const double cold_recall = read_json(tmp / "coldc/summary.json")["test_at_best"]["recall@20"];
+  EXPECT_EQ(all_recall, 0.0);
+  EXPECT_GT(cold_recall, 0.0);
+  for (const std::string bad :
+       {"--protocol cold --cold-fraction 1.5", "--protocol sideways", "--environments oracle"}) {
+    r = run_program("split --data " + data + " --out " + (tmp / "bad") + " " + bad);
+    EXPECT_EQ(r.status, 1) << bad << ": " << r.output;
+    EXPECT_FALSE(fs::exists(tmp / "bad")) << bad;
+  }
+}
+
+}  // namespace
+}  // namespace painvrl
