@@ -77,6 +77,8 @@ const std::vector<Key>& keys() {
       {"mask_optimizer", &Config::mask_optimizer, "sgd | adam"},
       {"objective", &Config::objective, "pareto | erm | irm"},
       {"pareto_normalize", &Config::pareto_normalize, "none | l2 | loss (MGDA normalisation)"},
+      {"mask_w_init", &Config::mask_w_init,
+       "mask model's W, b: pretrained (stage 0's) | random (N(0, init_std), InvRL's choice)"},
       {"attention", &Config::attention, "attention MLPs of Eq. 13-14"},
       {"attention_hidden", &Config::attention_hidden, "hidden units H of each attention MLP"},
       {"invrl_alpha", &Config::invrl_alpha, "invrl: weight of L_IRM"},
@@ -265,6 +267,8 @@ void validate(const Config& c) {
   need(c.pareto_normalize == "none" || c.pareto_normalize == "l2" || c.pareto_normalize == "loss",
        "pareto_normalize", "none, l2 or loss");
   need(c.attention_hidden > 0, "attention_hidden", "a positive integer");
+  need(c.mask_w_init == "pretrained" || c.mask_w_init == "random", "mask_w_init",
+       "pretrained or random");
   need(c.invrl_alpha >= 0 && c.invrl_growth > 0, "invrl_alpha/invrl_growth",
        "alpha >= 0 and growth > 0");
   need(c.dim > 0 && c.dim <= 4096, "dim", "an integer in [1, 4096]");

@@ -145,6 +145,13 @@ struct StepContext {
     }
   }
 
+  // The environment that owns batch row r.
+  int32_t env_of_row(int64_t r) const {
+    return int32_t(std::upper_bound(B.env_offsets.begin(), B.env_offsets.end(), r) -
+                   B.env_offsets.begin()) -
+           1;
+  }
+
   // The term's item, weight and label.
   void term_identity(int64_t row, int32_t slot, TermEval<T>& t) const {
     const int32_t u = B.users[row], i = B.items[row];
@@ -271,9 +278,7 @@ MaskStepResult<T> mask_step(const MaskLayout& L, const T* params, const T* mask,
     std::vector<T> q(d), up(size_t(2) * H), hid(size_t(2) * H), h(d);
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < rows; ++r) {
-      const int32_t e = int32_t(std::upper_bound(B.env_offsets.begin(), B.env_offsets.end(), r) -
-                                B.env_offsets.begin()) -
-                        1;
+      const int32_t e = C.env_of_row(r);
       const int32_t u = B.users[r];
       T base;
       C.row_setup(u, q.data(), base, up.data());
@@ -340,9 +345,7 @@ MaskStepResult<T> mask_step(const MaskLayout& L, const T* params, const T* mask,
     std::vector<T> q(d), up(size_t(2) * H), hid(size_t(2) * H), h(d), ru(d);
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < rows; ++r) {
-      const int32_t e = int32_t(std::upper_bound(B.env_offsets.begin(), B.env_offsets.end(), r) -
-                                B.env_offsets.begin()) -
-                        1;
+      const int32_t e = C.env_of_row(r);
       const int32_t u = B.users[r];
       const T* mu = C.gate.data() + size_t(e) * d;
       T base;
@@ -472,9 +475,7 @@ MaskStepResult<T> mask_step(const MaskLayout& L, const T* params, const T* mask,
       std::vector<T> q(d), up(size_t(2) * H), hid(size_t(2) * H), h(d);
 #pragma omp for schedule(static)
       for (int64_t r = 0; r < rows; ++r) {
-        const int32_t e = int32_t(std::upper_bound(B.env_offsets.begin(), B.env_offsets.end(), r) -
-                                  B.env_offsets.begin()) -
-                          1;
+        const int32_t e = C.env_of_row(r);
         const int32_t u = B.users[r];
         T base;
         C.row_setup(u, q.data(), base, up.data());
