@@ -26,6 +26,10 @@ int main(int argc, char** argv) {
   train->add_option("--data", data_dir, "dataset directory")->required();
   train->add_option("--method", method, "ultragcn | ultragcn-mm | mostpop (config key method)");
   train->add_option("--preset", preset, "shipped preset: paper | invrl | ultragcn-ml1m");
+  std::string objective;
+  bool no_attention = false;
+  train->add_option("--objective", objective, "pareto | erm | irm (config key objective)");
+  train->add_flag("--no-attention", no_attention, "drop the attention MLPs (attention = false)");
   train->add_option("--config", config_file, "TOML config file (applied after the preset)");
   train->add_option("--set", overrides, "key=value overrides (applied last)")->take_all();
   train->add_option("--out", out_dir, "run directory to create")->required();
@@ -108,6 +112,8 @@ int main(int argc, char** argv) {
       if (!preset.empty()) apply_preset(config, preset);
       if (!config_file.empty()) apply_toml(config, read_text_file(config_file), config_file);
       if (!method.empty()) config.method = method;
+      if (!objective.empty()) config.objective = objective;
+      if (no_attention) config.attention = false;
       for (const std::string& o : overrides) apply_override(config, o);
       run_training(config, RunOptions{data_dir, out_dir, overwrite});
     } else if (*dbg) {

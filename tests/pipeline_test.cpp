@@ -78,6 +78,29 @@ TEST(Pipeline, PainvrlAndInvrlWriteMaskTraceAndSummary) {
   }
 }
 
+TEST(Pipeline, ObjectiveAndAttentionFlags) {
+  TempDir tmp("flags");
+  const std::string data = tmp / "synth";
+  ASSERT_EQ(run_program("synth --out " + data + " --seed 3 --users 80 --items 60").status, 0);
+  const std::string run = tmp / "erm";
+  const auto r = run_program("train --method painvrl --objective erm --no-attention --data " +
+                             data + " --out " + run + kTiny);
+  ASSERT_EQ(r.status, 0) << r.output;
+  const nlohmann::json s = read_json(run + "/summary.json");
+  EXPECT_EQ(s["objective"], "erm");
+  EXPECT_EQ(s["attention"], false);
+  std::ifstream trace(run + "/trace.jsonl");
+  for (std::string line; std::getline(trace, line);) {
+    const auto j = nlohmann::json::parse(line);
+    if (j.contains("w_ERM")) EXPECT_EQ(double(j["w_ERM"]), 1.0);  // ERM only
+  }
+  EXPECT_EQ(run_program("train --method painvrl --objective best --data " + data + " --out " +
+                        (tmp / "bad") + kTiny)
+                .status,
+            1);
+  EXPECT_FALSE(fs::exists(tmp / "bad"));
+}
+
 TEST(Pipeline, OodSplitFollowsItsRules) {
   TempDir tmp("split");
   const std::string data = tmp / "synth";
