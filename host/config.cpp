@@ -63,6 +63,8 @@ const std::vector<Key>& keys() {
        "-1: as the dataset says; 0/1: off/on (row L2 per modality)"},
       {"pretrain_epochs", &Config::pretrain_epochs, "stage 0 epochs (backbone on full features)"},
       {"outer_iterations", &Config::outer_iterations, "T outer iterations of Algorithm 1"},
+      {"environments", &Config::environments,
+       "him (identify, Sec. 3.3) | file (the dataset's environments.tsv, for diagnostics)"},
       {"envs", &Config::envs, "E environments"},
       {"him_epochs", &Config::him_epochs, "epochs per environment model per HIM round"},
       {"him_rounds", &Config::him_rounds, "maximum HIM reassignment rounds"},
@@ -252,6 +254,7 @@ void validate(const Config& c) {
   need(c.pretrain_epochs >= 0, "pretrain_epochs", "an integer >= 0");
   need(c.outer_iterations >= 1, "outer_iterations", "an integer >= 1");
   need(c.envs >= 1 && c.envs <= 1000, "envs", "an integer in [1, 1000]");
+  need(c.environments == "him" || c.environments == "file", "environments", "him or file");
   need(c.him_epochs >= 0, "him_epochs", "an integer >= 0");
   need(c.him_rounds >= 1, "him_rounds", "an integer >= 1");
   need(c.him_move_tol >= 0 && c.him_move_tol <= 1, "him_move_tol", "a value in [0, 1]");

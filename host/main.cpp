@@ -57,6 +57,7 @@ int main(int argc, char** argv) {
   std::string split_data, split_out, split_protocol = "ood", split_env = "him", split_config;
   std::vector<std::string> split_overrides;
   double cold_fraction = 0.2;
+  int test_env = -1;
   split->add_option("--data", split_data, "source dataset directory")->required();
   split->add_option("--out", split_out, "directory to create")->required();
   split->add_option("--protocol", split_protocol, "ood | cold")->capture_default_str();
@@ -66,6 +67,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   split->add_option("--cold-fraction", cold_fraction, "share of cold items (cold protocol)")
       ->capture_default_str();
+  split->add_option("--test-env", test_env,
+                    "environment id of the OOD test (default: the smallest environment)");
   split->add_option("--config", split_config, "TOML config for the HIM backbone");
   split->add_option("--set", split_overrides, "key=value overrides")->take_all();
 
@@ -127,7 +130,7 @@ int main(int argc, char** argv) {
       Config config;
       if (!split_config.empty()) apply_toml(config, read_text_file(split_config), split_config);
       for (const std::string& o : split_overrides) apply_override(config, o);
-      run_split(config, split_data, split_out, split_protocol, split_env, cold_fraction);
+      run_split(config, split_data, split_out, split_protocol, split_env, cold_fraction, test_env);
     } else if (*synth) {
       write_synthetic_dataset(synth_out, so);
       std::fprintf(stderr, "wrote synthetic dataset %s\n", synth_out.c_str());

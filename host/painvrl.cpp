@@ -11,10 +11,13 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <fstream>
+#include <map>
 #include <numeric>
 
 #include "painvrl/error.h"
+#include "painvrl/io.h"
 #include "painvrl/mask_step.h"
 #include "painvrl/math/adam.h"
 #include "painvrl/math/sampling.h"
@@ -120,6 +123,40 @@ EnvBatches make_mask_batches(const PairList& train,
     batches.env_offsets.push_back(int64_t(batches.users.size()));
   }
   return batches;
+}
+
+std::vector<int32_t> environments_from_file(const std::string& path, const PairList& pairs) {
+  const std::string text = read_text_file(path);
+  std::map<std::pair<int32_t, int32_t>, int32_t> env_of;
+  int64_t line_no = 0;
+  size_t pos = 0;
+  while (pos < text.size()) {
+    size_t end = text.find('\n', pos);
+    if (end == std::string::npos) end = text.size();
+    const std::string line = text.substr(pos, end - pos);
+    pos = end + 1;
+    if (++line_no == 1 || line.empty()) continue;  // header
+    int32_t u, i, e;
+    if (std::sscanf(line.c_str(), "%d\t%d\t%d", &u, &i, &e) != 3 || e < 0 || e > 1000) {
+      input_error("{}:{}: expected `user<TAB>item<TAB>env`", path, line_no);
+    }
+    env_of[{u, i}] = e;
+  }
+  std::vector<int32_t> env(pairs.size());
+  std::map<int32_t, int32_t> compact;  // environment ids present in training, renumbered 0..
+  for (size_t p = 0; p < pairs.size(); ++p) {
+    const auto it = env_of.find({pairs.user[p], pairs.item[p]});
+    if (it == env_of.end()) {
+      input_error("{}: no environment for training pair ({}, {})", path, pairs.user[p],
+                  pairs.item[p]);
+    }
+    compact.emplace(it->second, 0);
+    env[p] = it->second;
+  }
+  int32_t next = 0;
+  for (auto& [id, index] : compact) index = next++;
+  for (int32_t& e : env) e = compact[e];
+  return env;
 }
 
 std::vector<int32_t> identify_environments(const Config& c, const Graph& graph,
@@ -254,8 +291,11 @@ SelectionResult run_invariant_pipeline(const Config& c, const Evaluator& eval,
     for (int64_t j = 0; j < d; ++j) one_minus[j] = float(1.0 - mask[j]);
     const std::vector<float> psi = scale_columns(data.features, d, one_minus);
     const std::vector<int32_t> env =
-        identify_environments(c, graph, data.train, psi, d, c.envs, outer, &trace);
-    std::vector<std::vector<int32_t>> env_pairs(size_t(c.envs));
+        c.environments == "file"
+            ? environments_from_file(data.dir + "/environments.tsv", data.train)
+            : identify_environments(c, graph, data.train, psi, d, c.envs, outer, &trace);
+    const int32_t n_envs = *std::max_element(env.begin(), env.end()) + 1;
+    std::vector<std::vector<int32_t>> env_pairs(static_cast<size_t>(n_envs));
     for (size_t p = 0; p < env.size(); ++p) env_pairs[env[p]].push_back(int32_t(p));
     int64_t largest = 0;
     for (const auto& v : env_pairs) largest = std::max<int64_t>(largest, int64_t(v.size()));
@@ -280,13 +320,13 @@ SelectionResult run_invariant_pipeline(const Config& c, const Evaluator& eval,
     const math::PhiloxKey order_key =
         math::make_key(c.seed, math::stream_id(math::RngStream::kShuffle, stage));
     const int64_t steps = (largest + c.mask_batch - 1) / c.mask_batch;
-    std::vector<float> noise(size_t(c.envs) * d);
+    std::vector<float> noise(static_cast<size_t>(n_envs) * d);
     std::vector<double> noise_d(noise.size());
     double sum_w = 0, sum_erm = 0, sum_irm = 0;
     int64_t n_steps = 0;
     for (int epoch = 0; epoch < c.mask_epochs; ++epoch) {
       // Each environment's pairs in a fresh order per epoch.
-      for (int e = 0; e < c.envs; ++e) {
+      for (int e = 0; e < n_envs; ++e) {
         auto& v = env_pairs[e];
         for (int64_t p = int64_t(v.size()) - 1; p > 0; --p) {
           const uint32_t r =
@@ -298,7 +338,7 @@ SelectionResult run_invariant_pipeline(const Config& c, const Evaluator& eval,
         const EnvBatches batches =
             make_mask_batches(data.train, env_pairs, c.mask_batch, c.negatives, data.n_items,
                               neg_key, uint32_t(epoch), step);
-        for (int e = 0; e < c.envs; ++e) {
+        for (int e = 0; e < n_envs; ++e) {
           draw_noise(noise_key, uint32_t(epoch), uint32_t(step), uint32_t(e), d, float(c.sigma),
                      noise.data() + size_t(e) * d);
         }

@@ -1,16 +1,18 @@
 // `painvrl split`: the evaluation protocols of DESIGN.md, written as dataset directories.
 //
 // --protocol ood (Sec. 4.2.2): two environments over all pairs of the source dataset (HIM with
-//   E = 2 on psi = 0.5 f, or the environments recorded in environments.tsv); the larger is
-//   OOD-train, the smaller OOD-test, restricted to users and items seen in OOD-train. IID-test is
-//   a per-user random 10 % of OOD-train and validation a further per-user 10 % (users with at
-//   least 3 pairs keep at least one training pair). Writes OUT/ood and OUT/iid: the same train and
-//   validation, different tests.
+//   E = 2 on psi = 0.5 f, or the environments recorded in environments.tsv); the smallest (or
+//   --test-env) is the OOD-test environment, all others OOD-train; OOD-test is restricted to users
+//   and items seen in OOD-train. IID-test is a per-user random 10 % of OOD-train and validation a
+//   further per-user 10 % (users with at least 3 pairs keep at least one training pair). Writes
+//   OUT/ood and OUT/iid: the same train and validation, different tests.
 // --protocol cold (beyond the paper): a random `cold_fraction` of the items is held out of
-//   training entirely. Training keeps the majority environment's pairs of warm items (minus
-//   validation); OUT/cold-ood tests on the minority environment's pairs of cold items,
-//   OUT/cold-iid on the majority's. Train with `--set candidates=cold` to rank among cold items.
+//   training entirely. Training keeps the training environments' pairs of warm items (minus
+//   validation); OUT/cold-ood tests on the test environment's pairs of cold items,
+//   OUT/cold-iid on the training environments'. Train with `--set candidates=cold` to rank among
+//   cold items.
 // Every choice is recorded in OUT/manifest.json. Features are referenced by absolute path.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -42,8 +44,8 @@ std::vector<int32_t> read_environment_file(const std::string& path, const PairLi
     ++line_no;
     if (line.empty()) continue;
     int32_t u, i, e;
-    if (std::sscanf(line.c_str(), "%d\t%d\t%d", &u, &i, &e) != 3 || e < 0 || e > 1) {
-      input_error("{}:{}: expected `user<TAB>item<TAB>env` with env 0 or 1", path, line_no);
+    if (std::sscanf(line.c_str(), "%d\t%d\t%d", &u, &i, &e) != 3 || e < 0 || e > 15) {
+      input_error("{}:{}: expected `user<TAB>item<TAB>env` with env in 0..15", path, line_no);
     }
     env_of[{u, i}] = e;
   }
@@ -81,8 +83,20 @@ void per_user_holdout(const PairList& pairs, int32_t n_users, double share, math
 }
 
 void write_split_dataset(const std::string& dir, const Dataset& src, const PairList& train,
-                         const PairList& valid, const PairList& test, const std::string& note) {
+                         const PairList& valid, const PairList& test, const std::string& note,
+                         const std::map<std::pair<int32_t, int32_t>, int32_t>& env_of) {
   fs::create_directories(dir);
+  // The environment of every pair, for `environments = file` runs (diagnostics, oracle envs).
+  std::string tsv = "user\titem\tenv\tsplit\n";
+  const std::pair<const PairList*, const char*> parts[3] = {
+      {&train, "train"}, {&valid, "valid"}, {&test, "test"}};
+  for (const auto& [list, name] : parts) {
+    for (size_t p = 0; p < list->size(); ++p) {
+      tsv += fmt::format("{}\t{}\t{}\t{}\n", list->user[p], list->item[p],
+                         env_of.at({list->user[p], list->item[p]}), name);
+    }
+  }
+  write_text_atomic(dir + "/environments.tsv", tsv);
   write_lightgcn(dir + "/train.txt", train, src.n_users);
   write_lightgcn(dir + "/val.txt", valid, src.n_users);
   write_lightgcn(dir + "/test.txt", test, src.n_users);
@@ -102,7 +116,8 @@ void write_split_dataset(const std::string& dir, const Dataset& src, const PairL
 }  // namespace
 
 void run_split(const Config& c, const std::string& data_dir, const std::string& out_dir,
-               const std::string& protocol, const std::string& env_source, double cold_fraction) {
+               const std::string& protocol, const std::string& env_source, double cold_fraction,
+               int test_env) {
   validate(c);
   if (protocol != "ood" && protocol != "cold") {
     input_error("--protocol: expected ood or cold, got `{}`", protocol);
@@ -138,24 +153,36 @@ void run_split(const Config& c, const std::string& data_dir, const std::string& 
     log_info(fmt::format("split: HIM with E = 2 on {} pairs", all.size()));
     env = identify_environments(c, g, all, psi, d, 2, 0, nullptr);
   }
-  int64_t count[2] = {0, 0};
+  int32_t n_env = 0;
+  for (int32_t e : env) n_env = std::max(n_env, e + 1);
+  std::vector<int64_t> count(size_t(n_env), 0);
   for (int32_t e : env) ++count[e];
-  const int32_t majority = count[0] >= count[1] ? 0 : 1;
+  // The OOD test environment: --test-env, or the smallest one. Training keeps all the others.
+  int32_t minority = test_env;
+  if (minority < 0) {
+    minority = 0;
+    for (int32_t e = 1; e < n_env; ++e) {
+      if (count[e] > 0 && (count[minority] == 0 || count[e] < count[minority])) minority = e;
+    }
+  }
+  if (minority >= n_env || count[minority] == 0) {
+    input_error("--test-env {}: no pair has that environment ({} environments)", minority, n_env);
+  }
+  std::map<std::pair<int32_t, int32_t>, int32_t> env_of;
+  for (size_t p = 0; p < all.size(); ++p) env_of[{all.user[p], all.item[p]}] = env[p];
   const math::PhiloxKey key = math::make_key(c.seed, math::stream_id(math::RngStream::kSplit, 7));
 
-  nlohmann::json manifest = {{"protocol", protocol},
-                             {"source", src.dir},
-                             {"environments", env_source},
-                             {"seed", c.seed},
-                             {"env_sizes", {count[0], count[1]}},
-                             {"majority_env", majority}};
+  nlohmann::json manifest = {{"protocol", protocol},       {"source", src.dir},
+                             {"environments", env_source}, {"seed", c.seed},
+                             {"env_sizes", count},         {"test_env", minority}};
   const std::string tmp = temp_path_for(out_dir);
   fs::create_directories(tmp);
   try {
     if (protocol == "ood") {
       PairList big, small;
-      for (size_t p = 0; p < all.size(); ++p)
-        (env[p] == majority ? big : small).push(all.user[p], all.item[p]);
+      for (size_t p = 0; p < all.size(); ++p) {
+        (env[p] != minority ? big : small).push(all.user[p], all.item[p]);
+      }
       PairList rest, iid_test, train, valid;
       per_user_holdout(big, src.n_users, 0.1, key, 1, rest, iid_test);
       per_user_holdout(rest, src.n_users, 0.1 / 0.9, key, 2, train, valid);
@@ -172,15 +199,18 @@ void run_split(const Config& c, const std::string& data_dir, const std::string& 
           ++dropped;
         }
       }
-      write_split_dataset(tmp + "/ood", src, train, valid, ood_test, "OOD test: minority env");
-      write_split_dataset(tmp + "/iid", src, train, valid, iid_test, "IID test: 10% of majority");
+      write_split_dataset(tmp + "/ood", src, train, valid, ood_test, "OOD test: the test env",
+                          env_of);
+      write_split_dataset(tmp + "/iid", src, train, valid, iid_test,
+                          "IID test: 10% of the training envs", env_of);
       manifest["counts"] = {{"train", train.size()},
                             {"valid", valid.size()},
                             {"iid_test", iid_test.size()},
                             {"ood_test", ood_test.size()},
                             {"ood_test_dropped_unseen", dropped}};
       manifest["rules"] =
-          "majority env = OOD-train; minority env = OOD-test restricted to users and items in "
+          "the training envs (all but the test env) = OOD-train; the test env = OOD-test, "
+          "restricted to users and items in "
           "train; IID-test = per-user 10% of OOD-train; valid = a further per-user 10% (of the "
           "whole OOD-train); users with < 3 pairs keep all in train";
     } else {
@@ -194,7 +224,7 @@ void run_split(const Config& c, const std::string& data_dir, const std::string& 
       PairList warm_major, cold_major, cold_minor;
       for (size_t p = 0; p < all.size(); ++p) {
         const bool is_cold = cold[all.item[p]];
-        if (env[p] == majority) {
+        if (env[p] != minority) {
           (is_cold ? cold_major : warm_major).push(all.user[p], all.item[p]);
         } else if (is_cold) {
           cold_minor.push(all.user[p], all.item[p]);
@@ -213,9 +243,9 @@ void run_split(const Config& c, const std::string& data_dir, const std::string& 
       };
       const PairList ood_test = seen_only(cold_minor), iid_test = seen_only(cold_major);
       write_split_dataset(tmp + "/cold-ood", src, train, valid, ood_test,
-                          "cold items, minority env; train with candidates = cold");
+                          "cold items, test env; train with candidates = cold", env_of);
       write_split_dataset(tmp + "/cold-iid", src, train, valid, iid_test,
-                          "cold items, majority env; train with candidates = cold");
+                          "cold items, training envs; train with candidates = cold", env_of);
       manifest["cold_fraction"] = cold_fraction;
       manifest["cold_items"] = n_cold;
       manifest["counts"] = {{"train", train.size()},
@@ -223,9 +253,11 @@ void run_split(const Config& c, const std::string& data_dir, const std::string& 
                             {"cold_iid_test", iid_test.size()},
                             {"cold_ood_test", ood_test.size()}};
       manifest["rules"] =
-          "cold items: each item independently with probability cold_fraction; train = majority "
-          "env pairs of warm items minus a per-user 10% validation; cold-ood test = minority env "
-          "pairs of cold items, cold-iid test = majority env pairs of cold items, both restricted "
+          "cold items: each item independently with probability cold_fraction; train = the "
+          "training "
+          "envs' pairs of warm items minus a per-user 10% validation; cold-ood test = minority env "
+          "pairs of cold items, cold-iid test = the training envs' pairs of cold items, both "
+          "restricted "
           "to users in train; evaluate with candidates = cold";
     }
     write_text_atomic(tmp + "/manifest.json", manifest.dump(2) + "\n");
@@ -235,8 +267,8 @@ void run_split(const Config& c, const std::string& data_dir, const std::string& 
     fs::remove_all(tmp, ec);
     throw;
   }
-  log_info(fmt::format("split ({}): environments {} / {}; wrote {}", protocol, count[majority],
-                       count[1 - majority], out_dir));
+  log_info(fmt::format("split ({}): environment sizes [{}], test environment {}; wrote {}",
+                       protocol, fmt::join(count, ", "), minority, out_dir));
 }
 
 }  // namespace painvrl

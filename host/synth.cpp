@@ -143,6 +143,11 @@ void validate(const SynthOptions& o) {
     input_error("synth: option `per_user` must be positive and finite (got {})", o.per_user);
   if (!(o.minority >= 0 && o.minority <= 1))
     input_error("synth: option `minority` must be in [0, 1] (got {})", o.minority);
+  if (!(o.mid_share >= 0 && o.minority + o.mid_share <= 1))
+    input_error("synth: option `mid_share` must be >= 0 with minority + mid_share <= 1 (got {})",
+                o.mid_share);
+  if (!std::isfinite(o.mid_strength))
+    input_error("synth: option `mid_strength` must be finite (got {})", o.mid_strength);
   if (!(std::isfinite(o.spurious_strength) && o.spurious_strength >= 0))
     input_error("synth: option `spurious_strength` must be >= 0 and finite (got {})",
                 o.spurious_strength);
@@ -292,11 +297,15 @@ struct Fenwick {
 };
 
 // Per-thread scratch for one user's draws.
+// Environments: 0 majority (spurious sign +1), 1 minority (-1), 2 middle (mid_strength, share
+// mid_share; empty by default).
+constexpr int kEnvs = 3;
+
 struct UserSampler {
-  std::vector<double> logit[2], w[2];
-  Fenwick tree[2];
-  double built_total[2] = {0, 0};
-  bool built[2] = {false, false};
+  std::vector<double> logit[kEnvs], w[kEnvs];
+  Fenwick tree[kEnvs];
+  double built_total[kEnvs] = {0, 0, 0};
+  bool built[kEnvs] = {false, false, false};
   std::vector<char> taken;
 
   // Rebuilds environment e's weights as exp(logit - max) over the items not yet drawn.
@@ -339,7 +348,7 @@ struct UserSampler {
 
   void take(int32_t item) {
     taken[item] = 1;
-    for (int e = 0; e < 2; ++e) {
+    for (int e = 0; e < kEnvs; ++e) {
       if (built[e]) tree[e].add(item, -w[e][item]);
       w[e][item] = 0;
     }
@@ -373,12 +382,16 @@ void draw_user(const Rng& rng, const SynthOptions& o, const Latents& m, int32_t 
     b *= sp_scale;
     s.logit[0][i] = (a + b) * inv_t;
     s.logit[1][i] = (a - b) * inv_t;
+    s.logit[2][i] = (a + o.mid_strength * b) * inv_t;
   }
   std::fill(s.taken.begin(), s.taken.end(), 0);
-  s.built[0] = s.built[1] = false;
+  s.built[0] = s.built[1] = s.built[2] = false;
   for (int64_t k = 0; k < n; ++k) {
     const math::U32x4 r = rng.words(Draw::kInteraction, u, uint32_t(k));
-    const int e = Rng::unit(r.v[0]) < o.minority ? 1 : 0;
+    // The same uniform draw picks the environment: [0, minority) minority, then mid_share of the
+    // middle environment, the rest majority (mid_share = 0 gives the two-environment data).
+    const double x = Rng::unit(r.v[0]);
+    const int e = x < o.minority ? 1 : (x < o.minority + o.mid_share ? 2 : 0);
     const int32_t pick = s.sample(e, Rng::unit53(r.v[1], r.v[2]));
     s.take(pick);
     item[k] = pick;
@@ -434,6 +447,8 @@ json options_json(const SynthOptions& o) {
               {"per_user", o.per_user},
               {"minority", o.minority},
               {"spurious_strength", o.spurious_strength},
+              {"mid_share", o.mid_share},
+              {"mid_strength", o.mid_strength},
               {"temperature", o.temperature},
               {"valid_share", o.valid_share},
               {"test_share", o.test_share}};
@@ -495,7 +510,7 @@ void generate_into(const fs::path& dir, const SynthOptions& o) {
 #pragma omp parallel
   {
     UserSampler s;
-    for (int e = 0; e < 2; ++e) {
+    for (int e = 0; e < kEnvs; ++e) {
       s.logit[e].assign(size_t(o.items), 0.0);
       s.w[e].assign(size_t(o.items), 0.0);
     }
@@ -510,7 +525,7 @@ void generate_into(const fs::path& dir, const SynthOptions& o) {
 
   // Split files: per user, items ascending.
   PairList lists[3];
-  int64_t per_env[2] = {0, 0}, per_split[3] = {0, 0, 0}, per_env_split[2][3] = {};
+  int64_t per_env[kEnvs] = {0, 0, 0}, per_split[3] = {0, 0, 0}, per_env_split[kEnvs][3] = {};
   std::vector<char> item_in_train(size_t(o.items), 0);
   std::vector<int32_t> user_items[3];
   for (int32_t u = 0; u < o.users; ++u) {
@@ -549,17 +564,18 @@ void generate_into(const fs::path& dir, const SynthOptions& o) {
   manifest["generator"] = "painvrl synth";
   manifest["generator_version"] = kGeneratorVersion;
   manifest["options"] = options_json(o);
-  manifest["model"] = {{"spurious_factors", kSpuriousFactors},
-                       {"view_noise", kViewNoise},
-                       {"min_per_user", min_per_user(o)},
-                       {"max_per_user", std::max<int32_t>(1, o.items / 2)},
-                       {"shared_spurious_taste", json::array({1.0, 0.0})},
-                       {"environments", json::array({"majority", "minority"})}};
+  manifest["model"] = {
+      {"spurious_factors", kSpuriousFactors},
+      {"view_noise", kViewNoise},
+      {"min_per_user", min_per_user(o)},
+      {"max_per_user", std::max<int32_t>(1, o.items / 2)},
+      {"shared_spurious_taste", json::array({1.0, 0.0})},
+      {"environments", json::array({"majority (+1)", "minority (-1)", "middle (mid_strength)"})}};
   manifest["blocks"] = {{"invariant", json::array({0, o.invariant})},
                         {"spurious", json::array({o.invariant, o.invariant + o.spurious})},
                         {"noise", json::array({o.invariant + o.spurious, d})}};
   json env_split = json::array();
-  for (int e = 0; e < 2; ++e)
+  for (int e = 0; e < kEnvs; ++e)
     env_split.push_back({{"train", per_env_split[e][kTrain]},
                          {"valid", per_env_split[e][kValid]},
                          {"test", per_env_split[e][kTest]}});
@@ -567,7 +583,7 @@ void generate_into(const fs::path& dir, const SynthOptions& o) {
       {"users", o.users},
       {"items", o.items},
       {"pairs", total},
-      {"per_environment", json::array({per_env[0], per_env[1]})},
+      {"per_environment", json::array({per_env[0], per_env[1], per_env[2]})},
       {"per_split",
        {{"train", per_split[kTrain]}, {"valid", per_split[kValid]}, {"test", per_split[kTest]}}},
       {"per_environment_split", env_split},

@@ -82,6 +82,10 @@ std::vector<int32_t> identify_environments(const Config& c, const Graph& graph,
                                            int64_t feat_dim, int envs, int outer,
                                            std::ostream* trace);
 
+// Environments read from a `user item env ...` table (e.g. the synthetic data's planted ones,
+// for diagnostics), for each of `pairs`; ids renumbered 0.. in order.
+std::vector<int32_t> environments_from_file(const std::string& path, const PairList& pairs);
+
 // Pieces of one mask-generation step, shared by the pipeline and `debug-step`.
 MaskSettings mask_settings_from(const Config& c);
 // One batch of `mask_batch` positives per environment (wrapping around an exhausted one), with

@@ -21,7 +21,12 @@ struct SynthOptions {
   double per_user = 25;            // mean interactions per user
   double minority = 0.2;           // share of pairs from the minority (flipped) environment
   double spurious_strength = 1.0;  // weight of the environment-dependent preference
-  double temperature = 0.5;        // softmax temperature of item choice
+  // A third environment whose spurious sign is mid_strength (e.g. 0.3: weaker than the majority's
+  // +1), drawn with probability mid_share. With it, a training set of majority + middle pairs has
+  // two environments that disagree on the spurious block, while the minority (-1) is the OOD test.
+  double mid_share = 0.0;
+  double mid_strength = 0.0;
+  double temperature = 0.5;                    // softmax temperature of item choice
   double valid_share = 0.1, test_share = 0.1;  // per-user random split
 };
 

@@ -23,7 +23,8 @@ void run_debug_step(const Config& config, const std::string& data_dir, const std
 
 // Writes the OOD/IID or cold-item protocol datasets (host/split.cpp).
 void run_split(const Config& config, const std::string& data_dir, const std::string& out_dir,
-               const std::string& protocol, const std::string& env_source, double cold_fraction);
+               const std::string& protocol, const std::string& env_source, double cold_fraction,
+               int test_env);
 
 // Prints counts, sparsity, degree summaries and feature widths of a dataset.
 void inspect_dataset(const std::string& data_dir);
