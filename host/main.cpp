@@ -92,6 +92,11 @@ int main(int argc, char** argv) {
       ->add_option("--spurious-strength", so.spurious_strength,
                    "weight of the environment-dependent preference")
       ->capture_default_str();
+  synth->add_option("--mid-share", so.mid_share, "share of a third, middle environment")
+      ->capture_default_str();
+  synth->add_option("--mid-strength", so.mid_strength,
+                    "spurious sign/strength of the middle environment")
+      ->capture_default_str();
 
   // inspect
   CLI::App* inspect = app.add_subcommand("inspect", "print a dataset's counts and feature widths");
