@@ -94,8 +94,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   synth->add_option("--mid-share", so.mid_share, "share of a third, middle environment")
       ->capture_default_str();
-  synth->add_option("--mid-strength", so.mid_strength,
-                    "spurious sign/strength of the middle environment")
+  synth
+      ->add_option("--mid-strength", so.mid_strength,
+                   "spurious sign/strength of the middle environment")
       ->capture_default_str();
 
   // inspect

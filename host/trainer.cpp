@@ -140,17 +140,17 @@ Evaluator::Evaluator(const Config& c, const Dataset& d, const Graph& g)
   }
 }
 
-Metrics Evaluator::run(const ScoreFn& score, const PairList& heldout) const {
+Metrics Evaluator::run(const ScoreFn& score, const PairList& heldout, bool is_test) const {
   return evaluate_full_ranking(score, data.n_users, data.n_items, graph.train_by_user, heldout,
                                config.eval_ks, parse_ndcg(config.ndcg), config.eval_block,
-                               candidates);
+                               is_test ? candidates : std::vector<uint8_t>{});
 }
 
-Metrics Evaluator::run(Backend& backend, const PairList& heldout) const {
+Metrics Evaluator::run(Backend& backend, const PairList& heldout, bool is_test) const {
   backend.prepare_scoring();
   return run([&backend](const int32_t* users, int64_t count,
                         float* out) { backend.score(users, count, out); },
-             heldout);
+             heldout, is_test);
 }
 
 SelectionResult train_with_selection(const Config& c, const Evaluator& eval,
@@ -189,12 +189,12 @@ SelectionResult train_with_selection(const Config& c, const Evaluator& eval,
     if (!stage_name.empty()) line["stage"] = stage_name;
     Metrics valid, test;
     if (has_valid) {
-      valid = eval.run(*backend, data.valid);
+      valid = eval.run(*backend, data.valid, false);
       line["valid"] = metrics_json(valid);
     }
     const bool improved = !has_valid || valid.get(c.select_metric) > best_value;
     if (c.eval_test_each || improved) {
-      test = eval.run(*backend, data.test);
+      test = eval.run(*backend, data.test, true);
       line["test"] = metrics_json(test);
     }
     metrics_out << line.dump() << "\n" << std::flush;
@@ -282,10 +282,10 @@ void run_training(const Config& config, const RunOptions& options) {
     const ScoreFn pop = most_popular_scorer(graph.item_degree);
     nlohmann::json line = {{"epoch", 0}};
     if (has_valid) {
-      res.best_valid = eval.run(pop, data.valid);
+      res.best_valid = eval.run(pop, data.valid, false);
       line["valid"] = metrics_json(res.best_valid);
     }
-    res.test_at_best = eval.run(pop, data.test);
+    res.test_at_best = eval.run(pop, data.test, true);
     line["test"] = metrics_json(res.test_at_best);
     metrics_out << line.dump() << "\n" << std::flush;
     res.best_epoch = 0;

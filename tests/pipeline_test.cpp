@@ -151,6 +151,34 @@ TEST(Pipeline, OodSplitFollowsItsRules) {
   EXPECT_EQ(int64_t(m["counts"]["ood_test"]), int64_t(ood.test.size()));
 }
 
+// Three planted environments: the smallest (the flipped minority) is the test environment and the
+// two others make up training, with their environments written beside the split.
+TEST(Pipeline, SplitWithThreeEnvironmentsTrainsOnAllButTheTestEnvironment) {
+  TempDir tmp("split3");
+  const std::string data = tmp / "synth";
+  ASSERT_EQ(run_program("synth --out " + data +
+                        " --seed 8 --users 150 --items 100 --minority 0.15 --mid-share 0.3")
+                .status,
+            0);
+  const std::string out = tmp / "ood";
+  const auto r =
+      run_program("split --data " + data + " --out " + out + " --protocol ood --environments file");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(read_json(out + "/manifest.json")["test_env"], 1);
+  std::set<int> train_envs, test_envs;
+  std::ifstream tsv(out + "/ood/environments.tsv");
+  std::string line;
+  std::getline(tsv, line);
+  while (std::getline(tsv, line)) {
+    int u, i, e;
+    char split[16];
+    ASSERT_EQ(std::sscanf(line.c_str(), "%d\t%d\t%d\t%15s", &u, &i, &e, split), 4);
+    (std::string(split) == "test" ? test_envs : train_envs).insert(e);
+  }
+  EXPECT_EQ(train_envs, (std::set<int>{0, 2}));
+  EXPECT_EQ(test_envs, (std::set<int>{1}));
+}
+
 TEST(Pipeline, ColdSplitHoldsItemsOutAndRanksAmongThem) {
   TempDir tmp("cold");
   const std::string data = tmp / "synth";

@@ -60,10 +60,12 @@ struct Evaluator {
   const Config& config;
   const Dataset& data;
   const Graph& graph;
-  std::vector<uint8_t> candidates;  // (n_items,) empty: all items
+  // (n_items,) the test's ranking candidates; empty: all items. Validation always ranks among
+  // all items: in the cold-item protocol it holds warm items (model selection), the test cold ones.
+  std::vector<uint8_t> candidates;
   Evaluator(const Config& c, const Dataset& d, const Graph& g);
-  Metrics run(const ScoreFn& score, const PairList& heldout) const;
-  Metrics run(Backend& backend, const PairList& heldout) const;
+  Metrics run(const ScoreFn& score, const PairList& heldout, bool is_test) const;
+  Metrics run(Backend& backend, const PairList& heldout, bool is_test) const;
 };
 
 // Trains a backbone with periodic evaluation, early stopping on the validation metric, and test
