@@ -46,27 +46,27 @@ struct Config {
   // data
   int normalize_features = -1;  // -1: as the dataset says; 0/1 override
   // PaInvRL / InvRL (DESIGN.md section 2, Algorithm 1)
-  int pretrain_epochs = 20;            // stage 0: backbone on the full features
-  int outer_iterations = 5;            // T
-  std::string environments = "him";    // him | file (the dataset's environments.tsv: oracle envs)
-  int envs = 10;                       // E
-  int him_epochs = 20;                 // epochs per environment model per round
-  int him_rounds = 10;                 // at most this many reassignment rounds
-  double him_move_tol = 0.01;          // stop when at most this share of pairs moved
-  int mask_epochs = 40;                // mask-generation epochs per outer iteration
-  int mask_batch = 512;                // positives per environment per mask step
-  double mask_init = 0.5;              // initial m
-  double sigma = 0.01;                 // gate noise std (Eq. 10)
+  int pretrain_epochs = 20;          // stage 0: backbone on the full features
+  int outer_iterations = 5;          // T
+  std::string environments = "him";  // him | file (the dataset's environments.tsv: oracle envs)
+  int envs = 10;                     // E
+  int him_epochs = 20;               // epochs per environment model per round
+  int him_rounds = 10;               // at most this many reassignment rounds
+  double him_move_tol = 0.01;        // stop when at most this share of pairs moved
+  int mask_epochs = 40;              // mask-generation epochs per outer iteration
+  int mask_batch = 512;              // positives per environment per mask step
+  double mask_init = 0.5;            // initial m
+  double sigma = 0.01;               // gate noise std (Eq. 10)
   // Provisional defaults for lambda, s and the normalisation, from the synthetic cold-item
   // benchmark (bench/RESULTS.md, 2026-11-29, 3 seeds): with lambda = 1 and s = 1e-3 the
   // regulariser dominates and the mask shrinks uniformly; without normalisation the min-norm
   // weight follows the smaller gradient and the spurious block is not separated; with l2
   // (w_ERM = 0.5 of the unit directions) the spurious block ends below the invariant one.
-  double mask_lambda = 0.1;            // lambda of the mask regulariser (Eq. 11, 19)
-  double mask_center = 0.0;            // c: 0 is the paper's lambda/2 |m|^2, 0.5 is InvRL's
-  double mask_step = 0.01;             // s (sgd) or the Adam learning rate of the mask
-  std::string mask_optimizer = "sgd";  // sgd | adam
-  std::string objective = "pareto";    // pareto | erm | irm (Table 3)
+  double mask_lambda = 0.1;                // lambda of the mask regulariser (Eq. 11, 19)
+  double mask_center = 0.0;                // c: 0 is the paper's lambda/2 |m|^2, 0.5 is InvRL's
+  double mask_step = 0.01;                 // s (sgd) or the Adam learning rate of the mask
+  std::string mask_optimizer = "sgd";      // sgd | adam
+  std::string objective = "pareto";        // pareto | erm | irm (Table 3)
   std::string pareto_normalize = "l2";     // none | l2 | loss
   std::string mask_w_init = "pretrained";  // mask model W, b: stage 0 (pretrained) or random
   bool attention = true;                   // the attention MLPs of Eq. 13-14 (RQ2: --no-attention)
