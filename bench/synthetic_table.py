@@ -5,6 +5,7 @@ Tables 2 and 3, plus the learned mask's mean over the invariant, spurious and no
 
     bench/synthetic_table.py [--build build] [--out runs/synthetic-bench] [--seeds 1 2 3]
                              [--set key=value ...] [--methods ultragcn-mm painvrl ...]
+                             [--synth "--minority 0.2 --mid-share 0.3"]
 
 Every run's directory is kept under --out; the table is printed as Markdown. The splits use the
 generator's own environments (`split --environments file`), so the benchmark measures the mask
@@ -13,6 +14,7 @@ learning, not the environment identification of the split.
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -38,7 +40,8 @@ def main():
     ap.add_argument("--methods", nargs="+",
                     default=["ultragcn", "ultragcn-mm", "invrl", "painvrl"])
     ap.add_argument("--set", nargs="*", default=[], help="key=value for every training run")
-    ap.add_argument("--synth", nargs="*", default=[], help="extra `painvrl synth` flags")
+    ap.add_argument("--synth", default="",
+                    help="extra `painvrl synth` flags as one string, e.g. '--mid-share 0.3'")
     a = ap.parse_args()
     exe = os.path.join(a.build, "painvrl")
     os.makedirs(a.out, exist_ok=True)
@@ -48,7 +51,7 @@ def main():
         base = os.path.join(a.out, f"seed{seed}")
         data = os.path.join(base, "data")
         if not os.path.isdir(data):
-            run([exe, "synth", "--out", data, "--seed", str(seed)] + a.synth)
+            run([exe, "synth", "--out", data, "--seed", str(seed)] + shlex.split(a.synth))
         for proto in ("ood", "cold"):
             sp = os.path.join(base, f"split-{proto}")
             if not os.path.isdir(sp):
