@@ -24,7 +24,8 @@ int main(int argc, char** argv) {
   std::vector<std::string> overrides;
   bool overwrite = false, quiet = false;
   train->add_option("--data", data_dir, "dataset directory")->required();
-  train->add_option("--method", method, "ultragcn | ultragcn-mm | mostpop (config key method)");
+  train->add_option("--method", method,
+                    "ultragcn | ultragcn-mm | mostpop | invrl | painvrl (config key method)");
   train->add_option("--preset", preset, "shipped preset: paper | invrl | ultragcn-ml1m");
   std::string objective;
   bool no_attention = false;
