@@ -46,10 +46,7 @@ void run_debug_step(const Config& c, const std::string& data_dir, const std::str
   const MaskLayout ml = MaskLayout::make(c.dim, d, c.attention_hidden, attention);
   const uint32_t stage = stage_id::mask(0);
   std::vector<float> params = init_mask_params(ml, c.seed, stage, c.init_std);
-  if (c.mask_w_init == "pretrained") {  // as the pipeline does
-    std::copy(frozen.begin() + bl.w, frozen.begin() + bl.b, params.begin() + ml.W);
-    std::copy(frozen.begin() + bl.b, frozen.begin() + bl.total, params.begin() + ml.b);
-  }
+  seed_mask_model(c, frozen, bl, ml, params);
   std::vector<float> mask(size_t(d), float(c.mask_init));
   const math::PhiloxKey split_key =
       math::make_key(c.seed, math::stream_id(math::RngStream::kSplit, stage_id::him_init(0)));

@@ -304,13 +304,7 @@ SelectionResult run_invariant_pipeline(const Config& c, const Evaluator& eval,
     const uint32_t stage = stage_id::mask(outer);
     const std::vector<float> params_init = init_mask_params(ml, c.seed, stage, c.init_std);
     std::vector<double> params(params_init.begin(), params_init.end());
-    if (c.mask_w_init == "pretrained") {
-      // Start W and b from the stage-0 backbone (trained on f): the mask gradients g_E and g_I
-      // are proportional to W, so a random near-zero W gives the mask almost no signal during
-      // the first epochs of every outer iteration.
-      std::copy(frozen.begin() + bl.w, frozen.begin() + bl.b, params.begin() + ml.W);
-      std::copy(frozen.begin() + bl.b, frozen.begin() + bl.total, params.begin() + ml.b);
-    }
+    seed_mask_model(c, frozen, bl, ml, params);
     std::vector<double> adam_m(params.size(), 0.0), adam_v(params.size(), 0.0);
     long long adam_t = 0;
     const math::PhiloxKey neg_key =

@@ -31,35 +31,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// Environments from DIR/environments.tsv (`user item env ...`), matched to the pairs.
-std::vector<int32_t> read_environment_file(const std::string& path, const PairList& pairs) {
-  const std::string text = read_text_file(path);
-  std::map<std::pair<int32_t, int32_t>, int32_t> env_of;
-  size_t pos = text.find('\n');
-  int64_t line_no = 1;
-  while (pos != std::string::npos && pos + 1 < text.size()) {
-    const size_t end = text.find('\n', pos + 1);
-    const std::string line = text.substr(pos + 1, end == std::string::npos ? end : end - pos - 1);
-    pos = end;
-    ++line_no;
-    if (line.empty()) continue;
-    int32_t u, i, e;
-    if (std::sscanf(line.c_str(), "%d\t%d\t%d", &u, &i, &e) != 3 || e < 0 || e > 15) {
-      input_error("{}:{}: expected `user<TAB>item<TAB>env` with env in 0..15", path, line_no);
-    }
-    env_of[{u, i}] = e;
-  }
-  std::vector<int32_t> env(pairs.size());
-  for (size_t p = 0; p < pairs.size(); ++p) {
-    const auto it = env_of.find({pairs.user[p], pairs.item[p]});
-    if (it == env_of.end()) {
-      input_error("{}: no environment for pair ({}, {})", path, pairs.user[p], pairs.item[p]);
-    }
-    env[p] = it->second;
-  }
-  return env;
-}
-
 // Per-user random split of `pairs` into (kept, held out): ~share held out, at least one kept.
 void per_user_holdout(const PairList& pairs, int32_t n_users, double share, math::PhiloxKey key,
                       uint32_t purpose, PairList& kept, PairList& held) {
@@ -142,7 +113,7 @@ void run_split(const Config& c, const std::string& data_dir, const std::string& 
   // 1. Two environments.
   std::vector<int32_t> env;
   if (env_source == "file") {
-    env = read_environment_file(src.dir + "/environments.tsv", all);
+    env = environments_from_file(src.dir + "/environments.tsv", all);
   } else {
     if (src.feature_dim == 0) input_error("split: HIM needs item features; {} has none", src.dir);
     const int64_t d = src.feature_dim;

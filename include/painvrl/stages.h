@@ -3,6 +3,7 @@
 // validation-based selection (baselines, the final model), heterogeneous environment
 // identification, and the PaInvRL / InvRL pipeline.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -102,6 +103,16 @@ void draw_noise(math::PhiloxKey key, uint32_t epoch, uint32_t step, uint32_t env
 // W ~ N(0, init_std), b = 0; attention layers N(0, 1 / fan_in), their biases 0.
 std::vector<float> init_mask_params(const MaskLayout& L, uint64_t seed, uint32_t stage,
                                     double init_std);
+
+// With mask_w_init = pretrained: the mask model's W and b start from the stage-0 backbone's (the
+// mask gradients are proportional to W; a near-zero random W gives the mask no signal at first).
+template <class P>
+void seed_mask_model(const Config& c, const std::vector<float>& backbone, const ParamLayout& bl,
+                     const MaskLayout& ml, std::vector<P>& params) {
+  if (c.mask_w_init != "pretrained") return;
+  std::copy(backbone.begin() + bl.w, backbone.begin() + bl.b, params.begin() + ml.W);
+  std::copy(backbone.begin() + bl.b, backbone.begin() + bl.total, params.begin() + ml.b);
+}
 
 // The invrl / painvrl pipeline: stage 0, T outer iterations of HIM and mask generation, the
 // final model on Phi = m * f. Writes mask.npy and trace.jsonl into run_dir.
