@@ -147,7 +147,6 @@ Metrics Evaluator::run(const ScoreFn& score, const PairList& heldout, bool is_te
 }
 
 Metrics Evaluator::run(Backend& backend, const PairList& heldout, bool is_test) const {
-  backend.prepare_scoring();
   return run([&backend](const int32_t* users, int64_t count,
                         float* out) { backend.score(users, count, out); },
              heldout, is_test);
@@ -188,6 +187,7 @@ SelectionResult train_with_selection(const Config& c, const Evaluator& eval,
                            {"train_seconds", res.train_seconds}};
     if (!stage_name.empty()) line["stage"] = stage_name;
     Metrics valid, test;
+    backend->prepare_scoring();  // item rows once per evaluation, for validation and test
     if (has_valid) {
       valid = eval.run(*backend, data.valid, false);
       line["valid"] = metrics_json(valid);

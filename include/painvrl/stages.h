@@ -66,6 +66,7 @@ struct Evaluator {
   std::vector<uint8_t> candidates;
   Evaluator(const Config& c, const Dataset& d, const Graph& g);
   Metrics run(const ScoreFn& score, const PairList& heldout, bool is_test) const;
+  // The backend must have been through prepare_scoring() since its last update.
   Metrics run(Backend& backend, const PairList& heldout, bool is_test) const;
 };
 
