@@ -70,6 +70,9 @@ const std::vector<Key>& keys() {
       {"him_epochs", &Config::him_epochs, "epochs per environment model per HIM round"},
       {"him_rounds", &Config::him_rounds, "maximum HIM reassignment rounds"},
       {"him_move_tol", &Config::him_move_tol, "HIM stops when at most this share of pairs moved"},
+      {"him_train", &Config::him_train,
+       "what an environment model trains: all (fresh backbone, InvRL) | content (stage-0 start, "
+       "ID branch frozen) | projection (stage-0 start, only W, b)"},
       {"mask_epochs", &Config::mask_epochs, "mask-generation epochs per outer iteration"},
       {"mask_batch", &Config::mask_batch, "positives per environment per mask step"},
       {"mask_init", &Config::mask_init, "initial mask value"},
@@ -259,6 +262,8 @@ void validate(const Config& c) {
   need(c.him_epochs >= 0, "him_epochs", "an integer >= 0");
   need(c.him_rounds >= 1, "him_rounds", "an integer >= 1");
   need(c.him_move_tol >= 0 && c.him_move_tol <= 1, "him_move_tol", "a value in [0, 1]");
+  need(c.him_train == "all" || c.him_train == "content" || c.him_train == "projection", "him_train",
+       "all, content or projection");
   need(c.mask_epochs >= 0, "mask_epochs", "an integer >= 0");
   need(c.mask_batch > 0, "mask_batch", "a positive integer");
   need(c.mask_init >= 0 && c.mask_init <= 1, "mask_init", "a value in [0, 1]");

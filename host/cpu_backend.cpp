@@ -3,6 +3,7 @@
 #include <cblas.h>
 #include <omp.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "painvrl/backend.h"
@@ -75,6 +76,17 @@ class CpuBackend final : public Backend {
     problem_.ii_k = graph.ii_k;
     problem_.features = L.content ? features.data() : nullptr;
     negatives_.resize(size_t(setup.batch_size) * setup.negatives);
+    // The optimiser's chunks: each tensor (Pt, Pf, T, W and b) cut into pieces of kChunk.
+    chunks_.clear();
+    frozen_sums_valid_ = false;
+    const int64_t bounds[5] = {L.pt, L.pf, L.t, L.w, L.total};
+    const uint8_t bits[4] = {kFrozenPt, kFrozenPf, kFrozenT, kFrozenWb};
+    for (int k = 0; k < 4; ++k) {
+      for (int64_t b = bounds[k]; b < bounds[k + 1]; b += kChunk) {
+        chunks_.push_back(
+            Chunk{b, std::min(b + kChunk, bounds[k + 1]), (setup.frozen & bits[k]) != 0, k < 3});
+      }
+    }
   }
 
   EpochStats train_epoch(const PairList& shuffled, uint32_t epoch) override {
@@ -93,22 +105,26 @@ class CpuBackend final : public Backend {
       // Negatives for this step, drawn from (epoch, step, row, slot).
 #pragma omp parallel for schedule(static)
       for (int64_t r = 0; r < rows; ++r) {
-        for (int32_t n = 0; n < N; ++n) {
-          negatives_[size_t(r) * N + n] = int32_t(math::negative_item(
-              neg_key, epoch, uint32_t(step), uint32_t(r), uint32_t(n), uint32_t(L.n_items)));
-        }
+        math::negative_row(neg_key, epoch, uint32_t(step), uint32_t(r), uint32_t(N),
+                           uint32_t(L.n_items), negatives_.data() + size_t(r) * N);
       }
       Batch batch{shuffled.user.data() + begin, shuffled.item.data() + begin, negatives_.data(),
                   rows, N};
-      const LossTerms<float> t = cpu::ultragcn_loss_grad<float>(
-          L, params_.data(), problem_, batch, setup_.loss, grad_.data(), false, ws_);
+      LossTerms<float> t = cpu::ultragcn_loss_grad<float>(L, params_.data(), problem_, batch,
+                                                          setup_.loss, grad_.data(), false, ws_);
+      // Full-table L2: its value comes from the Adam pass (the parameters this step used).
+      const L2Sums l2 = adam_step(emb_l2, w_l2);
+      double l2_term = setup_.loss.gamma_emb * t.l2_emb + setup_.loss.gamma_w * t.l2_w;
+      if (!touched) {
+        l2_term = setup_.loss.gamma_emb * l2.emb + setup_.loss.gamma_w * l2.w;
+        t.total += float(l2_term);
+      }
       stats.loss_total += t.total;
       stats.loss_main += t.main;
       stats.loss_item_item += setup_.loss.kappa * t.item_item;
-      stats.loss_l2 += setup_.loss.gamma_emb * t.l2_emb + setup_.loss.gamma_w * t.l2_w;
+      stats.loss_l2 += l2_term;
       stats.steps += 1;
       stats.pairs += rows;
-      adam_step(emb_l2, w_l2);
     }
     return stats;
   }
@@ -140,26 +156,59 @@ class CpuBackend final : public Backend {
   }
 
   std::vector<float> parameters() const override { return params_; }
-  void set_parameters(const std::vector<float>& params) override { params_ = params; }
+  void set_parameters(const std::vector<float>& params) override {
+    params_ = params;
+    frozen_sums_valid_ = false;
+  }
 
  private:
-  // Fused L2 gradient + Adam + gradient zeroing, one pass over the parameter buffer.
-  void adam_step(float emb_l2_coef, float w_l2_coef) {
+  struct L2Sums {
+    double emb = 0, w = 0;  // sum of squares of the embeddings and of W, b before the update
+  };
+
+  // Fused L2 gradient + Adam + gradient zeroing + the L2 value, one pass over the parameters.
+  // The sums of squares are taken in fixed chunks of kChunk parameters added in order, so the
+  // value is the same for any thread count (like the parameters themselves).
+  L2Sums adam_step(float emb_l2_coef, float w_l2_coef) {
     ++adam_t_;
     const AdamSettings& a = setup_.adam;
     const math::AdamStep s =
         math::make_adam_step(float(a.lr), float(a.beta1), float(a.beta2), float(a.eps), adam_t_);
-    const int64_t split = setup_.layout.embedding_end();
-    const int64_t total = setup_.layout.total;
     float* p = params_.data();
     float* g = grad_.data();
     float* m = adam_m_.data();
     float* v = adam_v_.data();
+    const int64_t n_chunks = int64_t(chunks_.size());
+    chunk_sums_.resize(chunks_.size());
 #pragma omp parallel for schedule(static)
-    for (int64_t k = 0; k < total; ++k) {
-      math::adam_update(p[k], m[k], v[k], g[k], k < split ? emb_l2_coef : w_l2_coef, s);
-      g[k] = 0.f;
+    for (int64_t c = 0; c < n_chunks; ++c) {
+      const Chunk& ch = chunks_[size_t(c)];
+      float sum = 0.f;
+      if (ch.frozen) {  // constant until set_parameters(): summed once
+        if (frozen_sums_valid_) {
+          sum = chunk_sums_[size_t(c)];
+        } else {
+#pragma omp simd reduction(+ : sum)
+          for (int64_t k = ch.begin; k < ch.end; ++k) sum += p[k] * p[k];
+        }
+        std::memset(g + ch.begin, 0, size_t(ch.end - ch.begin) * sizeof(float));
+      } else {
+        const float l2_coef = ch.embedding ? emb_l2_coef : w_l2_coef;
+#pragma omp simd reduction(+ : sum)
+        for (int64_t k = ch.begin; k < ch.end; ++k) {
+          sum += p[k] * p[k];
+          math::adam_update(p[k], m[k], v[k], g[k], l2_coef, s);
+          g[k] = 0.f;
+        }
+      }
+      chunk_sums_[size_t(c)] = sum;
     }
+    frozen_sums_valid_ = true;
+    L2Sums out;
+    for (size_t c = 0; c < chunks_.size(); ++c) {
+      (chunks_[c].embedding ? out.emb : out.w) += double(chunk_sums_[c]);
+    }
+    return out;
   }
 
   TrainSetup setup_;
@@ -171,6 +220,14 @@ class CpuBackend final : public Backend {
   std::vector<int32_t> negatives_;  // (batch_size, N)
   cpu::LossWorkspace<float> ws_;
   std::vector<float> item_rows_;  // (n_items, D or 2D)
+  struct Chunk {
+    int64_t begin, end;
+    bool frozen, embedding;
+  };
+  std::vector<Chunk> chunks_;      // the parameter buffer in pieces of at most kChunk
+  std::vector<float> chunk_sums_;  // (chunks_.size(),) sums of squares
+  static constexpr int64_t kChunk = 16384;
+  bool frozen_sums_valid_ = false;  // chunk_sums_ of frozen chunks are current
 };
 
 }  // namespace

@@ -6,21 +6,82 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "painvrl/cpu/ultragcn_loss.h"
 #include "painvrl/math/activations.h"
 #include "painvrl/math/ultragcn.h"
 
+// glibc's libmvec exports an AVX2 log1pf since 2.35 (declared by math.h only under
+// -ffast-math, so declared here).
+#if defined(PAINVRL_LIBMVEC) && defined(__AVX2__) && defined(__GLIBC__) && \
+    (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 35))
+#include <immintrin.h>
+#define PAINVRL_HAVE_MVEC_LOG1PF 1
+extern "C" __m256 _ZGVdN8v_log1pf(__m256);
+#else
+#define PAINVRL_HAVE_MVEC_LOG1PF 0
+#endif
+
 namespace painvrl::cpu {
 namespace {
 
+// Dot product in four independent 32-byte vector accumulators (GCC/Clang vector extensions;
+// with AVX2 + FMA each is one register and each step one vfmadd), so the multiply-adds of one
+// product do not wait on each other; the accumulators are added in a fixed tree, then the lanes
+// in order, then any tail. Deterministic for a given n.
 template <class T>
-T dot(const T* a, const T* b, int32_t n) {
-  T s = 0;
-#pragma omp simd reduction(+ : s)
-  for (int32_t k = 0; k < n; ++k) s += a[k] * b[k];
-  return s;
+struct Vec32 {
+  typedef T type __attribute__((vector_size(32)));
+};
+
+template <class T>
+inline T dot(const T* a, const T* b, int32_t n) {
+  using V = typename Vec32<T>::type;
+  constexpr int32_t kLanes = int32_t(32 / sizeof(T));
+  V s0 = {}, s1 = {}, s2 = {}, s3 = {};
+  auto load = [](const T* p) {
+    V v;
+    std::memcpy(&v, p, sizeof(V));
+    return v;
+  };
+  int32_t k = 0;
+  for (; k + 4 * kLanes <= n; k += 4 * kLanes) {
+    s0 += load(a + k) * load(b + k);
+    s1 += load(a + k + kLanes) * load(b + k + kLanes);
+    s2 += load(a + k + 2 * kLanes) * load(b + k + 2 * kLanes);
+    s3 += load(a + k + 3 * kLanes) * load(b + k + 3 * kLanes);
+  }
+  const V s = (s0 + s1) + (s2 + s3);
+  T r = 0;
+  for (int32_t l = 0; l < kLanes; ++l) r += s[l];
+  for (; k < n; ++k) r += a[k] * b[k];
+  return r;
+}
+
+// x[k] = log1p(x[k]) for k < n. The float version uses glibc's vector log1pf (libmvec, glibc
+// 2.35+, AVX2) eight at a time where available: the scalar log1pf was 13 % of an ML-1M epoch.
+template <class T>
+void log1p_inplace(T* x, int32_t n) {
+  for (int32_t k = 0; k < n; ++k) x[k] = std::log1p(x[k]);
+}
+#if PAINVRL_HAVE_MVEC_LOG1PF
+template <>
+void log1p_inplace<float>(float* x, int32_t n) {
+  int32_t k = 0;
+  for (; k + 8 <= n; k += 8) {
+    _mm256_storeu_ps(x + k, _ZGVdN8v_log1pf(_mm256_loadu_ps(x + k)));
+  }
+  for (; k < n; ++k) x[k] = std::log1p(x[k]);
+}
+#endif
+
+// Asks for the cache lines of row[0 .. n) ahead of use.
+template <class T>
+inline void prefetch_row(const T* row, int32_t n) {
+  const char* p = reinterpret_cast<const char*>(row);
+  for (size_t off = 0; off < sizeof(T) * size_t(n); off += 64) __builtin_prefetch(p + off);
 }
 
 template <class T>
@@ -64,6 +125,58 @@ void project_items(const ParamLayout& L, const T* params, const T* features,
   for (int32_t i = 0; i < L.n_items; ++i) axpy(T(1), bias, item_vec.data() + size_t(i) * D, D);
 }
 
+// Stable counting sort of the nonzero terms by item: positions item_term_offsets[j] ..
+// item_term_offsets[j + 1] hold item j's terms in increasing term index, as their coefficient
+// (item_term_coef) and user (item_term_user, row_user[term / terms_per_row]). Each thread counts
+// and then places one contiguous range of terms; a thread's cursor for item j starts after the
+// counts of all earlier threads, so the output is the serial one for any thread count.
+template <class T>
+void sort_terms_by_item(const std::vector<int32_t>& term_item, const std::vector<T>& term_coef,
+                        int32_t n_items, const int32_t* row_user, int32_t terms_per_row,
+                        LossWorkspace<T>& ws) {
+  const int64_t n_terms = int64_t(term_item.size());
+  const int threads = omp_get_max_threads();
+  ws.thread_item_cursor.assign(size_t(threads) * n_items, 0);  // (threads, n_items)
+  ws.item_term_offsets.resize(size_t(n_items) + 1);
+#pragma omp parallel num_threads(threads)
+  {
+    const int th = omp_get_thread_num(), nth = omp_get_num_threads();
+    const int64_t begin = n_terms * th / nth, end = n_terms * (th + 1) / nth;
+    int64_t* count = ws.thread_item_cursor.data() + size_t(th) * n_items;
+    for (int64_t t = begin; t < end; ++t) {
+      if (term_coef[t] != T(0)) ++count[term_item[t]];
+    }
+#pragma omp barrier
+#pragma omp single
+    {
+      int64_t running = 0;
+      for (int32_t j = 0; j < n_items; ++j) {
+        ws.item_term_offsets[j] = running;
+        for (int k = 0; k < nth; ++k) {
+          int64_t& c = ws.thread_item_cursor[size_t(k) * n_items + j];
+          const int64_t n = c;
+          c = running;
+          running += n;
+        }
+      }
+      ws.item_term_offsets[n_items] = running;
+      ws.item_term_coef.resize(size_t(running));
+      ws.item_term_user.resize(size_t(running));
+    }  // implied barrier
+    int64_t row = begin / terms_per_row, next_row_start = (row + 1) * terms_per_row;
+    for (int64_t t = begin; t < end; ++t) {
+      if (t == next_row_start) {
+        ++row;
+        next_row_start += terms_per_row;
+      }
+      if (term_coef[t] == T(0)) continue;
+      const int64_t pos = count[term_item[t]]++;
+      ws.item_term_coef[size_t(pos)] = term_coef[t];
+      ws.item_term_user[size_t(pos)] = row_user[row];
+    }
+  }
+}
+
 }  // namespace
 
 template <class T>
@@ -86,16 +199,19 @@ LossTerms<T> ultragcn_loss_grad(const ParamLayout& L, const T* params,
   }
   const int32_t user_grad_width = L.content ? 2 * D : D;
   ws.term_coef.resize(size_t(B) * terms_per_row);
+  ws.term_exp.resize(size_t(B) * terms_per_row);
+  ws.term_weight.resize(size_t(B) * terms_per_row);
   ws.term_item.resize(size_t(B) * terms_per_row);
   ws.row_main.resize(size_t(B));
   ws.row_ii.resize(size_t(B));
-  if (grad) ws.row_user_grad.assign(size_t(B) * user_grad_width, T(0));
+  if (grad) ws.row_user_grad.resize(size_t(B) * user_grad_width);
 
   const T w1 = T(S.w1), w2 = T(S.w2), w3 = T(S.w3), w4 = T(S.w4);
   const T neg_scale = N > 0 ? T(S.neg_weight) / T(N) : T(0);
   const T kappa = T(S.kappa);
 
-  // 1. Per batch row: scores, loss, dL/ds per term, and the user-row gradient.
+  // 1. Per batch row: scores, loss, dL/ds per term, and the user-row gradient, each term's
+  // gradient added while its item row is still in L1 from the dot product (terms in order).
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < B; ++r) {
     const int32_t u = batch.users[r];
@@ -105,45 +221,75 @@ LossTerms<T> ultragcn_loss_grad(const ParamLayout& L, const T* params,
     const T bu = problem.beta_user[u];
     T* coef = ws.term_coef.data() + size_t(r) * terms_per_row;
     int32_t* titem = ws.term_item.data() + size_t(r) * terms_per_row;
+    T* gu = grad ? ws.row_user_grad.data() + size_t(r) * user_grad_width : nullptr;
+    if (gu) std::fill(gu, gu + user_grad_width, T(0));
+    // The row's terms: the positive, its N negatives, its K item neighbours.
+    titem[0] = i;
+    std::copy_n(batch.negatives + size_t(r) * N, N, titem + 1);
+    std::copy_n(problem.ii_neighbors + size_t(i) * problem.ii_k, K, titem + 1 + N);
     auto score = [&](int32_t j) {
       T s = dot(pt, Titem + size_t(j) * D, D);
       if (pf) s += dot(pf, X + size_t(j) * D, D);
       return s;
     };
+    auto backprop = [&](T c, int32_t j) {  // gu += dL/ds * d s / d[Pt_u, Pf_u]
+      if (!gu || c == T(0)) return;
+      axpy(c, Titem + size_t(j) * D, gu, D);
+      if (pf) axpy(c, X + size_t(j) * D, gu + D, D);
+    };
+    // The item rows are random rows of tables larger than L2: fetch kAhead terms ahead.
+    auto prefetch = [&](int32_t j) {
+      prefetch_row(Titem + size_t(j) * D, D);
+      if (pf) prefetch_row(X + size_t(j) * D, D);
+    };
+    // Per term: z = -s (label 1) or s (label 0), loss weight w, e = e^{-|z|}; softplus(z) =
+    // max(z, 0) + log1p(e) and sigmoid(z) come from the one exponential. The log1p is only
+    // needed for the loss value and is taken for the whole row at once below (vectorised).
+    T* term_e = ws.term_exp.data() + size_t(r) * terms_per_row;
+    T* term_w = ws.term_weight.data() + size_t(r) * terms_per_row;
+    constexpr int32_t kAhead = 4;
+    for (int32_t t = 0; t < std::min(kAhead, terms_per_row); ++t) prefetch(titem[t]);
     T main = 0, ii = 0;
-    {  // positive: pos_w sp(-s), d/ds = -pos_w sigmoid(-s)
-      const T s = score(i);
-      const T w = math::pair_weight(w1, w2, bu, problem.beta_item[i]);
-      main += w * math::softplus(-s);
-      coef[0] = -w * math::sigmoid(-s);
-      titem[0] = i;
+    for (int32_t t = 0; t < terms_per_row; ++t) {
+      if (t + kAhead < terms_per_row) prefetch(titem[t + kAhead]);
+      const int32_t j = titem[t];
+      T w, z, sign;  // sign: dz/ds
+      if (t == 0) {  // positive: pos_w sp(-s)
+        w = math::pair_weight(w1, w2, bu, problem.beta_item[i]);
+        sign = T(-1);
+      } else if (t <= N) {  // negatives: c sp(s)
+        w = neg_scale * math::pair_weight(w3, w4, bu, problem.beta_item[j]);
+        sign = T(1);
+      } else {  // neighbours: kappa omega sp(-s); omega = 0 pads and contributes nothing
+        w = problem.ii_weights[size_t(i) * problem.ii_k + (t - 1 - N)];
+        sign = T(-1);
+        if (w == T(0)) {
+          coef[t] = T(0);
+          term_e[t] = T(0);
+          term_w[t] = T(0);
+          continue;
+        }
+      }
+      z = sign * score(j);
+      const T e = std::exp(-std::fabs(z));
+      const T sg = z >= T(0) ? T(1) / (T(1) + e) : e / (T(1) + e);  // sigmoid(z)
+      const T relu = z > T(0) ? z : T(0);
+      term_e[t] = e;
+      term_w[t] = w;
+      if (t <= N) {
+        main += w * relu;
+        coef[t] = sign * w * sg;
+      } else {
+        ii += w * relu;
+        coef[t] = -kappa * w * sg;
+      }
+      backprop(coef[t], j);
     }
-    for (int32_t n = 0; n < N; ++n) {  // negatives: c sp(s), d/ds = c sigmoid(s)
-      const int32_t j = batch.negatives[size_t(r) * N + n];
-      const T s = score(j);
-      const T c = neg_scale * math::pair_weight(w3, w4, bu, problem.beta_item[j]);
-      main += c * math::softplus(s);
-      coef[1 + n] = c * math::sigmoid(s);
-      titem[1 + n] = j;
-    }
-    for (int32_t k = 0; k < K; ++k) {  // neighbours: kappa omega sp(-s)
-      const int32_t j = problem.ii_neighbors[size_t(i) * problem.ii_k + k];
-      const T omega = problem.ii_weights[size_t(i) * problem.ii_k + k];
-      const T s = omega != T(0) ? score(j) : T(0);
-      ii += omega * math::softplus(-s);
-      coef[1 + N + k] = omega != T(0) ? -kappa * omega * math::sigmoid(-s) : T(0);
-      titem[1 + N + k] = j;
-    }
+    log1p_inplace(term_e, terms_per_row);
+    for (int32_t t = 0; t <= N; ++t) main += term_w[t] * term_e[t];
+    for (int32_t t = N + 1; t < terms_per_row; ++t) ii += term_w[t] * term_e[t];
     ws.row_main[r] = main;
     ws.row_ii[r] = ii;
-    if (grad) {
-      T* gu = ws.row_user_grad.data() + size_t(r) * user_grad_width;
-      for (int32_t t = 0; t < terms_per_row; ++t) {
-        if (coef[t] == T(0)) continue;
-        axpy(coef[t], Titem + size_t(titem[t]) * D, gu, D);
-        if (pf) axpy(coef[t], X + size_t(titem[t]) * D, gu + D, D);
-      }
-    }
   }
 
   LossTerms<T> out;
@@ -159,7 +305,9 @@ LossTerms<T> ultragcn_loss_grad(const ParamLayout& L, const T* params,
     for (int64_t r = 0; r < B; ++r) ws.row_touched[batch.users[r]] = 1;
     for (int32_t j : ws.term_item) ws.row_touched[size_t(L.n_users) + j] = 1;
   }
-  {
+  // With the full-table L2 fused into the optimiser, its value is the optimiser's too (it reads
+  // every parameter anyway); l2_emb and l2_w stay 0 here.
+  if (touched_mode || add_l2_grad) {
     T l2_emb = 0;
     if (!touched_mode) {
       const int64_t n = L.embedding_end();
@@ -196,33 +344,23 @@ LossTerms<T> ultragcn_loss_grad(const ParamLayout& L, const T* params,
   }
 
   // 3. Items: counting sort of the terms by item, then each item's terms in term order.
-  const int64_t n_terms = B * terms_per_row;
-  ws.item_term_offsets.assign(size_t(L.n_items) + 1, 0);
-  for (int64_t t = 0; t < n_terms; ++t) {
-    if (ws.term_coef[t] != T(0)) ++ws.item_term_offsets[size_t(ws.term_item[t]) + 1];
-  }
-  for (int32_t j = 0; j < L.n_items; ++j) ws.item_term_offsets[j + 1] += ws.item_term_offsets[j];
-  ws.item_terms.resize(size_t(ws.item_term_offsets[L.n_items]));
-  {
-    std::vector<int64_t>& off = ws.item_term_offsets;
-    // Fill using a running cursor held in the offsets array shifted by one (restored below).
-    for (int64_t t = 0; t < n_terms; ++t) {
-      if (ws.term_coef[t] == T(0)) continue;
-      ws.item_terms[size_t(off[ws.term_item[t]]++)] = int32_t(t);
-    }
-    for (int32_t j = L.n_items; j > 0; --j) off[j] = off[j - 1];
-    off[0] = 0;
-  }
+  sort_terms_by_item(ws.term_item, ws.term_coef, L.n_items, batch.users, terms_per_row, ws);
   if (L.content) ws.item_vec_grad.assign(size_t(L.n_items) * D, T(0));
+  const int64_t n_sorted = int64_t(ws.item_term_coef.size());
 #pragma omp parallel for schedule(dynamic, 64)
   for (int32_t j = 0; j < L.n_items; ++j) {
     T* gt = grad + L.t + size_t(j) * D;
     T* gx = L.content ? ws.item_vec_grad.data() + size_t(j) * D : nullptr;
     for (int64_t p = ws.item_term_offsets[j]; p < ws.item_term_offsets[j + 1]; ++p) {
-      const int32_t t = ws.item_terms[p];
-      const int32_t u = batch.users[t / terms_per_row];
-      axpy(ws.term_coef[t], Pt + size_t(u) * D, gt, D);
-      if (gx) axpy(ws.term_coef[t], Pf + size_t(u) * D, gx, D);
+      if (p + 4 < n_sorted) {  // the user rows are scattered over tables larger than L2
+        const int32_t ahead = ws.item_term_user[size_t(p + 4)];
+        prefetch_row(Pt + size_t(ahead) * D, D);
+        if (gx) prefetch_row(Pf + size_t(ahead) * D, D);
+      }
+      const T c = ws.item_term_coef[p];
+      const int32_t u = ws.item_term_user[p];
+      axpy(c, Pt + size_t(u) * D, gt, D);
+      if (gx) axpy(c, Pf + size_t(u) * D, gx, D);
     }
   }
 
@@ -289,6 +427,147 @@ void score_users(const ParamLayout& L, const T* params, const std::vector<T>& it
     }
   }
   gemm_abt(count, L.n_items, width, user_rows.data(), item_rows.data(), out);
+}
+
+namespace {
+
+// X (n_items, E * D) = F W_all^T + b_all.
+void project_items_all_envs(const EnvModelsView& m, const float* features, std::vector<float>& x) {
+  const int64_t width = int64_t(m.envs) * m.dim;
+  x.resize(size_t(m.n_items) * size_t(width));
+  if (m.feat_dim > 0) {
+    gemm_abt(m.n_items, width, m.feat_dim, features, m.w_all, x.data());
+  } else {
+    std::fill(x.begin(), x.end(), 0.f);
+  }
+#pragma omp parallel for schedule(static)
+  for (int32_t i = 0; i < m.n_items; ++i)
+    axpy(1.f, m.b_all, x.data() + size_t(i) * width, int32_t(width));
+}
+
+}  // namespace
+
+void env_projection_loss_grad(const EnvModelsView& m, const LossProblem<float>& problem,
+                              const EnvBatch& batch, const LossSettings& S, double* env_loss,
+                              float* grad_w_all, float* grad_b_all, LossWorkspace<float>& ws) {
+  using T = float;
+  const int32_t D = m.dim, E = m.envs;
+  const int64_t width = int64_t(E) * D;
+  const int64_t B = batch.size;
+  const int32_t N = batch.n_negatives;
+  const int32_t K = S.kappa != 0 ? problem.ii_k : 0;
+  const int32_t terms_per_row = 1 + N + K;
+  project_items_all_envs(m, problem.features, ws.item_vec);
+  const T* X = ws.item_vec.data();
+  ws.term_coef.resize(size_t(B) * terms_per_row);
+  ws.term_item.resize(size_t(B) * terms_per_row);  // key j * E + e
+  ws.term_exp.resize(size_t(B) * terms_per_row);
+  ws.term_weight.resize(size_t(B) * terms_per_row);
+  ws.row_main.resize(size_t(B));
+  const T w1 = T(S.w1), w2 = T(S.w2), w3 = T(S.w3), w4 = T(S.w4);
+  const T neg_scale = N > 0 ? T(S.neg_weight) / T(N) : T(0);
+  const T kappa = T(S.kappa);
+
+  // 1. Per row: the terms' scores under the row's environment model, loss and dL/ds.
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < B; ++r) {
+    const int32_t u = batch.users[r], i = batch.items[r], e = batch.envs[r];
+    const T* pt = m.pt + size_t(u) * D;
+    const T* pf = m.pf + size_t(u) * D;
+    const T bu = problem.beta_user[u];
+    T* coef = ws.term_coef.data() + size_t(r) * terms_per_row;
+    int32_t* key = ws.term_item.data() + size_t(r) * terms_per_row;
+    T* term_e = ws.term_exp.data() + size_t(r) * terms_per_row;
+    T* term_w = ws.term_weight.data() + size_t(r) * terms_per_row;
+    auto item_of = [&](int32_t t) {
+      return t == 0   ? i
+             : t <= N ? batch.negatives[size_t(r) * N + (t - 1)]
+                      : problem.ii_neighbors[size_t(i) * problem.ii_k + (t - 1 - N)];
+    };
+    T main = 0, ii = 0;
+    for (int32_t t = 0; t < terms_per_row; ++t) {
+      const int32_t j = item_of(t);
+      key[t] = j * E + e;
+      T w, sign;
+      if (t == 0) {
+        w = math::pair_weight(w1, w2, bu, problem.beta_item[i]);
+        sign = T(-1);
+      } else if (t <= N) {
+        w = neg_scale * math::pair_weight(w3, w4, bu, problem.beta_item[j]);
+        sign = T(1);
+      } else {
+        w = problem.ii_weights[size_t(i) * problem.ii_k + (t - 1 - N)];
+        sign = T(-1);
+        if (w == T(0)) {
+          coef[t] = term_e[t] = term_w[t] = T(0);
+          continue;
+        }
+      }
+      const T s =
+          dot(pt, m.t + size_t(j) * D, D) + dot(pf, X + size_t(j) * width + size_t(e) * D, D);
+      const T z = sign * s;
+      const T ex = std::exp(-std::fabs(z));
+      const T sg = z >= T(0) ? T(1) / (T(1) + ex) : ex / (T(1) + ex);
+      const T relu = z > T(0) ? z : T(0);
+      term_e[t] = ex;
+      term_w[t] = w;
+      if (t <= N) {
+        main += w * relu;
+        coef[t] = sign * w * sg;
+      } else {
+        ii += w * relu;
+        coef[t] = -kappa * w * sg;
+      }
+    }
+    log1p_inplace(term_e, terms_per_row);
+    for (int32_t t = 0; t <= N; ++t) main += term_w[t] * term_e[t];
+    for (int32_t t = N + 1; t < terms_per_row; ++t) ii += term_w[t] * term_e[t];
+    ws.row_main[r] = main + kappa * ii;
+  }
+  for (int32_t e = 0; e < E; ++e) env_loss[e] = 0;
+  for (int64_t r = 0; r < B; ++r) env_loss[batch.envs[r]] += double(ws.row_main[r]);
+
+  // 2. dX by (item, environment) key, each key's terms in term order; the "user" of a sorted
+  // term is its row's user (row_user), whose Pf row is the gradient direction.
+  sort_terms_by_item(ws.term_item, ws.term_coef, int32_t(m.n_items) * E, batch.users, terms_per_row,
+                     ws);
+  ws.item_vec_grad.assign(size_t(m.n_items) * size_t(width), T(0));
+  const int32_t n_keys = m.n_items * E;
+#pragma omp parallel for schedule(dynamic, 64)
+  for (int32_t key = 0; key < n_keys; ++key) {
+    T* gx = ws.item_vec_grad.data() + size_t(key) * D;  // row j, block e: (j * E + e) * D
+    for (int64_t p = ws.item_term_offsets[key]; p < ws.item_term_offsets[key + 1]; ++p) {
+      axpy(ws.item_term_coef[p], m.pf + size_t(ws.item_term_user[p]) * D, gx, D);
+    }
+  }
+  // 3. dW_all (E D, d) = dX^T F; db_all = sum_j dX[j].
+  std::fill(grad_w_all, grad_w_all + width * m.feat_dim, T(0));
+  if (m.feat_dim > 0) {
+    gemm_atb_acc(width, m.feat_dim, m.n_items, ws.item_vec_grad.data(), problem.features,
+                 grad_w_all);
+  }
+  std::fill(grad_b_all, grad_b_all + width, T(0));
+  for (int32_t j = 0; j < m.n_items; ++j) {
+    axpy(T(1), ws.item_vec_grad.data() + size_t(j) * width, grad_b_all, int32_t(width));
+  }
+}
+
+void env_projection_score_pairs(const EnvModelsView& m, const float* features, const int32_t* users,
+                                const int32_t* items, int64_t count, float* out,
+                                LossWorkspace<float>& ws) {
+  project_items_all_envs(m, features, ws.item_vec);
+  const int32_t D = m.dim, E = m.envs;
+  const int64_t width = int64_t(E) * D;
+  const float* X = ws.item_vec.data();
+#pragma omp parallel for schedule(static)
+  for (int64_t p = 0; p < count; ++p) {
+    const int32_t u = users[p], i = items[p];
+    const float id_part = dot(m.pt + size_t(u) * D, m.t + size_t(i) * D, D);
+    for (int32_t e = 0; e < E; ++e) {
+      out[size_t(p) * E + e] =
+          id_part + dot(m.pf + size_t(u) * D, X + size_t(i) * width + size_t(e) * D, D);
+    }
+  }
 }
 
 template LossTerms<float> ultragcn_loss_grad<float>(const ParamLayout&, const float*,

@@ -6,6 +6,20 @@
 // `painvrl` weights L_ERM and L_IRM by the closed-form w_ERM (or objective = erm | irm); `invrl`
 // uses L_ERM + alpha L_IRM without attention, with InvRL's regulariser and the 1.05 growth of
 // alpha and lambda per outer iteration.
+//
+// Environment models (him_train, a departure from DESIGN.md's "fresh full backbone"). The
+// argmax of Eq. 9 can only split the data by how users respond to item content if the models
+// differ in that response and in nothing else. A fresh backbone has ID embeddings that fit each
+// pair of its own environment, so every pair scores highest under the model that trained on it
+// and stays where the random start put it: on the synthetic data (bench/RESULTS.md,
+// 2026-11-29) two rounds left both environments at the planted mix of the whole training set.
+// Per-user content tastes (him_train = content) memorise the same way. With him_train =
+// projection every model starts from the stage-0 backbone and trains only W and b, which all
+// users and items share, so a model can only change how features map into the frozen user
+// tastes; the environments then separate by the sign of the spurious response and the learned
+// mask puts the spurious block below the invariant one on every seed we ran. InvRL's code has
+// a never-called init_frontmodel() that loads and freezes the pretrained model in the same
+// spirit. him_train = all keeps the DESIGN.md / InvRL behaviour (configs/invrl.toml).
 #include <omp.h>
 
 #include <algorithm>
@@ -15,7 +29,9 @@
 #include <fstream>
 #include <map>
 #include <numeric>
+#include <stdexcept>
 
+#include "painvrl/cpu/ultragcn_loss.h"
 #include "painvrl/error.h"
 #include "painvrl/io.h"
 #include "painvrl/mask_step.h"
@@ -159,11 +175,126 @@ std::vector<int32_t> environments_from_file(const std::string& path, const PairL
   return env;
 }
 
+std::vector<float> train_env_models_projection(const Config& c, const Graph& graph,
+                                               const std::vector<PairList>& env_pairs,
+                                               const std::vector<float>& psi, int64_t feat_dim,
+                                               const std::vector<float>& backbone,
+                                               const std::vector<uint32_t>& stages, int epochs) {
+  const int E = int(env_pairs.size());
+  const ParamLayout bl = ParamLayout::make(graph.n_users, graph.n_items, c.dim, feat_dim, true);
+  if (int64_t(backbone.size()) != bl.total || int(stages.size()) != E) {
+    throw std::logic_error("train_env_models_projection: backbone or stages do not match");
+  }
+  const int32_t D = c.dim;
+  const int64_t wsize = int64_t(D) * feat_dim;  // one model's W
+  // params: W_all (E D, d), then b_all (E D); every model starts from the backbone's W, b.
+  std::vector<float> params(size_t(E) * size_t(wsize + D));
+  float* w_all = params.data();
+  float* b_all = params.data() + size_t(E) * wsize;
+  for (int e = 0; e < E; ++e) {
+    std::copy(backbone.begin() + bl.w, backbone.begin() + bl.b, w_all + size_t(e) * wsize);
+    std::copy(backbone.begin() + bl.b, backbone.begin() + bl.total, b_all + size_t(e) * D);
+  }
+  std::vector<float> grad(params.size()), adam_m(params.size(), 0.f), adam_v(params.size(), 0.f);
+  std::vector<long long> adam_t(static_cast<size_t>(E), 0);
+  const cpu::EnvModelsView view{graph.n_users,
+                                graph.n_items,
+                                D,
+                                E,
+                                feat_dim,
+                                backbone.data() + bl.pt,
+                                backbone.data() + bl.pf,
+                                backbone.data() + bl.t,
+                                w_all,
+                                b_all};
+  const LossProblem<float> problem{graph.beta_user.data(),
+                                   graph.beta_item.data(),
+                                   graph.ii_neighbors.data(),
+                                   graph.ii_weights.data(),
+                                   graph.ii_k,
+                                   psi.data()};
+  const TrainSetup ts = make_train_setup(c, graph.n_users, graph.n_items, feat_dim, true, 0);
+  const int32_t B = c.batch_size, N = c.negatives;
+  std::vector<math::PhiloxKey> neg_keys;
+  for (uint32_t s : stages) {
+    neg_keys.push_back(math::make_key(c.seed, math::stream_id(math::RngStream::kNegative, s)));
+  }
+  std::vector<PairList> shuffled(static_cast<size_t>(E));
+  std::vector<int32_t> users, items, envs, negatives;
+  std::vector<double> env_loss(static_cast<size_t>(E));
+  std::vector<uint8_t> active(static_cast<size_t>(E));
+  std::vector<int64_t> env_first_row(static_cast<size_t>(E));
+  cpu::LossWorkspace<float> ws;
+  const float w_l2 = float(2 * c.gamma_w);
+  for (int epoch = 0; epoch < epochs; ++epoch) {
+    int64_t max_steps = 0;
+    for (int e = 0; e < E; ++e) {
+      shuffle_pairs(env_pairs[e], shuffled[e], c.seed, stages[e], uint32_t(epoch));
+      max_steps = std::max<int64_t>(max_steps, (int64_t(shuffled[e].size()) + B - 1) / B);
+    }
+    double epoch_loss = 0;
+    for (int64_t step = 0; step < max_steps; ++step) {
+      // This step's rows: batch `step` of every model that still has one, model by model.
+      users.clear();
+      items.clear();
+      envs.clear();
+      for (int e = 0; e < E; ++e) {
+        const int64_t begin = step * B, P = int64_t(shuffled[e].size());
+        active[e] = begin < P;
+        env_first_row[e] = int64_t(users.size());
+        for (int64_t p = begin; p < std::min<int64_t>(P, begin + B); ++p) {
+          users.push_back(shuffled[e].user[p]);
+          items.push_back(shuffled[e].item[p]);
+          envs.push_back(e);
+        }
+      }
+      const int64_t rows = int64_t(users.size());
+      negatives.resize(size_t(rows) * N);
+#pragma omp parallel for schedule(static)
+      for (int64_t r = 0; r < rows; ++r) {  // row r is row r - env_first_row[e] of e's batch
+        const int e = envs[r];
+        math::negative_row(neg_keys[e], uint32_t(epoch), uint32_t(step),
+                           uint32_t(r - env_first_row[e]), uint32_t(N), uint32_t(graph.n_items),
+                           negatives.data() + size_t(r) * N);
+      }
+      const cpu::EnvBatch batch{users.data(), items.data(), envs.data(), negatives.data(), rows, N};
+      cpu::env_projection_loss_grad(view, problem, batch, ts.loss, env_loss.data(), grad.data(),
+                                    grad.data() + size_t(E) * wsize, ws);
+      for (int e = 0; e < E; ++e) epoch_loss += env_loss[e];
+      // Adam for the models that had a batch, with the L2 gradient 2 gamma_w theta fused.
+      for (int e = 0; e < E; ++e) {
+        if (!active[e]) continue;
+        const math::AdamStep as = math::make_adam_step(
+            float(c.lr), float(c.adam_beta1), float(c.adam_beta2), float(c.adam_eps), ++adam_t[e]);
+        for (const auto& [begin, size] : {std::pair<int64_t, int64_t>{e * wsize, wsize},
+                                          std::pair<int64_t, int64_t>{E * wsize + e * D, D}}) {
+#pragma omp parallel for schedule(static)
+          for (int64_t k = begin; k < begin + size; ++k) {
+            math::adam_update(params[k], adam_m[k], adam_v[k], grad[k], w_l2, as);
+          }
+        }
+      }
+    }
+    if (!std::isfinite(epoch_loss)) {
+      input_error("HIM environment models, epoch {}: the training loss is not finite; lower lr",
+                  epoch);
+    }
+  }
+  return params;
+}
+
 std::vector<int32_t> identify_environments(const Config& c, const Graph& graph,
                                            const PairList& pairs, const std::vector<float>& psi,
                                            int64_t feat_dim, int envs, int outer,
-                                           std::ostream* trace) {
+                                           const std::vector<float>* backbone, std::ostream* trace,
+                                           int* rounds_run) {
   const int64_t P = int64_t(pairs.size());
+  const uint8_t frozen = c.him_train == "content"      ? uint8_t(kFrozenPt | kFrozenT)
+                         : c.him_train == "projection" ? uint8_t(kFrozenPt | kFrozenPf | kFrozenT)
+                                                       : uint8_t(0);
+  if (frozen && !backbone) {
+    throw std::logic_error("identify_environments: him_train needs the stage-0 backbone");
+  }
   std::vector<int32_t> env(static_cast<size_t>(P));
   const math::PhiloxKey key =
       math::make_key(c.seed, math::stream_id(math::RngStream::kSplit, stage_id::him_init(outer)));
@@ -173,8 +304,10 @@ std::vector<int32_t> identify_environments(const Config& c, const Graph& graph,
   }
   std::vector<float> scores(static_cast<size_t>(P));
   std::vector<float> best(static_cast<size_t>(P));
+  if (rounds_run) *rounds_run = 0;
   for (int round = 0; round < c.him_rounds; ++round) {
     const auto t0 = Clock::now();
+    if (rounds_run) *rounds_run = round + 1;
     // Re-seed emptied environments from the largest one (half of its pairs, chosen at random).
     std::vector<int64_t> sizes(size_t(envs), 0);
     for (int32_t e : env) ++sizes[e];
@@ -194,14 +327,45 @@ std::vector<int32_t> identify_environments(const Config& c, const Graph& graph,
     }
     std::vector<int32_t> new_env(static_cast<size_t>(P), 0);
     std::fill(best.begin(), best.end(), -INFINITY);
-    for (int e = 0; e < envs; ++e) {
+    if (c.him_train == "projection") {  // the E models in one computation
+      std::vector<PairList> mine(static_cast<size_t>(envs));
+      std::vector<uint32_t> stages;
+      for (int64_t p = 0; p < P; ++p) mine[env[p]].push(pairs.user[p], pairs.item[p]);
+      for (int e = 0; e < envs; ++e) stages.push_back(stage_id::him_model(outer, round, e));
+      const std::vector<float> wb = train_env_models_projection(c, graph, mine, psi, feat_dim,
+                                                                *backbone, stages, c.him_epochs);
+      const ParamLayout bl = ParamLayout::make(graph.n_users, graph.n_items, c.dim, feat_dim, true);
+      const cpu::EnvModelsView view{graph.n_users,
+                                    graph.n_items,
+                                    c.dim,
+                                    envs,
+                                    feat_dim,
+                                    backbone->data() + bl.pt,
+                                    backbone->data() + bl.pf,
+                                    backbone->data() + bl.t,
+                                    wb.data(),
+                                    wb.data() + size_t(envs) * c.dim * feat_dim};
+      std::vector<float> all_scores(static_cast<size_t>(P) * envs);  // (P, E)
+      cpu::LossWorkspace<float> ws;
+      cpu::env_projection_score_pairs(view, psi.data(), pairs.user.data(), pairs.item.data(), P,
+                                      all_scores.data(), ws);
+      for (int64_t p = 0; p < P; ++p) {
+        for (int e = 0; e < envs; ++e) {
+          if (all_scores[size_t(p) * envs + e] > best[p]) {  // ties keep the smaller id
+            best[p] = all_scores[size_t(p) * envs + e];
+            new_env[p] = e;
+          }
+        }
+      }
+    }
+    for (int e = 0; e < envs && c.him_train != "projection"; ++e) {
       PairList mine;
       for (int64_t p = 0; p < P; ++p) {
         if (env[p] == e) mine.push(pairs.user[p], pairs.item[p]);
       }
       std::unique_ptr<Backend> model =
           train_fixed(c, graph, mine, psi, feat_dim, true, stage_id::him_model(outer, round, e),
-                      c.him_epochs, "");
+                      c.him_epochs, "", frozen ? backbone : nullptr, frozen);
       model->prepare_scoring();
       model->score_pairs(pairs.user.data(), pairs.item.data(), P, scores.data());
       for (int64_t p = 0; p < P; ++p) {
@@ -246,9 +410,14 @@ SelectionResult run_invariant_pipeline(const Config& c, const Evaluator& eval,
 
   // Stage 0: the backbone on the full features; Pt, Pf, T frozen for the mask model.
   log_info(fmt::format("stage 0: backbone on the full features, {} epochs", c.pretrain_epochs));
+  // Seconds and work per stage, for the summary (bench/cpu-epoch reads them).
+  double him_seconds = 0, mask_seconds = 0;
+  int64_t him_model_epochs = 0, mask_steps = 0;
+  const auto t_pre = Clock::now();
   std::unique_ptr<Backend> pre = train_fixed(c, graph, data.train, data.features, d, true,
                                              stage_id::kPretrain, c.pretrain_epochs, "pretrain ");
   const std::vector<float> frozen = pre->parameters();
+  const double pretrain_seconds = seconds_since(t_pre);
   const ParamLayout bl = make_train_setup(c, data.n_users, data.n_items, d, true, 0).layout;
   pre.reset();
 
@@ -290,11 +459,25 @@ SelectionResult run_invariant_pipeline(const Config& c, const Evaluator& eval,
     std::vector<float> one_minus(static_cast<size_t>(d));
     for (int64_t j = 0; j < d; ++j) one_minus[j] = float(1.0 - mask[j]);
     const std::vector<float> psi = scale_columns(data.features, d, one_minus);
+    const auto t_him = Clock::now();
+    int him_rounds_run = 0;
     const std::vector<int32_t> env =
         c.environments == "file"
             ? environments_from_file(data.dir + "/environments.tsv", data.train)
-            : identify_environments(c, graph, data.train, psi, d, c.envs, outer, &trace);
+            : identify_environments(c, graph, data.train, psi, d, c.envs, outer, &frozen, &trace,
+                                    &him_rounds_run);
+    him_seconds += seconds_since(t_him);
+    him_model_epochs += int64_t(him_rounds_run) * c.envs * c.him_epochs;
+    const auto t_mask = Clock::now();
     const int32_t n_envs = *std::max_element(env.begin(), env.end()) + 1;
+    {  // environments-<outer>.tsv: `user item env`, one line per training pair, in train order
+      std::string text;
+      text.reserve(env.size() * 16);
+      for (size_t p = 0; p < env.size(); ++p) {
+        text += fmt::format("{}\t{}\t{}\n", data.train.user[p], data.train.item[p], env[p]);
+      }
+      write_text_atomic(fmt::format("{}/environments-{}.tsv", run_dir, outer), text);
+    }
     std::vector<std::vector<int32_t>> env_pairs(static_cast<size_t>(n_envs));
     for (size_t p = 0; p < env.size(); ++p) env_pairs[env[p]].push_back(int32_t(p));
     int64_t largest = 0;
@@ -393,6 +576,8 @@ SelectionResult run_invariant_pipeline(const Config& c, const Evaluator& eval,
       }
     }
     trace << std::flush;
+    mask_seconds += seconds_since(t_mask);
+    mask_steps += int64_t(c.mask_epochs) * steps;
     if (invrl) {  // InvRL grows the penalty weight and the regulariser each outer iteration
       ms.fixed_alpha *= c.invrl_growth;
       ms.lambda *= c.invrl_growth;
@@ -410,6 +595,12 @@ SelectionResult run_invariant_pipeline(const Config& c, const Evaluator& eval,
     per_modality[mod.name] = mod.width > 0 ? s / double(mod.width) : 0.0;
   }
   summary["mask_mean_by_modality"] = per_modality;
+  summary["stages"] = {{"pretrain", {{"seconds", pretrain_seconds}, {"epochs", c.pretrain_epochs}}},
+                       {"him", {{"seconds", him_seconds}, {"model_epochs", him_model_epochs}}},
+                       {"mask",
+                        {{"seconds", mask_seconds},
+                         {"epochs", int64_t(c.mask_epochs) * c.outer_iterations},
+                         {"steps", mask_steps}}}};
 
   // Final model on Phi = m * f.
   log_info("final model on Phi = m * f");

@@ -121,8 +121,16 @@ void run_split(const Config& c, const std::string& data_dir, const std::string& 
     for (size_t k = 0; k < psi.size(); ++k) psi[k] = 0.5f * src.features[k];
     const Graph g = build_graph(all, src.n_users, src.n_items, c.kappa > 0 ? c.ii_neighbors : 0,
                                 parse_ii_similarity(c.ii_similarity));
+    std::vector<float> backbone;
+    if (c.him_train != "all") {  // the environment models start from a stage-0 backbone
+      log_info(fmt::format("split: backbone on the full features, {} epochs", c.pretrain_epochs));
+      backbone = train_fixed(c, g, all, src.features, d, true, stage_id::kPretrain,
+                             c.pretrain_epochs, "pretrain ")
+                     ->parameters();
+    }
     log_info(fmt::format("split: HIM with E = 2 on {} pairs", all.size()));
-    env = identify_environments(c, g, all, psi, d, 2, 0, nullptr);
+    env = identify_environments(c, g, all, psi, d, 2, 0, backbone.empty() ? nullptr : &backbone,
+                                nullptr);
   }
   int32_t n_env = 0;
   for (int32_t e : env) n_env = std::max(n_env, e + 1);

@@ -108,10 +108,18 @@ void shuffle_pairs(const PairList& in, PairList& out, uint64_t seed, uint32_t st
 std::unique_ptr<Backend> train_fixed(const Config& c, const Graph& graph, const PairList& pairs,
                                      const std::vector<float>& features, int64_t feat_dim,
                                      bool content, uint32_t stage, int epochs,
-                                     const std::string& label) {
+                                     const std::string& label, const std::vector<float>* start,
+                                     uint8_t frozen) {
   std::unique_ptr<Backend> backend = make_cpu_backend();
-  backend->setup(make_train_setup(c, graph.n_users, graph.n_items, feat_dim, content, stage), graph,
-                 features);
+  TrainSetup setup = make_train_setup(c, graph.n_users, graph.n_items, feat_dim, content, stage);
+  setup.frozen = frozen;
+  backend->setup(setup, graph, features);
+  if (start) {
+    if (int64_t(start->size()) != setup.layout.total) {
+      throw std::logic_error("train_fixed: the start parameters do not match the layout");
+    }
+    backend->set_parameters(*start);
+  }
   PairList shuffled;
   double total = 0;
   for (int epoch = 0; epoch < epochs; ++epoch) {

@@ -93,6 +93,22 @@ TEST(Sampling, NegativesAreUniformInRangeAndKeyed) {
   EXPECT_LT(same_ac, 3);
 }
 
+TEST(Sampling, NegativeRowEqualsTheSlotBySlotDraws) {
+  for (uint64_t seed : {5ull, 6ull}) {
+    const PhiloxKey key = make_key(seed, stream_id(RngStream::kNegative, 4));
+    for (uint32_t n : {1u, 3u, 4u, 7u, 200u}) {
+      for (uint32_t row : {0u, 17u}) {
+        std::vector<int32_t> out(n + 1, -1);
+        negative_row(key, 2, 9, row, n, 3706, out.data());
+        for (uint32_t slot = 0; slot < n; ++slot) {
+          EXPECT_EQ(uint32_t(out[slot]), negative_item(key, 2, 9, row, slot, 3706));
+        }
+        EXPECT_EQ(out[n], -1) << "wrote past the row";
+      }
+    }
+  }
+}
+
 TEST(Sampling, InitNormalMoments) {
   for (uint64_t seed : {3ull, 4ull, 5ull}) {
     const PhiloxKey key = make_key(seed, stream_id(RngStream::kInit, 0));

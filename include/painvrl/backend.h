@@ -27,7 +27,12 @@ struct TrainSetup {
   uint64_t seed = 0;
   uint32_t stage = 0;  // keys the random streams of this training stage
   double init_std = 1e-3;
+  // Parameter tensors held fixed (bits of Frozen): the optimiser skips them. HIM's environment
+  // models with him_train = content | projection share the stage-0 ID branch this way.
+  uint8_t frozen = 0;
 };
+
+enum Frozen : uint8_t { kFrozenPt = 1, kFrozenPf = 2, kFrozenT = 4, kFrozenWb = 8 };
 
 struct EpochStats {
   double loss_total = 0;  // sum over the epoch's steps of the batch loss

@@ -53,10 +53,15 @@ struct Config {
   int him_epochs = 20;               // epochs per environment model per round
   int him_rounds = 10;               // at most this many reassignment rounds
   double him_move_tol = 0.01;        // stop when at most this share of pairs moved
-  int mask_epochs = 40;              // mask-generation epochs per outer iteration
-  int mask_batch = 512;              // positives per environment per mask step
-  double mask_init = 0.5;            // initial m
-  double sigma = 0.01;               // gate noise std (Eq. 10)
+  // What an environment model trains. all: a fresh backbone, every tensor (DESIGN.md and InvRL's
+  // code). content: starts from stage 0; the ID branch (Pt, T) is frozen, Pf, W, b train.
+  // projection (default): starts from stage 0; only W, b train. Why we differ from DESIGN.md:
+  // see the header of host/painvrl.cpp.
+  std::string him_train = "projection";
+  int mask_epochs = 40;    // mask-generation epochs per outer iteration
+  int mask_batch = 512;    // positives per environment per mask step
+  double mask_init = 0.5;  // initial m
+  double sigma = 0.01;     // gate noise std (Eq. 10)
   // Provisional defaults for lambda, s and the normalisation, from the synthetic cold-item
   // benchmark (bench/RESULTS.md, 2026-11-29, 3 seeds): with lambda = 1 and s = 1e-3 the
   // regulariser dominates and the mask shrinks uniformly; without normalisation the min-norm

@@ -41,11 +41,13 @@ void shuffle_pairs(const PairList& in, PairList& out, uint64_t seed, uint32_t st
                    uint32_t epoch);
 
 // A backbone trained for `epochs` epochs on `pairs`, no evaluation; progress every epoch when
-// `label` is not empty.
+// `label` is not empty. With `start`, the parameters begin from it (same layout) instead of a
+// random draw; `frozen` (bits of Frozen) names tensors the optimiser leaves as they are.
 std::unique_ptr<Backend> train_fixed(const Config& c, const Graph& graph, const PairList& pairs,
                                      const std::vector<float>& features, int64_t feat_dim,
                                      bool content, uint32_t stage, int epochs,
-                                     const std::string& label);
+                                     const std::string& label,
+                                     const std::vector<float>* start = nullptr, uint8_t frozen = 0);
 
 struct SelectionResult {
   int best_epoch = -1;
@@ -79,12 +81,26 @@ SelectionResult train_with_selection(const Config& c, const Evaluator& eval,
 
 // Heterogeneous environment identification (Sec. 3.3, Eq. 9): E backbones on psi = (1 - m) f,
 // random initial assignment, rounds of train-then-reassign by argmax, stop at <= tol moved or
-// after the maximum rounds; an emptied environment is re-seeded from the largest. Returns the
-// environment of each pair; appends one trace line per round.
+// after the maximum rounds; an emptied environment is re-seeded from the largest. With
+// c.him_train = content | projection the models start from `backbone` (a stage-0 parameter
+// vector, required then) with its ID branch frozen (see config.h). Returns the environment of
+// each pair; appends one trace line per round.
 std::vector<int32_t> identify_environments(const Config& c, const Graph& graph,
                                            const PairList& pairs, const std::vector<float>& psi,
                                            int64_t feat_dim, int envs, int outer,
-                                           std::ostream* trace);
+                                           const std::vector<float>* backbone, std::ostream* trace,
+                                           int* rounds_run = nullptr);
+
+// HIM's environment models with him_train = projection, trained as one computation: model e
+// starts from the stage-0 backbone's W, b, trains `epochs` epochs on env_pairs[e] (shuffle and
+// negatives keyed by stages[e], as train_fixed would) with Pt, Pf, T frozen; all models' rows go
+// through one loss evaluation per step (cpu::env_projection_loss_grad). Returns W_all (E * D, d)
+// followed by b_all (E * D).
+std::vector<float> train_env_models_projection(const Config& c, const Graph& graph,
+                                               const std::vector<PairList>& env_pairs,
+                                               const std::vector<float>& psi, int64_t feat_dim,
+                                               const std::vector<float>& backbone,
+                                               const std::vector<uint32_t>& stages, int epochs);
 
 // Environments read from a `user item env ...` table (e.g. the synthetic data's planted ones,
 // for diagnostics), for each of `pairs`; ids renumbered 0.. in order.

@@ -5,6 +5,7 @@ Written from the paper (Sec. 3.3-3.4), /work/shared/DESIGN.md section 2 and docs
 
     python3 tools/reference/painvrl_ref.py compare DUMP_DIR [--rtol 1e-4]
     python3 tools/reference/painvrl_ref.py selftest
+    python3 tools/reference/painvrl_ref.py epoch --data DIR [--threads 2] [--steps 50]
 
 See tools/reference/README.md.
 """
@@ -14,6 +15,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 
 import numpy as np
 import torch
@@ -592,6 +594,91 @@ def selftest():
     return 1 if fails else 0
 
 
+# ----------------------------------------------------------------------------- epoch timing
+
+def read_lists(path):
+    """LightGCN text: `user item item ...` per line -> (users, items) int64 arrays."""
+    us, its = [], []
+    with open(path) as f:
+        for line in f:
+            ids = line.split()
+            if len(ids) > 1:
+                us.extend([int(ids[0])] * (len(ids) - 1))
+                its.extend(int(x) for x in ids[1:])
+    return np.asarray(us, dtype=np.int64), np.asarray(its, dtype=np.int64)
+
+
+def ultragcn_graph(users, items, n_users, n_items, K):
+    """beta_u, beta_i and the top-K item neighbours with the UltraGCN code's omega
+    (G = R^T R, g_i = sum_j G_ij, omega_ij = G_ij / g_i * sqrt((g_i + 1) / (g_j + 1)),
+    diagonal kept), dense numpy."""
+    du = np.bincount(users, minlength=n_users).astype(np.float64)
+    di = np.bincount(items, minlength=n_items).astype(np.float64)
+    beta_u = np.where(du > 0, np.sqrt(du + 1) / np.maximum(du, 1), 0.0)
+    beta_i = 1.0 / np.sqrt(di + 1)
+    R = np.zeros((n_users, n_items), dtype=np.float32)
+    R[users, items] = 1.0
+    G = (R.T @ R).astype(np.float64)
+    g = G.sum(1)
+    omega = G / np.maximum(g, 1e-300)[:, None] * np.sqrt((g[:, None] + 1) / (g[None, :] + 1))
+    omega[g == 0] = 0.0
+    nbr = np.argsort(-omega, axis=1, kind="stable")[:, :K]
+    return beta_u, beta_i, nbr, np.take_along_axis(omega, nbr, 1)
+
+
+def epoch(a):
+    """One epoch (or --steps steps) of the UltraGCN objective in float32 PyTorch, the way a
+    PyTorch user writes it: shuffled positives, uniform negatives, the loss of ultragcn_loss()
+    with full-table L2, dense Adam. Prints one JSON line with the training seconds."""
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    t_setup = time.time()
+    users, items = read_lists(os.path.join(a.data, "train.txt"))
+    n_users = int(users.max()) + 1
+    n_items = int(items.max()) + 1
+    for name in ("val.txt", "test.txt"):
+        p = os.path.join(a.data, name)
+        if os.path.exists(p):
+            u2, i2 = read_lists(p)
+            if len(u2):
+                n_users, n_items = max(n_users, int(u2.max()) + 1), max(n_items, int(i2.max()) + 1)
+    bu, bi, nbr, nbw = ultragcn_graph(users, items, n_users, n_items, a.ii_neighbors)
+    f32 = torch.float32
+    beta_user, beta_item = torch.tensor(bu, dtype=f32), torch.tensor(bi, dtype=f32)
+    ii_n, ii_w = torch.tensor(nbr), torch.tensor(nbw, dtype=f32)
+    Pt = torch.nn.Parameter(torch.randn(n_users, a.dim, dtype=f32) * a.init_std)
+    T = torch.nn.Parameter(torch.randn(n_items, a.dim, dtype=f32) * a.init_std)
+    opt = torch.optim.Adam([Pt, T], lr=a.lr)
+    pu, pi = torch.tensor(users), torch.tensor(items)
+    P = len(users)
+    steps = (P + a.batch - 1) // a.batch
+    if a.steps:
+        steps = min(steps, a.steps)
+    setup_seconds = time.time() - t_setup
+    order = torch.randperm(P)
+    t0 = time.time()
+    total = 0.0
+    for s in range(steps):
+        idx = order[s * a.batch:(s + 1) * a.batch]
+        bu_, bi_ = pu[idx], pi[idx]
+        neg = torch.randint(0, n_items, (len(idx), a.negatives))
+        opt.zero_grad()
+        loss = ultragcn_loss(Pt, T, bu_, bi_, neg, beta_user, beta_item, w1=a.w1, w2=a.w2,
+                             w3=a.w3, w4=a.w4, neg_weight=a.neg_weight, kappa=a.kappa,
+                             ii_neighbors=ii_n, ii_weights=ii_w, gamma_emb=a.gamma_emb)
+        loss.backward()
+        opt.step()
+        total += float(loss)
+    seconds = time.time() - t0
+    full_steps = (P + a.batch - 1) // a.batch
+    print(json.dumps({"steps": steps, "steps_per_epoch": full_steps, "seconds": seconds,
+                      "seconds_per_step": seconds / max(steps, 1),
+                      "epoch_seconds_estimate": seconds / max(steps, 1) * full_steps,
+                      "setup_seconds": setup_seconds, "mean_loss": total / max(steps, 1),
+                      "threads": a.threads}))
+    return 0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -603,9 +690,23 @@ def main(argv=None):
     c.add_argument("--measure", choices=["max", "l2"], default="max",
                    help="gate on the max elementwise or the per-array L2 relative error")
     sub.add_parser("selftest", help="finite-difference and compare() self-checks")
+    e = sub.add_parser("epoch", help="time one epoch of the UltraGCN objective (float32)")
+    e.add_argument("--data", required=True, help="dataset directory with train.txt")
+    e.add_argument("--threads", type=int, default=1)
+    e.add_argument("--steps", type=int, default=0, help="stop after this many steps (0: all)")
+    e.add_argument("--seed", type=int, default=0)
+    for name, default in [("dim", 128), ("negatives", 200), ("batch", 1024),
+                          ("ii-neighbors", 10)]:
+        e.add_argument("--" + name, type=int, default=default)
+    for name, default in [("lr", 1e-3), ("init-std", 1e-3), ("w1", 1e-7), ("w2", 1.0),
+                          ("w3", 1e-7), ("w4", 1.0), ("neg-weight", 200.0), ("kappa", 1e-3),
+                          ("gamma-emb", 5e-5)]:
+        e.add_argument("--" + name, type=float, default=default)
     a = ap.parse_args(argv)
     if a.cmd == "selftest":
         return selftest()
+    if a.cmd == "epoch":
+        return epoch(a)
     try:
         ok, fails = compare(a.dump_dir, a.rtol, floor_frac=a.floor, measure=a.measure)
     except DumpError as exc:

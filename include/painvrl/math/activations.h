@@ -16,6 +16,19 @@ PAINVRL_HD T softplus(T z) {
   return (z > zero ? z : zero) + log1p(exp(-fabs(z)));
 }
 
+// softplus(z) and sigmoid(z) from one exponential, e = e^{-|z|}; bit-identical to the two
+// functions above.
+template <class T>
+PAINVRL_HD void softplus_sigmoid(T z, T& softplus_z, T& sigmoid_z) {
+  using std::exp;
+  using std::fabs;
+  using std::log1p;
+  const T zero = T(0);
+  const T e = exp(-fabs(z));
+  softplus_z = (z > zero ? z : zero) + log1p(e);
+  sigmoid_z = z >= zero ? T(1) / (T(1) + e) : e / (T(1) + e);
+}
+
 template <class T>
 PAINVRL_HD T sigmoid(T z) {
   using std::exp;

@@ -13,6 +13,18 @@ PAINVRL_HD uint32_t negative_item(PhiloxKey key, uint32_t epoch, uint32_t step, 
   return uniform_below(r.v[slot & 3u], n_items);
 }
 
+// All n negatives of one batch row, out[slot] = negative_item(..., slot, n_items): one Philox
+// call per four slots.
+PAINVRL_HD void negative_row(PhiloxKey key, uint32_t epoch, uint32_t step, uint32_t row, uint32_t n,
+                             uint32_t n_items, int32_t* out) {
+  for (uint32_t group = 0; group * 4u < n; ++group) {
+    const U32x4 r = philox(key, group, row, step, epoch);
+    for (uint32_t q = 0; q < 4u && group * 4u + q < n; ++q) {
+      out[group * 4u + q] = int32_t(uniform_below(r.v[q], n_items));
+    }
+  }
+}
+
 // Element `index` of tensor `tensor`, drawn N(0, std^2).
 template <class T>
 PAINVRL_HD T init_normal(PhiloxKey key, uint32_t tensor, uint64_t index, T std_dev) {
