@@ -21,6 +21,7 @@ struct LossWorkspace {
   std::vector<T> term_coef;                 // (B, 1 + N + K) dL / ds per term
   std::vector<T> term_exp;                  // (B, 1 + N + K) e^{-|z|}, then log1p of it
   std::vector<T> term_weight;               // (B, 1 + N + K) the term's loss weight
+  std::vector<T> term_score;                // (B, 1 + N + K) s, then z = -s (label 1) or s
   std::vector<int32_t> term_item;           // (B, 1 + N + K)
   std::vector<T> row_user_grad;             // (B, 2D) dL / d[Pt_u, Pf_u] per batch row
   std::vector<T> row_main, row_ii;          // (B,)
