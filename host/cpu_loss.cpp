@@ -291,7 +291,7 @@ LossTerms<T> ultragcn_loss_grad(const ParamLayout& L, const T* params,
 
   // 1. Per batch row: scores, loss, dL/ds per term, and the user-row gradient, each term's
   // gradient added while its item row is still in L1 from the dot product (terms in order).
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(dynamic, 16)
   for (int64_t r = 0; r < B; ++r) {
     const int32_t u = batch.users[r];
     const int32_t i = batch.items[r];
@@ -419,7 +419,7 @@ LossTerms<T> ultragcn_loss_grad(const ParamLayout& L, const T* params,
   // 3. Items: counting sort of the terms by item, then each item's terms in term order.
   sort_terms_by_item(ws.term_item, ws.term_coef, L.n_items, batch.users, terms_per_row, ws);
   if (L.content) ws.item_vec_grad.assign(size_t(L.n_items) * D, T(0));
-#pragma omp parallel for schedule(dynamic, 64)
+#pragma omp parallel for schedule(dynamic, 16)
   for (int32_t j = 0; j < L.n_items; ++j) {
     const int64_t begin = ws.item_term_offsets[j], end = ws.item_term_offsets[j + 1];
     const T* coefs = ws.item_term_coef.data() + begin;
