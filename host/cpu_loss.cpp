@@ -95,6 +95,40 @@ void log1p_inplace<float>(float* x, int32_t n) {
 }
 #endif
 
+// Pass B of a batch row's terms (t = 0 the positive, 1..N the negatives, then the item
+// neighbours), given their scores s (term_s, overwritten with z) and loss weights w (term_w):
+// z = -s for label 1 (positive, neighbours) and s for label 0, e = e^{-|z|} (term_e, then
+// log1p(e)), softplus(z) = max(z, 0) + log1p(e), sigmoid(z) from the same e, dL/ds (coef):
+// -w sigmoid(z) for the positive, w sigmoid(z) for a negative, -kappa w sigmoid(z) for a
+// neighbour; main += the positive and negative losses, ii += the neighbours' (unweighted by
+// kappa).
+template <class T>
+void row_loss_and_coefficients(T* term_s, T* term_e, const T* term_w, T* coef, int32_t N,
+                               int32_t terms_per_row, T kappa, T& main, T& ii) {
+  for (int32_t t = 0; t < terms_per_row; ++t) {
+    term_s[t] = t >= 1 && t <= N ? term_s[t] : -term_s[t];
+  }
+  exp_neg_abs(term_s, term_e, terms_per_row);
+  for (int32_t t = 0; t < terms_per_row; ++t) {
+    const T z = term_s[t], e = term_e[t], w = term_w[t];
+    const T sg = z >= T(0) ? T(1) / (T(1) + e) : e / (T(1) + e);  // sigmoid(z)
+    const T relu = z > T(0) ? z : T(0);
+    if (t == 0) {
+      main += w * relu;
+      coef[t] = -w * sg;
+    } else if (t <= N) {
+      main += w * relu;
+      coef[t] = w * sg;
+    } else {
+      ii += w * relu;
+      coef[t] = -kappa * w * sg;
+    }
+  }
+  log1p_inplace(term_e, terms_per_row);
+  for (int32_t t = 0; t <= N; ++t) main += term_w[t] * term_e[t];
+  for (int32_t t = N + 1; t < terms_per_row; ++t) ii += term_w[t] * term_e[t];
+}
+
 // Asks for the cache lines of row[0 .. n) ahead of use.
 template <class T>
 inline void prefetch_row(const T* row, int32_t n) {
@@ -334,33 +368,12 @@ LossTerms<T> ultragcn_loss_grad(const ParamLayout& L, const T* params,
       // A neighbour with omega = 0 pads and contributes nothing: no score needed.
       term_s[t] = term_w[t] != T(0) || t <= N ? score(titem[t]) : T(0);
     }
-    for (int32_t t = 0; t < terms_per_row; ++t) {  // B.1: z (in term_s)
-      term_s[t] = t >= 1 && t <= N ? term_s[t] : -term_s[t];
-    }
-    exp_neg_abs(term_s, term_e, terms_per_row);  // B.2: e = exp(-|z|)
-    T main = 0, ii = 0;
-    for (int32_t t = 0; t < terms_per_row; ++t) {  // B.3
-      const T z = term_s[t], e = term_e[t], w = term_w[t];
-      const T sg = z >= T(0) ? T(1) / (T(1) + e) : e / (T(1) + e);  // sigmoid(z)
-      const T relu = z > T(0) ? z : T(0);
-      if (t == 0) {
-        main += w * relu;
-        coef[t] = -w * sg;
-      } else if (t <= N) {
-        main += w * relu;
-        coef[t] = w * sg;
-      } else {
-        ii += w * relu;
-        coef[t] = -kappa * w * sg;
-      }
-    }
+    T main = 0, ii = 0;  // B
+    row_loss_and_coefficients(term_s, term_e, term_w, coef, N, terms_per_row, kappa, main, ii);
     if (gu) {  // C
       accumulate_rows(gu, coef, titem, terms_per_row, Titem, D);
       if (pf) accumulate_rows(gu + D, coef, titem, terms_per_row, X, D);
     }
-    log1p_inplace(term_e, terms_per_row);
-    for (int32_t t = 0; t <= N; ++t) main += term_w[t] * term_e[t];
-    for (int32_t t = N + 1; t < terms_per_row; ++t) ii += term_w[t] * term_e[t];
     ws.row_main[r] = main;
     ws.row_ii[r] = ii;
   }
@@ -529,6 +542,7 @@ void env_projection_loss_grad(const EnvModelsView& m, const LossProblem<float>& 
   ws.term_item.resize(size_t(B) * terms_per_row);  // key j * E + e
   ws.term_exp.resize(size_t(B) * terms_per_row);
   ws.term_weight.resize(size_t(B) * terms_per_row);
+  ws.term_score.resize(size_t(B) * terms_per_row);
   ws.row_main.resize(size_t(B));
   const T w1 = T(S.w1), w2 = T(S.w2), w3 = T(S.w3), w4 = T(S.w4);
   const T neg_scale = N > 0 ? T(S.neg_weight) / T(N) : T(0);
@@ -550,44 +564,20 @@ void env_projection_loss_grad(const EnvModelsView& m, const LossProblem<float>& 
              : t <= N ? batch.negatives[size_t(r) * N + (t - 1)]
                       : problem.ii_neighbors[size_t(i) * problem.ii_k + (t - 1 - N)];
     };
-    T main = 0, ii = 0;
-    for (int32_t t = 0; t < terms_per_row; ++t) {
+    T* term_s = ws.term_score.data() + size_t(r) * terms_per_row;
+    for (int32_t t = 0; t < terms_per_row; ++t) {  // scores, as in ultragcn_loss_grad
       const int32_t j = item_of(t);
       key[t] = j * E + e;
-      T w, sign;
-      if (t == 0) {
-        w = math::pair_weight(w1, w2, bu, problem.beta_item[i]);
-        sign = T(-1);
-      } else if (t <= N) {
-        w = neg_scale * math::pair_weight(w3, w4, bu, problem.beta_item[j]);
-        sign = T(1);
-      } else {
-        w = problem.ii_weights[size_t(i) * problem.ii_k + (t - 1 - N)];
-        sign = T(-1);
-        if (w == T(0)) {
-          coef[t] = term_e[t] = term_w[t] = T(0);
-          continue;
-        }
-      }
-      const T s =
-          dot(pt, m.t + size_t(j) * D, D) + dot(pf, X + size_t(j) * width + size_t(e) * D, D);
-      const T z = sign * s;
-      const T ex = std::exp(-std::fabs(z));
-      const T sg = z >= T(0) ? T(1) / (T(1) + ex) : ex / (T(1) + ex);
-      const T relu = z > T(0) ? z : T(0);
-      term_e[t] = ex;
-      term_w[t] = w;
-      if (t <= N) {
-        main += w * relu;
-        coef[t] = sign * w * sg;
-      } else {
-        ii += w * relu;
-        coef[t] = -kappa * w * sg;
-      }
+      term_w[t] = t == 0   ? math::pair_weight(w1, w2, bu, problem.beta_item[i])
+                  : t <= N ? neg_scale * math::pair_weight(w3, w4, bu, problem.beta_item[j])
+                           : problem.ii_weights[size_t(i) * problem.ii_k + (t - 1 - N)];
+      term_s[t] =
+          term_w[t] != T(0) || t <= N
+              ? dot(pt, m.t + size_t(j) * D, D) + dot(pf, X + size_t(j) * width + size_t(e) * D, D)
+              : T(0);
     }
-    log1p_inplace(term_e, terms_per_row);
-    for (int32_t t = 0; t <= N; ++t) main += term_w[t] * term_e[t];
-    for (int32_t t = N + 1; t < terms_per_row; ++t) ii += term_w[t] * term_e[t];
+    T main = 0, ii = 0;
+    row_loss_and_coefficients(term_s, term_e, term_w, coef, N, terms_per_row, kappa, main, ii);
     ws.row_main[r] = main + kappa * ii;
   }
   for (int32_t e = 0; e < E; ++e) env_loss[e] = 0;
