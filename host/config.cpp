@@ -29,6 +29,9 @@ const std::vector<Key>& keys() {
       {"method", &Config::method, "ultragcn | ultragcn-mm | mostpop | invrl | painvrl"},
       {"seed", &Config::seed, "seed of every random draw"},
       {"threads", &Config::threads, "CPU threads (0: all cores)"},
+      {"checkpoint_every", &Config::checkpoint_every,
+       "also checkpoint every this many epochs of a stage (0: only at stage ends and signals)"},
+      {"checkpoint_keep", &Config::checkpoint_keep, "newest checkpoints kept (0: all)"},
       {"dim", &Config::dim, "embedding size D"},
       {"init_std", &Config::init_std, "std of the normal initialisation of Pt, Pf, T, W"},
       {"batch_size", &Config::batch_size, "positives per step"},
@@ -303,6 +306,8 @@ void validate(const Config& c) {
   need(c.ndcg == "standard" || c.ndcg == "invrl", "ndcg", "standard or invrl");
   need(c.eval_block > 0, "eval_block", "a positive integer");
   need(c.threads >= 0, "threads", "an integer >= 0");
+  need(c.checkpoint_every >= 0, "checkpoint_every", "an integer >= 0");
+  need(c.checkpoint_keep >= 0, "checkpoint_keep", "an integer >= 0");
   need(c.normalize_features >= -1 && c.normalize_features <= 1, "normalize_features", "-1, 0 or 1");
   const auto at = c.select_metric.find('@');
   bool metric_ok = at != std::string::npos;

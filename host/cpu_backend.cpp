@@ -4,7 +4,9 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
+#include <stdexcept>
 
 #include "painvrl/backend.h"
 #include "painvrl/cpu/ultragcn_loss.h"
@@ -89,18 +91,23 @@ class CpuBackend final : public Backend {
     }
   }
 
-  EpochStats train_epoch(const PairList& shuffled, uint32_t epoch) override {
+  void train_steps(const PairList& shuffled, uint32_t epoch, EpochStats& stats,
+                   bool (*stop)()) override {
     const ParamLayout& L = setup_.layout;
     const int64_t P = int64_t(shuffled.size());
     const int64_t B = setup_.batch_size;
     const int32_t N = setup_.negatives;
     const math::PhiloxKey neg_key =
         math::make_key(setup_.seed, math::stream_id(math::RngStream::kNegative, setup_.stage));
-    EpochStats stats;
+    stats.stopped = stats.diverged = false;
     const bool touched = setup_.loss.l2_touched;
     const float emb_l2 = touched ? 0.f : float(2 * setup_.loss.gamma_emb);
     const float w_l2 = float(2 * setup_.loss.gamma_w);
-    for (int64_t begin = 0, step = 0; begin < P; begin += B, ++step) {
+    for (int64_t step = stats.steps, begin = step * B; begin < P; begin += B, ++step) {
+      if (stop && stop()) {
+        stats.stopped = true;
+        return;
+      }
       const int64_t rows = std::min(B, P - begin);
       // Negatives for this step, drawn from (epoch, step, row, slot).
 #pragma omp parallel for schedule(static)
@@ -119,6 +126,12 @@ class CpuBackend final : public Backend {
         l2_term = setup_.loss.gamma_emb * l2.emb + setup_.loss.gamma_w * l2.w;
         t.total += float(l2_term);
       }
+      // A non-finite loss (or, through the full-table L2, non-finite parameters left by the
+      // previous step's gradient) ends the epoch; the caller stops the run.
+      if (!std::isfinite(t.total)) {
+        stats.diverged = true;
+        return;
+      }
       stats.loss_total += t.total;
       stats.loss_main += t.main;
       stats.loss_item_item += setup_.loss.kappa * t.item_item;
@@ -126,7 +139,6 @@ class CpuBackend final : public Backend {
       stats.steps += 1;
       stats.pairs += rows;
     }
-    return stats;
   }
 
   void prepare_scoring() override {
@@ -158,6 +170,20 @@ class CpuBackend final : public Backend {
   std::vector<float> parameters() const override { return params_; }
   void set_parameters(const std::vector<float>& params) override {
     params_ = params;
+    frozen_sums_valid_ = false;
+  }
+  OptimizerState optimizer_state() const override {
+    return OptimizerState{params_, adam_m_, adam_v_, adam_t_};
+  }
+  void set_optimizer_state(const OptimizerState& state) override {
+    const size_t n = size_t(setup_.layout.total);
+    if (state.params.size() != n || state.adam_m.size() != n || state.adam_v.size() != n) {
+      throw std::invalid_argument("set_optimizer_state: the state does not match the layout");
+    }
+    params_ = state.params;
+    adam_m_ = state.adam_m;
+    adam_v_ = state.adam_v;
+    adam_t_ = state.adam_t;
     frozen_sums_valid_ = false;
   }
 

@@ -1,12 +1,16 @@
-// The `painvrl` command line: train, synth, inspect, keys, presets.
+// The `painvrl` command line: train (and --resume), debug-step, split, synth, inspect, keys,
+// presets.
 // Exit status: 0 success, 1 bad input (the message names the file, line or field), 2 internal
-// error.
+// error, 3 training diverged (a non-finite loss, gradient or mask), 75 stopped by SIGINT/SIGTERM
+// with the state checkpointed (continue with --resume), 128 + signal after a second signal.
 #include <CLI/CLI.hpp>
 #include <cstdio>
 
+#include "painvrl/checkpoint.h"
 #include "painvrl/config.h"
 #include "painvrl/error.h"
 #include "painvrl/io.h"
+#include "painvrl/signals.h"
 #include "painvrl/synth.h"
 #include "painvrl/trainer.h"
 
@@ -23,7 +27,9 @@ int main(int argc, char** argv) {
   std::string method;
   std::vector<std::string> overrides;
   bool overwrite = false, quiet = false;
-  train->add_option("--data", data_dir, "dataset directory")->required();
+  std::string resume_dir;
+  train->add_option("--data", data_dir,
+                    "dataset directory (with --resume: only if it moved; its content must match)");
   train->add_option("--method", method,
                     "ultragcn | ultragcn-mm | mostpop | invrl | painvrl (config key method)");
   train->add_option("--preset", preset, "shipped preset: paper | invrl | ultragcn-ml1m");
@@ -33,7 +39,10 @@ int main(int argc, char** argv) {
   train->add_flag("--no-attention", no_attention, "drop the attention MLPs (attention = false)");
   train->add_option("--config", config_file, "TOML config file (applied after the preset)");
   train->add_option("--set", overrides, "key=value overrides (applied last)")->take_all();
-  train->add_option("--out", out_dir, "run directory to create")->required();
+  train->add_option("--out", out_dir, "run directory to create");
+  train->add_option("--resume", resume_dir,
+                    "continue the run in this directory from its newest usable checkpoint, with "
+                    "its recorded config (only --set threads=N may change)");
   train->add_flag("--overwrite", overwrite, "replace an existing run directory");
   train->add_flag("--quiet", quiet, "no progress output");
 
@@ -115,9 +124,32 @@ int main(int argc, char** argv) {
     return code == 0 ? 0 : 1;
   }
 
+  std::string run_dir;  // of train, for the messages below
   try {
-    if (*train) {
+    if (*train && !resume_dir.empty()) {
       set_quiet(quiet);
+      if (!out_dir.empty() || overwrite || !method.empty() || !preset.empty() ||
+          !config_file.empty() || !objective.empty() || no_attention) {
+        input_error(
+            "--resume {}: the run continues with the config it recorded; drop --out, "
+            "--overwrite, --method, --preset, --config, --objective and --no-attention",
+            resume_dir);
+      }
+      Config probe;
+      for (const std::string& o : overrides) {
+        if (o.rfind("threads=", 0) != 0) {
+          input_error("--resume: only --set threads=N may change when resuming, not '{}'", o);
+        }
+        apply_override(probe, o);
+      }
+      run_dir = resume_dir;
+      install_stop_handlers();
+      resume_training(RunOptions{data_dir, resume_dir, false},
+                      overrides.empty() ? -1 : probe.threads);
+    } else if (*train) {
+      set_quiet(quiet);
+      if (data_dir.empty()) input_error("train: --data DIR is required (or --resume RUNDIR)");
+      if (out_dir.empty()) input_error("train: --out RUNDIR is required (or --resume RUNDIR)");
       Config config;
       if (!preset.empty()) apply_preset(config, preset);
       if (!config_file.empty()) apply_toml(config, read_text_file(config_file), config_file);
@@ -125,6 +157,8 @@ int main(int argc, char** argv) {
       if (!objective.empty()) config.objective = objective;
       if (no_attention) config.attention = false;
       for (const std::string& o : overrides) apply_override(config, o);
+      run_dir = out_dir;
+      install_stop_handlers();
       run_training(config, RunOptions{data_dir, out_dir, overwrite});
     } else if (*dbg) {
       Config config;
@@ -155,6 +189,15 @@ int main(int argc, char** argv) {
   } catch (const InputError& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;
+  } catch (const Interrupted& e) {
+    std::fprintf(stderr, "interrupted: %s\ncontinue with: painvrl train --resume %s\n", e.what(),
+                 run_dir.c_str());
+    return kExitInterrupted;
+  } catch (const Diverged& e) {
+    const auto saved = list_checkpoints(run_dir);
+    std::fprintf(stderr, "diverged: %s\nthe last good checkpoint: %s\n", e.what(),
+                 saved.empty() ? "none" : saved.front().second.c_str());
+    return kExitDiverged;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "internal error: %s\n", e.what());
     return 2;

@@ -31,6 +31,7 @@
 #include <numeric>
 #include <stdexcept>
 
+#include "painvrl/checkpoint.h"
 #include "painvrl/cpu/ultragcn_loss.h"
 #include "painvrl/error.h"
 #include "painvrl/io.h"
@@ -38,6 +39,7 @@
 #include "painvrl/math/adam.h"
 #include "painvrl/math/sampling.h"
 #include "painvrl/npy.h"
+#include "painvrl/signals.h"
 #include "painvrl/stages.h"
 
 namespace painvrl {
@@ -234,6 +236,12 @@ std::vector<float> train_env_models_projection(const Config& c, const Graph& gra
     }
     double epoch_loss = 0;
     for (int64_t step = 0; step < max_steps; ++step) {
+      if (stop_requested()) {  // HIM keeps no checkpoint of its own: it restarts on resume
+        throw Interrupted(fmt::format(
+            "stopped by signal {} in environment identification (HIM epoch {} step {}); resuming "
+            "restarts it from the checkpoint at its start",
+            stop_signal().load(), epoch, step));
+      }
       // This step's rows: batch `step` of every model that still has one, model by model.
       users.clear();
       items.clear();
@@ -261,6 +269,11 @@ std::vector<float> train_env_models_projection(const Config& c, const Graph& gra
       cpu::env_projection_loss_grad(view, problem, batch, ts.loss, env_loss.data(), grad.data(),
                                     grad.data() + size_t(E) * wsize, ws);
       for (int e = 0; e < E; ++e) epoch_loss += env_loss[e];
+      if (!std::isfinite(epoch_loss)) {
+        throw Diverged(fmt::format(
+            "HIM environment models, epoch {} step {}: the training loss is not finite; lower lr",
+            epoch, step));
+      }
       // Adam for the models that had a batch, with the L2 gradient 2 gamma_w theta fused.
       for (int e = 0; e < E; ++e) {
         if (!active[e]) continue;
@@ -274,10 +287,6 @@ std::vector<float> train_env_models_projection(const Config& c, const Graph& gra
           }
         }
       }
-    }
-    if (!std::isfinite(epoch_loss)) {
-      input_error("HIM environment models, epoch {}: the training loss is not finite; lower lr",
-                  epoch);
     }
   }
   return params;
@@ -398,214 +407,373 @@ std::vector<int32_t> identify_environments(const Config& c, const Graph& graph,
   return env;
 }
 
+namespace {
+
+// What the pipeline carries from stage to stage; saved in every checkpoint it writes.
+struct PipelineState {
+  std::vector<float> backbone;               // (bl.total,) stage-0 parameters; empty once final
+  std::vector<double> mask, mask_m, mask_v;  // (d,) m and its Adam moments (mask_optimizer adam)
+  long long mask_t = 0;
+  double pretrain_seconds = 0, him_seconds = 0, mask_seconds = 0;  // for the summary
+  int64_t him_model_epochs = 0, mask_steps = 0;
+
+  void save(Checkpoint& ck) const {
+    ck.put("backbone", backbone);
+    ck.put("mask", mask);
+    ck.put("mask_adam_m", mask_m);
+    ck.put("mask_adam_v", mask_v);
+    ck.meta["pipeline"] = {{"mask_t", mask_t},
+                           {"pretrain_seconds", pretrain_seconds},
+                           {"him_seconds", him_seconds},
+                           {"mask_seconds", mask_seconds},
+                           {"him_model_epochs", him_model_epochs},
+                           {"mask_steps", mask_steps}};
+  }
+  void load(const Checkpoint& ck) {
+    backbone = ck.get<float>("backbone");
+    mask = ck.get<double>("mask");
+    mask_m = ck.get<double>("mask_adam_m");
+    mask_v = ck.get<double>("mask_adam_v");
+    const nlohmann::json& j = ck.meta.at("pipeline");
+    mask_t = j.at("mask_t").get<long long>();
+    pretrain_seconds = j.at("pretrain_seconds").get<double>();
+    him_seconds = j.at("him_seconds").get<double>();
+    mask_seconds = j.at("mask_seconds").get<double>();
+    him_model_epochs = j.at("him_model_epochs").get<int64_t>();
+    mask_steps = j.at("mask_steps").get<int64_t>();
+  }
+};
+
+// The mask model of one outer iteration with its optimiser and the progress-line sums.
+struct MaskStageState {
+  std::vector<double> params, adam_m, adam_v;  // (ml.total,)
+  long long adam_t = 0;
+  double sum_w = 0, sum_erm = 0, sum_irm = 0;
+  int64_t n_steps = 0;
+
+  void save(Checkpoint& ck) const {
+    ck.put("mask_params", params);
+    ck.put("mask_params_adam_m", adam_m);
+    ck.put("mask_params_adam_v", adam_v);
+    ck.meta["mask_stage"] = {{"adam_t", adam_t},
+                             {"sum_w", sum_w},
+                             {"sum_erm", sum_erm},
+                             {"sum_irm", sum_irm},
+                             {"n_steps", n_steps}};
+  }
+  void load(const Checkpoint& ck) {
+    params = ck.get<double>("mask_params");
+    adam_m = ck.get<double>("mask_params_adam_m");
+    adam_v = ck.get<double>("mask_params_adam_v");
+    const nlohmann::json& j = ck.meta.at("mask_stage");
+    adam_t = j.at("adam_t").get<long long>();
+    sum_w = j.at("sum_w").get<double>();
+    sum_erm = j.at("sum_erm").get<double>();
+    sum_irm = j.at("sum_irm").get<double>();
+    n_steps = j.at("n_steps").get<int64_t>();
+  }
+};
+
+// Each environment's pairs in a fresh order for `epoch` (applied to the previous epoch's order).
+void shuffle_env_pairs(std::vector<std::vector<int32_t>>& env_pairs, math::PhiloxKey order_key,
+                       int epoch) {
+  for (size_t e = 0; e < env_pairs.size(); ++e) {
+    auto& v = env_pairs[e];
+    for (int64_t p = int64_t(v.size()) - 1; p > 0; --p) {
+      const uint32_t r = math::philox(order_key, uint32_t(p), uint32_t(e), 0, uint32_t(epoch)).v[0];
+      std::swap(v[p], v[math::uniform_below(r, uint32_t(p + 1))]);
+    }
+  }
+}
+
+bool all_finite(const std::vector<double>& v) {
+  for (double x : v) {
+    if (!std::isfinite(x)) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
 SelectionResult run_invariant_pipeline(const Config& c, const Evaluator& eval,
                                        const std::string& run_dir, std::ostream& metrics_out,
-                                       nlohmann::json& summary) {
+                                       std::ostream& trace, nlohmann::json& summary,
+                                       CheckpointStore* store, const Checkpoint* resume) {
   const Dataset& data = eval.data;
   const Graph& graph = eval.graph;
   const int64_t d = data.feature_dim;
   const bool invrl = c.method == "invrl";
   const bool attention = !invrl && c.attention;
-  std::ofstream trace(run_dir + "/trace.jsonl");
+  const Position at = resume ? resume->position : Position{};
+  PipelineState ps;
+  ps.mask.assign(size_t(d), c.mask_init);
+  ps.mask_m.assign(size_t(d), 0.0);
+  ps.mask_v.assign(size_t(d), 0.0);
+  // A checkpoint at `pos` with the pipeline's state and what `more` adds.
+  auto save_at = [&](const Position& pos, const std::function<void(Checkpoint&)>& more) {
+    Checkpoint ck;
+    ck.position = pos;
+    ps.save(ck);
+    if (more) more(ck);
+    return ck;
+  };
+  const Position after_outer_end =
+      c.outer_iterations > 0 ? Position{"him", 0, 0, 0} : Position{"final", 0, 0, 0};
 
   // Stage 0: the backbone on the full features; Pt, Pf, T frozen for the mask model.
-  log_info(fmt::format("stage 0: backbone on the full features, {} epochs", c.pretrain_epochs));
-  // Seconds and work per stage, for the summary (bench/cpu-epoch reads them).
-  double him_seconds = 0, mask_seconds = 0;
-  int64_t him_model_epochs = 0, mask_steps = 0;
-  const auto t_pre = Clock::now();
-  std::unique_ptr<Backend> pre = train_fixed(c, graph, data.train, data.features, d, true,
-                                             stage_id::kPretrain, c.pretrain_epochs, "pretrain ");
-  const std::vector<float> frozen = pre->parameters();
-  const double pretrain_seconds = seconds_since(t_pre);
-  const ParamLayout bl = make_train_setup(c, data.n_users, data.n_items, d, true, 0).layout;
-  pre.reset();
-
-  const MaskLayout ml = MaskLayout::make(c.dim, d, c.attention_hidden, attention);
-  // The mask step runs in double on the CPU: L_IRM and its derivatives are built from
-  // differences of per-environment gradients (G_e - Gbar) and from sums whose positive and
-  // negative terms nearly cancel, which float32 blurs to ~1e-3 relative error (see
-  // tests/reference_test.cpp). The inputs are converted once.
-  auto to_double = [](const float* p, size_t n) { return std::vector<double>(p, p + n); };
-  const size_t nu = size_t(data.n_users) * c.dim, ni = size_t(data.n_items) * c.dim;
-  const std::vector<double> pt_d = to_double(frozen.data() + bl.pt, nu),
-                            pf_d = to_double(frozen.data() + bl.pf, nu),
-                            ti_d = to_double(frozen.data() + bl.t, ni),
-                            f_d = to_double(data.features.data(), data.features.size()),
-                            bu_d = to_double(graph.beta_user.data(), graph.beta_user.size()),
-                            bi_d = to_double(graph.beta_item.data(), graph.beta_item.size()),
-                            iw_d = to_double(graph.ii_weights.data(), graph.ii_weights.size());
-  const MaskProblem<double> problem{data.n_users,
-                                    data.n_items,
-                                    c.dim,
-                                    d,
-                                    pt_d.data(),
-                                    pf_d.data(),
-                                    ti_d.data(),
-                                    f_d.data(),
-                                    bu_d.data(),
-                                    bi_d.data(),
-                                    graph.ii_neighbors.data(),
-                                    iw_d.data(),
-                                    graph.ii_k};
-  MaskSettings ms = mask_settings_from(c);
-
-  std::vector<double> mask(size_t(d), c.mask_init);
-  std::vector<double> mask_m(size_t(d), 0.0), mask_v(size_t(d), 0.0);  // Adam moments of m
-  long long mask_t = 0;
-  for (int outer = 0; outer < c.outer_iterations; ++outer) {
-    const auto t_outer = Clock::now();
-    // HIM on psi = (1 - m) f.
-    std::vector<float> one_minus(static_cast<size_t>(d));
-    for (int64_t j = 0; j < d; ++j) one_minus[j] = float(1.0 - mask[j]);
-    const std::vector<float> psi = scale_columns(data.features, d, one_minus);
-    const auto t_him = Clock::now();
-    int him_rounds_run = 0;
-    const std::vector<int32_t> env =
-        c.environments == "file"
-            ? environments_from_file(data.dir + "/environments.tsv", data.train)
-            : identify_environments(c, graph, data.train, psi, d, c.envs, outer, &frozen, &trace,
-                                    &him_rounds_run);
-    him_seconds += seconds_since(t_him);
-    him_model_epochs += int64_t(him_rounds_run) * c.envs * c.him_epochs;
-    const auto t_mask = Clock::now();
-    const int32_t n_envs = *std::max_element(env.begin(), env.end()) + 1;
-    {  // environments-<outer>.tsv: `user item env`, one line per training pair, in train order
-      std::string text;
-      text.reserve(env.size() * 16);
-      for (size_t p = 0; p < env.size(); ++p) {
-        text += fmt::format("{}\t{}\t{}\n", data.train.user[p], data.train.item[p], env[p]);
-      }
-      write_text_atomic(fmt::format("{}/environments-{}.tsv", run_dir, outer), text);
+  if (at.phase == "start" || at.phase == "pretrain") {
+    log_info(fmt::format("stage 0: backbone on the full features, {} epochs", c.pretrain_epochs));
+    const auto t_pre = Clock::now();
+    StageCheckpoints sc;
+    sc.store = store;
+    sc.resume = at.phase == "pretrain" ? resume : nullptr;
+    sc.phase = "pretrain";
+    sc.context = [&](Checkpoint& ck) { ps.save(ck); };
+    ps.backbone = train_fixed(c, graph, data.train, data.features, d, true, stage_id::kPretrain,
+                              c.pretrain_epochs, "pretrain ", nullptr, 0, &sc)
+                      ->parameters();
+    ps.pretrain_seconds = seconds_since(t_pre);
+    if (store) {
+      Checkpoint ck = save_at(after_outer_end, nullptr);
+      store->save(ck);
     }
-    std::vector<std::vector<int32_t>> env_pairs(static_cast<size_t>(n_envs));
-    for (size_t p = 0; p < env.size(); ++p) env_pairs[env[p]].push_back(int32_t(p));
-    int64_t largest = 0;
-    for (const auto& v : env_pairs) largest = std::max<int64_t>(largest, int64_t(v.size()));
-
-    // Mask generation: one batch of mask_batch positives from every environment per step.
-    const uint32_t stage = stage_id::mask(outer);
-    const std::vector<float> params_init = init_mask_params(ml, c.seed, stage, c.init_std);
-    std::vector<double> params(params_init.begin(), params_init.end());
-    seed_mask_model(c, frozen, bl, ml, params);
-    std::vector<double> adam_m(params.size(), 0.0), adam_v(params.size(), 0.0);
-    long long adam_t = 0;
-    const math::PhiloxKey neg_key =
-        math::make_key(c.seed, math::stream_id(math::RngStream::kNegative, stage));
-    const math::PhiloxKey noise_key =
-        math::make_key(c.seed, math::stream_id(math::RngStream::kMaskNoise, stage));
-    const math::PhiloxKey order_key =
-        math::make_key(c.seed, math::stream_id(math::RngStream::kShuffle, stage));
-    const int64_t steps = (largest + c.mask_batch - 1) / c.mask_batch;
-    std::vector<float> noise(static_cast<size_t>(n_envs) * d);
-    std::vector<double> noise_d(noise.size());
-    double sum_w = 0, sum_erm = 0, sum_irm = 0;
-    int64_t n_steps = 0;
-    for (int epoch = 0; epoch < c.mask_epochs; ++epoch) {
-      // Each environment's pairs in a fresh order per epoch.
-      for (int e = 0; e < n_envs; ++e) {
-        auto& v = env_pairs[e];
-        for (int64_t p = int64_t(v.size()) - 1; p > 0; --p) {
-          const uint32_t r =
-              math::philox(order_key, uint32_t(p), uint32_t(e), 0, uint32_t(epoch)).v[0];
-          std::swap(v[p], v[math::uniform_below(r, uint32_t(p + 1))]);
-        }
-      }
-      for (int64_t step = 0; step < steps; ++step) {
-        const EnvBatches batches =
-            make_mask_batches(data.train, env_pairs, c.mask_batch, c.negatives, data.n_items,
-                              neg_key, uint32_t(epoch), step);
-        for (int e = 0; e < n_envs; ++e) {
-          draw_noise(noise_key, uint32_t(epoch), uint32_t(step), uint32_t(e), d, float(c.sigma),
-                     noise.data() + size_t(e) * d);
-        }
-        const MaskStepResult<double> r = (std::copy(noise.begin(), noise.end(), noise_d.begin()),
-                                          mask_step<double>(ml, params.data(), mask.data(), problem,
-                                                            batches, noise_d.data(), ms));
-        if (!std::isfinite(r.L_ERM) || !std::isfinite(r.L_IRM)) {
-          input_error(
-              "mask generation, outer {} epoch {} step {}: non-finite loss (L_ERM {}, "
-              "L_IRM {}); lower lr or mask_step",
-              outer, epoch, step, r.L_ERM, r.L_IRM);
-        }
-        // Adam on W, b and the attention MLPs (the L2 term is already in r.grad).
-        const math::AdamStep as = math::make_adam_step(
-            float(c.lr), float(c.adam_beta1), float(c.adam_beta2), float(c.adam_eps), ++adam_t);
-        for (size_t k = 0; k < params.size(); ++k) {
-          math::adam_update(params[k], adam_m[k], adam_v[k], r.grad[k], 0.0, as);
-        }
-        // The mask: Eq. 19 (sgd), or Adam on the same direction; clipped to [0, 1].
-        if (c.mask_optimizer == "sgd") {
-          mask = r.mask_new;
-        } else {
-          const math::AdamStep ma =
-              math::make_adam_step(float(c.mask_step), float(c.adam_beta1), float(c.adam_beta2),
-                                   float(c.adam_eps), ++mask_t);
-          for (int64_t j = 0; j < d; ++j) {
-            math::adam_update(mask[j], mask_m[j], mask_v[j], r.mask_grad[j], 0.0, ma);
-            mask[j] = std::clamp(mask[j], 0.0, 1.0);
-          }
-        }
-        double mean = 0;
-        for (double x : mask) mean += x;
-        mean /= double(std::max<int64_t>(d, 1));
-        trace << nlohmann::json{{"outer", outer},   {"epoch", epoch},   {"step", step},
-                                {"w_ERM", r.w_ERM}, {"L_ERM", r.L_ERM}, {"L_IRM", r.L_IRM},
-                                {"mask_mean", mean}}
-                     .dump()
-              << "\n";
-        sum_w += r.w_ERM;
-        sum_erm += r.L_ERM;
-        sum_irm += r.L_IRM;
-        ++n_steps;
-      }
-      if (n_steps > 0 && (epoch + 1) % std::max(1, c.mask_epochs / 8) == 0) {
-        double mean = 0, lo = 1, hi = 0;
-        for (double x : mask) {
-          mean += x;
-          lo = std::min(lo, double(x));
-          hi = std::max(hi, double(x));
-        }
-        log_info(
-            fmt::format("mask outer {} epoch {:>3}/{}: mean w_ERM {:.3f}, L_ERM {:.4g}, "
-                        "L_IRM {:.4g}; mask mean {:.3f} [{:.3f}, {:.3f}]",
-                        outer, epoch, c.mask_epochs, sum_w / n_steps, sum_erm / n_steps,
-                        sum_irm / n_steps, mean / double(std::max<int64_t>(d, 1)), lo, hi));
-        sum_w = sum_erm = sum_irm = 0;
-        n_steps = 0;
-      }
-    }
-    trace << std::flush;
-    mask_seconds += seconds_since(t_mask);
-    mask_steps += int64_t(c.mask_epochs) * steps;
-    if (invrl) {  // InvRL grows the penalty weight and the regulariser each outer iteration
-      ms.fixed_alpha *= c.invrl_growth;
-      ms.lambda *= c.invrl_growth;
-    }
-    log_info(fmt::format("outer iteration {} done in {:.1f}s", outer, seconds_since(t_outer)));
+  } else {
+    ps.load(*resume);
   }
-  const std::vector<float> mask_f(mask.begin(), mask.end());
+  const ParamLayout bl = make_train_setup(c, data.n_users, data.n_items, d, true, 0).layout;
+  const MaskLayout ml = MaskLayout::make(c.dim, d, c.attention_hidden, attention);
+  MaskSettings ms = mask_settings_from(c);
+  const int first_outer = at.phase == "him" || at.phase == "mask" ? at.outer
+                          : at.phase == "final"                   ? c.outer_iterations
+                                                                  : 0;
+  for (int outer = 0; outer < first_outer && invrl; ++outer) {  // the growth so far, in order
+    ms.fixed_alpha *= c.invrl_growth;
+    ms.lambda *= c.invrl_growth;
+  }
+
+  if (first_outer < c.outer_iterations) {
+    // The mask step runs in double on the CPU: L_IRM and its derivatives are built from
+    // differences of per-environment gradients (G_e - Gbar) and from sums whose positive and
+    // negative terms nearly cancel, which float32 blurs to ~1e-3 relative error (see
+    // tests/reference_test.cpp). The inputs are converted once.
+    auto to_double = [](const float* p, size_t n) { return std::vector<double>(p, p + n); };
+    const std::vector<float>& frozen = ps.backbone;
+    const size_t nu = size_t(data.n_users) * c.dim, ni = size_t(data.n_items) * c.dim;
+    const std::vector<double> pt_d = to_double(frozen.data() + bl.pt, nu),
+                              pf_d = to_double(frozen.data() + bl.pf, nu),
+                              ti_d = to_double(frozen.data() + bl.t, ni),
+                              f_d = to_double(data.features.data(), data.features.size()),
+                              bu_d = to_double(graph.beta_user.data(), graph.beta_user.size()),
+                              bi_d = to_double(graph.beta_item.data(), graph.beta_item.size()),
+                              iw_d = to_double(graph.ii_weights.data(), graph.ii_weights.size());
+    const MaskProblem<double> problem{data.n_users,
+                                      data.n_items,
+                                      c.dim,
+                                      d,
+                                      pt_d.data(),
+                                      pf_d.data(),
+                                      ti_d.data(),
+                                      f_d.data(),
+                                      bu_d.data(),
+                                      bi_d.data(),
+                                      graph.ii_neighbors.data(),
+                                      iw_d.data(),
+                                      graph.ii_k};
+    std::vector<double>& mask = ps.mask;
+    for (int outer = first_outer; outer < c.outer_iterations; ++outer) {
+      const auto t_outer = Clock::now();
+      const bool resume_mask = resume && at.phase == "mask" && at.outer == outer;
+      const uint32_t stage = stage_id::mask(outer);
+      MaskStageState st;
+      std::vector<int32_t> env;
+      if (resume_mask) {
+        env = resume->get<int32_t>("env");
+        st.load(*resume);
+      } else {
+        // HIM on psi = (1 - m) f.
+        std::vector<float> one_minus(static_cast<size_t>(d));
+        for (int64_t j = 0; j < d; ++j) one_minus[j] = float(1.0 - mask[j]);
+        const std::vector<float> psi = scale_columns(data.features, d, one_minus);
+        const auto t_him = Clock::now();
+        int him_rounds_run = 0;
+        env = c.environments == "file"
+                  ? environments_from_file(data.dir + "/environments.tsv", data.train)
+                  : identify_environments(c, graph, data.train, psi, d, c.envs, outer, &frozen,
+                                          &trace, &him_rounds_run);
+        ps.him_seconds += seconds_since(t_him);
+        ps.him_model_epochs += int64_t(him_rounds_run) * c.envs * c.him_epochs;
+        {  // environments-<outer>.tsv: `user item env`, one line per training pair, in train order
+          std::string text;
+          text.reserve(env.size() * 16);
+          for (size_t p = 0; p < env.size(); ++p) {
+            text += fmt::format("{}\t{}\t{}\n", data.train.user[p], data.train.item[p], env[p]);
+          }
+          write_text_atomic(fmt::format("{}/environments-{}.tsv", run_dir, outer), text);
+        }
+        // The mask model: W ~ N(0, init_std) (or stage 0's W, b), attention N(0, 1/fan_in).
+        const std::vector<float> params_init = init_mask_params(ml, c.seed, stage, c.init_std);
+        st.params.assign(params_init.begin(), params_init.end());
+        seed_mask_model(c, frozen, bl, ml, st.params);
+        st.adam_m.assign(st.params.size(), 0.0);
+        st.adam_v.assign(st.params.size(), 0.0);
+      }
+      const int first_epoch = resume_mask ? at.epoch : 0;
+      const int64_t first_step = resume_mask ? at.step : 0;
+      // A checkpoint inside this outer iteration's mask generation.
+      auto mask_checkpoint = [&](int epoch, int64_t step) {
+        return save_at(Position{"mask", outer, epoch, step}, [&](Checkpoint& ck) {
+          ck.put("env", env);
+          st.save(ck);
+        });
+      };
+      if (store && !resume_mask) {  // the end of HIM
+        Checkpoint ck = mask_checkpoint(0, 0);
+        store->save(ck);
+      }
+      const auto t_mask = Clock::now();
+      const int32_t n_envs = *std::max_element(env.begin(), env.end()) + 1;
+      std::vector<std::vector<int32_t>> env_pairs(static_cast<size_t>(n_envs));
+      for (size_t p = 0; p < env.size(); ++p) env_pairs[env[p]].push_back(int32_t(p));
+      int64_t largest = 0;
+      for (const auto& v : env_pairs) largest = std::max<int64_t>(largest, int64_t(v.size()));
+
+      // Mask generation: one batch of mask_batch positives from every environment per step.
+      const math::PhiloxKey neg_key =
+          math::make_key(c.seed, math::stream_id(math::RngStream::kNegative, stage));
+      const math::PhiloxKey noise_key =
+          math::make_key(c.seed, math::stream_id(math::RngStream::kMaskNoise, stage));
+      const math::PhiloxKey order_key =
+          math::make_key(c.seed, math::stream_id(math::RngStream::kShuffle, stage));
+      const int64_t steps = (largest + c.mask_batch - 1) / c.mask_batch;
+      std::vector<float> noise(static_cast<size_t>(n_envs) * d);
+      std::vector<double> noise_d(noise.size());
+      for (int epoch = 0; epoch < first_epoch; ++epoch)
+        shuffle_env_pairs(env_pairs, order_key, epoch);
+      for (int epoch = first_epoch; epoch < c.mask_epochs; ++epoch) {
+        shuffle_env_pairs(env_pairs, order_key, epoch);
+        for (int64_t step = epoch == first_epoch ? first_step : 0; step < steps; ++step) {
+          if (stop_requested()) {
+            Checkpoint ck = mask_checkpoint(epoch, step);
+            StageCheckpoints sc;
+            sc.store = store;
+            stop_stage(
+                &sc, ck,
+                fmt::format("mask generation outer {} epoch {} step {}", outer, epoch, step));
+          }
+          const EnvBatches batches =
+              make_mask_batches(data.train, env_pairs, c.mask_batch, c.negatives, data.n_items,
+                                neg_key, uint32_t(epoch), step);
+          for (int e = 0; e < n_envs; ++e) {
+            draw_noise(noise_key, uint32_t(epoch), uint32_t(step), uint32_t(e), d, float(c.sigma),
+                       noise.data() + size_t(e) * d);
+          }
+          std::copy(noise.begin(), noise.end(), noise_d.begin());
+          const MaskStepResult<double> r = mask_step<double>(ml, st.params.data(), mask.data(),
+                                                             problem, batches, noise_d.data(), ms);
+          if (!std::isfinite(r.L_ERM) || !std::isfinite(r.L_IRM) || !all_finite(r.grad) ||
+              !all_finite(r.mask_grad) || !all_finite(r.mask_new)) {
+            throw Diverged(fmt::format(
+                "mask generation, outer {} epoch {} step {}: a non-finite loss, gradient or mask "
+                "(L_ERM {}, L_IRM {}); lower lr or mask_step",
+                outer, epoch, step, r.L_ERM, r.L_IRM));
+          }
+          // Adam on W, b and the attention MLPs (the L2 term is already in r.grad).
+          const math::AdamStep as =
+              math::make_adam_step(float(c.lr), float(c.adam_beta1), float(c.adam_beta2),
+                                   float(c.adam_eps), ++st.adam_t);
+          for (size_t k = 0; k < st.params.size(); ++k) {
+            math::adam_update(st.params[k], st.adam_m[k], st.adam_v[k], r.grad[k], 0.0, as);
+          }
+          // The mask: Eq. 19 (sgd), or Adam on the same direction; clipped to [0, 1].
+          if (c.mask_optimizer == "sgd") {
+            mask = r.mask_new;
+          } else {
+            const math::AdamStep ma =
+                math::make_adam_step(float(c.mask_step), float(c.adam_beta1), float(c.adam_beta2),
+                                     float(c.adam_eps), ++ps.mask_t);
+            for (int64_t j = 0; j < d; ++j) {
+              math::adam_update(mask[j], ps.mask_m[j], ps.mask_v[j], r.mask_grad[j], 0.0, ma);
+              mask[j] = std::clamp(mask[j], 0.0, 1.0);
+            }
+          }
+          double mean = 0;
+          for (double x : mask) mean += x;
+          mean /= double(std::max<int64_t>(d, 1));
+          trace << nlohmann::json{{"outer", outer},   {"epoch", epoch},   {"step", step},
+                                  {"w_ERM", r.w_ERM}, {"L_ERM", r.L_ERM}, {"L_IRM", r.L_IRM},
+                                  {"mask_mean", mean}}
+                       .dump()
+                << "\n";
+          st.sum_w += r.w_ERM;
+          st.sum_erm += r.L_ERM;
+          st.sum_irm += r.L_IRM;
+          ++st.n_steps;
+        }
+        if (st.n_steps > 0 && (epoch + 1) % std::max(1, c.mask_epochs / 8) == 0) {
+          double mean = 0, lo = 1, hi = 0;
+          for (double x : mask) {
+            mean += x;
+            lo = std::min(lo, double(x));
+            hi = std::max(hi, double(x));
+          }
+          log_info(fmt::format(
+              "mask outer {} epoch {:>3}/{}: mean w_ERM {:.3f}, L_ERM {:.4g}, L_IRM {:.4g}; mask "
+              "mean {:.3f} [{:.3f}, {:.3f}]",
+              outer, epoch, c.mask_epochs, st.sum_w / st.n_steps, st.sum_erm / st.n_steps,
+              st.sum_irm / st.n_steps, mean / double(std::max<int64_t>(d, 1)), lo, hi));
+          st.sum_w = st.sum_erm = st.sum_irm = 0;
+          st.n_steps = 0;
+        }
+        if (store && store->due(epoch + 1) && epoch + 1 < c.mask_epochs) {
+          Checkpoint ck = mask_checkpoint(epoch + 1, 0);
+          store->save(ck);
+        }
+      }
+      trace << std::flush;
+      ps.mask_seconds += seconds_since(t_mask);
+      ps.mask_steps += int64_t(c.mask_epochs) * steps;
+      if (invrl) {  // InvRL grows the penalty weight and the regulariser each outer iteration
+        ms.fixed_alpha *= c.invrl_growth;
+        ms.lambda *= c.invrl_growth;
+      }
+      log_info(fmt::format("outer iteration {} done in {:.1f}s", outer, seconds_since(t_outer)));
+      if (store) {  // the start of the next HIM, or of the final model
+        Checkpoint ck = save_at(outer + 1 < c.outer_iterations ? Position{"him", outer + 1, 0, 0}
+                                                               : Position{"final", 0, 0, 0},
+                                nullptr);
+        store->save(ck);
+      }
+    }
+  }
+  const std::vector<float> mask_f(ps.mask.begin(), ps.mask.end());
   write_npy(run_dir + "/mask.npy", mask_f.data(), {d});
 
   // Per-modality mask means for the summary.
   nlohmann::json per_modality = nlohmann::json::object();
   for (const Modality& mod : data.modalities) {
     double s = 0;
-    for (int64_t j = mod.offset; j < mod.offset + mod.width; ++j) s += mask[j];
+    for (int64_t j = mod.offset; j < mod.offset + mod.width; ++j) s += ps.mask[j];
     per_modality[mod.name] = mod.width > 0 ? s / double(mod.width) : 0.0;
   }
   summary["mask_mean_by_modality"] = per_modality;
-  summary["stages"] = {{"pretrain", {{"seconds", pretrain_seconds}, {"epochs", c.pretrain_epochs}}},
-                       {"him", {{"seconds", him_seconds}, {"model_epochs", him_model_epochs}}},
-                       {"mask",
-                        {{"seconds", mask_seconds},
-                         {"epochs", int64_t(c.mask_epochs) * c.outer_iterations},
-                         {"steps", mask_steps}}}};
+  summary["stages"] = {
+      {"pretrain", {{"seconds", ps.pretrain_seconds}, {"epochs", c.pretrain_epochs}}},
+      {"him", {{"seconds", ps.him_seconds}, {"model_epochs", ps.him_model_epochs}}},
+      {"mask",
+       {{"seconds", ps.mask_seconds},
+        {"epochs", int64_t(c.mask_epochs) * c.outer_iterations},
+        {"steps", ps.mask_steps}}}};
 
-  // Final model on Phi = m * f.
+  // Final model on Phi = m * f; the stage-0 backbone is no longer needed in checkpoints.
   log_info("final model on Phi = m * f");
+  ps.backbone.clear();
   const std::vector<float> phi = scale_columns(data.features, d, mask_f);
-  return train_with_selection(c, eval, phi, true, stage_id::kFinal, "final", metrics_out);
+  StageCheckpoints sc;
+  sc.store = store;
+  sc.resume = resume && at.phase == "final" && resume->has("params") ? resume : nullptr;
+  sc.phase = "final";
+  sc.context = [&](Checkpoint& ck) { ps.save(ck); };
+  return train_with_selection(c, eval, phi, true, stage_id::kFinal, "final", metrics_out, &sc);
 }
 
 }  // namespace painvrl

@@ -14,12 +14,15 @@
 #include <nlohmann/json.hpp>
 
 #include "painvrl/backend.h"
+#include "painvrl/checkpoint.h"
 #include "painvrl/dataset.h"
 #include "painvrl/error.h"
 #include "painvrl/evaluate.h"
 #include "painvrl/graph.h"
 #include "painvrl/io.h"
 #include "painvrl/math/philox.h"
+#include "painvrl/npy.h"
+#include "painvrl/signals.h"
 #include "painvrl/stages.h"
 
 namespace painvrl {
@@ -105,11 +108,85 @@ void shuffle_pairs(const PairList& in, PairList& out, uint64_t seed, uint32_t st
   }
 }
 
+void stop_stage(const StageCheckpoints* sc, Checkpoint& ck, const std::string& what) {
+  const int sig = stop_signal().load();
+  if (sc && sc->store) {
+    const std::string path = sc->store->save(ck);
+    throw Interrupted(
+        fmt::format("stopped by signal {} at {}; the state is saved in {}", sig, what, path));
+  }
+  throw Interrupted(fmt::format("stopped by signal {} at {}", sig, what));
+}
+
+namespace {
+
+// A checkpoint at (epoch, step) of a backbone stage: the caller's context, the optimiser state
+// and the epoch's partial sums.
+Checkpoint backbone_checkpoint(const StageCheckpoints* sc, const Backend& backend, int epoch,
+                               const EpochStats& partial) {
+  Checkpoint ck;
+  if (sc) {
+    ck.position = Position{sc->phase, sc->outer, epoch, partial.steps};
+    if (sc->context) sc->context(ck);
+  }
+  const OptimizerState st = backend.optimizer_state();
+  ck.put("params", st.params);
+  ck.put("adam_m", st.adam_m);
+  ck.put("adam_v", st.adam_v);
+  ck.meta["adam_t"] = st.adam_t;
+  ck.meta["epoch_stats"] = {{"loss_total", partial.loss_total},
+                            {"loss_main", partial.loss_main},
+                            {"loss_item_item", partial.loss_item_item},
+                            {"loss_l2", partial.loss_l2},
+                            {"steps", partial.steps},
+                            {"pairs", partial.pairs}};
+  return ck;
+}
+
+// Restores what backbone_checkpoint saved; returns the epoch's partial sums.
+EpochStats restore_backbone(const Checkpoint& ck, Backend& backend) {
+  OptimizerState st;
+  st.params = ck.get<float>("params");
+  st.adam_m = ck.get<float>("adam_m");
+  st.adam_v = ck.get<float>("adam_v");
+  st.adam_t = ck.meta.at("adam_t").get<long long>();
+  backend.set_optimizer_state(st);
+  const nlohmann::json& j = ck.meta.at("epoch_stats");
+  EpochStats partial;
+  partial.loss_total = j.at("loss_total").get<double>();
+  partial.loss_main = j.at("loss_main").get<double>();
+  partial.loss_item_item = j.at("loss_item_item").get<double>();
+  partial.loss_l2 = j.at("loss_l2").get<double>();
+  partial.steps = j.at("steps").get<int64_t>();
+  partial.pairs = j.at("pairs").get<int64_t>();
+  return partial;
+}
+
+bool stop_flag() { return stop_requested(); }
+
+// One epoch (or its remainder) of a backbone stage with the stop and divergence checks.
+void run_epoch_steps(Backend& backend, const PairList& shuffled, int epoch, EpochStats& st,
+                     const StageCheckpoints* sc, const std::string& what) {
+  backend.train_steps(shuffled, uint32_t(epoch), st, &stop_flag);
+  if (st.diverged) {
+    throw Diverged(
+        fmt::format("{} epoch {} step {}: the training loss is not finite; lower lr "
+                    "or init_std",
+                    what, epoch, st.steps));
+  }
+  if (st.stopped) {
+    Checkpoint ck = backbone_checkpoint(sc, backend, epoch, st);
+    stop_stage(sc, ck, fmt::format("{} epoch {} step {}", what, epoch, st.steps));
+  }
+}
+
+}  // namespace
+
 std::unique_ptr<Backend> train_fixed(const Config& c, const Graph& graph, const PairList& pairs,
                                      const std::vector<float>& features, int64_t feat_dim,
                                      bool content, uint32_t stage, int epochs,
                                      const std::string& label, const std::vector<float>* start,
-                                     uint8_t frozen) {
+                                     uint8_t frozen, const StageCheckpoints* sc) {
   std::unique_ptr<Backend> backend = make_cpu_backend();
   TrainSetup setup = make_train_setup(c, graph.n_users, graph.n_items, feat_dim, content, stage);
   setup.frozen = frozen;
@@ -120,21 +197,29 @@ std::unique_ptr<Backend> train_fixed(const Config& c, const Graph& graph, const 
     }
     backend->set_parameters(*start);
   }
+  int first_epoch = 0;
+  EpochStats partial;
+  if (sc && sc->resume) {
+    partial = restore_backbone(*sc->resume, *backend);
+    first_epoch = sc->resume->position.epoch;
+  }
+  const std::string what = sc ? sc->phase : label.empty() ? std::string("training") : label;
   PairList shuffled;
   double total = 0;
-  for (int epoch = 0; epoch < epochs; ++epoch) {
+  for (int epoch = first_epoch; epoch < epochs; ++epoch) {
     const auto t0 = Clock::now();
     shuffle_pairs(pairs, shuffled, c.seed, stage, uint32_t(epoch));
-    const EpochStats st = backend->train_epoch(shuffled, uint32_t(epoch));
+    EpochStats st = epoch == first_epoch ? partial : EpochStats{};
+    run_epoch_steps(*backend, shuffled, epoch, st, sc, what);
     const double dt = seconds_since(t0);
     total += dt;
-    if (!std::isfinite(st.loss_total)) {
-      input_error("{}epoch {}: the training loss is not finite; lower lr or init_std", label,
-                  epoch);
-    }
     if (!label.empty()) {
-      log_info(
-          epoch_line(label, epoch, epochs, st, dt, total / (epoch + 1) * (epochs - epoch - 1)));
+      const int done = epoch + 1 - first_epoch;
+      log_info(epoch_line(label, epoch, epochs, st, dt, total / done * (epochs - epoch - 1)));
+    }
+    if (sc && sc->store && sc->store->due(epoch + 1) && epoch + 1 < epochs) {
+      Checkpoint ck = backbone_checkpoint(sc, *backend, epoch + 1, EpochStats{});
+      sc->store->save(ck);
     }
   }
   return backend;
@@ -160,96 +245,190 @@ Metrics Evaluator::run(Backend& backend, const PairList& heldout, bool is_test) 
              heldout, is_test);
 }
 
+namespace {
+
+nlohmann::json metrics_state(const Metrics& m) {
+  return {{"ks", m.ks},
+          {"precision", m.precision},
+          {"recall", m.recall},
+          {"ndcg", m.ndcg},
+          {"users", m.users}};
+}
+Metrics metrics_from_state(const nlohmann::json& j) {
+  Metrics m;
+  m.ks = j.at("ks").get<std::vector<int>>();
+  m.precision = j.at("precision").get<std::vector<double>>();
+  m.recall = j.at("recall").get<std::vector<double>>();
+  m.ndcg = j.at("ndcg").get<std::vector<double>>();
+  m.users = j.at("users").get<int64_t>();
+  return m;
+}
+
+// Model selection's running state, saved with a backbone checkpoint of a selection stage.
+struct SelectionState {
+  double best_value = -1;
+  int evals_since_best = 0;
+  void save(Checkpoint& ck, const SelectionResult& res) const {
+    ck.meta["selection"] = {{"best_value", best_value},
+                            {"evals_since_best", evals_since_best},
+                            {"best_epoch", res.best_epoch},
+                            {"best_valid", metrics_state(res.best_valid)},
+                            {"test_at_best", metrics_state(res.test_at_best)},
+                            {"epochs_run", res.epochs_run},
+                            {"train_seconds", res.train_seconds},
+                            {"pairs_trained", res.pairs_trained}};
+    ck.put("best_params", res.best_params);
+  }
+  void load(const Checkpoint& ck, SelectionResult& res) {
+    const nlohmann::json& j = ck.meta.at("selection");
+    best_value = j.at("best_value").get<double>();
+    evals_since_best = j.at("evals_since_best").get<int>();
+    res.best_epoch = j.at("best_epoch").get<int>();
+    res.best_valid = metrics_from_state(j.at("best_valid"));
+    res.test_at_best = metrics_from_state(j.at("test_at_best"));
+    res.epochs_run = j.at("epochs_run").get<int>();
+    res.train_seconds = j.at("train_seconds").get<double>();
+    res.pairs_trained = j.at("pairs_trained").get<int64_t>();
+    res.best_params = ck.get<float>("best_params");
+  }
+};
+
+}  // namespace
+
 SelectionResult train_with_selection(const Config& c, const Evaluator& eval,
                                      const std::vector<float>& features, bool content,
                                      uint32_t stage, const std::string& stage_name,
-                                     std::ostream& metrics_out) {
+                                     std::ostream& metrics_out, const StageCheckpoints* sc) {
   const Dataset& data = eval.data;
   const bool has_valid = data.valid.size() > 0;
   std::unique_ptr<Backend> backend = make_cpu_backend();
-  backend->setup(make_train_setup(c, data.n_users, data.n_items, data.feature_dim, content, stage),
-                 eval.graph, features);
+  const TrainSetup setup =
+      make_train_setup(c, data.n_users, data.n_items, data.feature_dim, content, stage);
+  backend->setup(setup, eval.graph, features);
   SelectionResult res;
-  double best_value = -1;
-  int evals_since_best = 0;
+  res.layout = setup.layout;
+  SelectionState sel;
+  int first_epoch = 0;
+  EpochStats partial;
+  if (sc && sc->resume) {
+    partial = restore_backbone(*sc->resume, *backend);
+    sel.load(*sc->resume, res);
+    first_epoch = sc->resume->position.epoch;
+  }
+  // Every checkpoint of this stage: the caller's context, the backbone and the selection state.
+  StageCheckpoints own = sc ? *sc : StageCheckpoints{};
+  own.context = [&](Checkpoint& ck) {
+    if (sc && sc->context) sc->context(ck);
+    sel.save(ck, res);
+  };
+  const std::string what = sc ? sc->phase : stage_name.empty() ? "training" : stage_name;
   PairList shuffled;
   const std::string label = stage_name.empty() ? "" : stage_name + " ";
-  for (int epoch = 0; epoch < c.epochs; ++epoch) {
+  for (int epoch = first_epoch; epoch < c.epochs; ++epoch) {
     const auto t0 = Clock::now();
     shuffle_pairs(data.train, shuffled, c.seed, stage, uint32_t(epoch));
-    const EpochStats st = backend->train_epoch(shuffled, uint32_t(epoch));
+    EpochStats st = epoch == first_epoch ? partial : EpochStats{};
+    run_epoch_steps(*backend, shuffled, epoch, st, &own, what);
     const double dt = seconds_since(t0);
     res.train_seconds += dt;
     res.pairs_trained += st.pairs;
     res.epochs_run = epoch + 1;
-    if (!std::isfinite(st.loss_total)) {
-      input_error("{}epoch {}: the training loss is not finite ({}); lower lr or init_std", label,
-                  epoch, st.loss_total);
-    }
     const double eta = res.train_seconds / res.epochs_run * (c.epochs - res.epochs_run);
     log_info(epoch_line(label, epoch, c.epochs, st, dt, eta));
-    if (!should_evaluate(c, epoch)) continue;
-    const auto te = Clock::now();
-    nlohmann::json line = {{"epoch", epoch},
-                           {"loss", st.loss_total / double(std::max<int64_t>(st.steps, 1))},
-                           {"train_seconds", res.train_seconds}};
-    if (!stage_name.empty()) line["stage"] = stage_name;
-    Metrics valid, test;
-    backend->prepare_scoring();  // item rows once per evaluation, for validation and test
-    if (has_valid) {
-      valid = eval.run(*backend, data.valid, false);
-      line["valid"] = metrics_json(valid);
+    bool stop_early = false;
+    if (should_evaluate(c, epoch)) {
+      const auto te = Clock::now();
+      nlohmann::json line = {{"epoch", epoch},
+                             {"loss", st.loss_total / double(std::max<int64_t>(st.steps, 1))},
+                             {"train_seconds", res.train_seconds}};
+      if (!stage_name.empty()) line["stage"] = stage_name;
+      Metrics valid, test;
+      backend->prepare_scoring();  // item rows once per evaluation, for validation and test
+      if (has_valid) {
+        valid = eval.run(*backend, data.valid, false);
+        line["valid"] = metrics_json(valid);
+      }
+      const bool improved = !has_valid || valid.get(c.select_metric) > sel.best_value;
+      if (c.eval_test_each || improved) {
+        test = eval.run(*backend, data.test, true);
+        line["test"] = metrics_json(test);
+      }
+      metrics_out << line.dump() << "\n" << std::flush;
+      std::string msg = fmt::format("{}eval epoch {}:", label, epoch);
+      if (has_valid) {
+        msg += fmt::format(" valid {} {:.4f}", c.select_metric, valid.get(c.select_metric));
+      }
+      if (line.contains("test")) {
+        msg += fmt::format(" | test recall@{} {:.4f} ndcg@{} {:.4f}", c.eval_ks.back(),
+                           test.recall.back(), c.eval_ks.back(), test.ndcg.back());
+      }
+      log_info(msg + fmt::format(" ({:.1f}s){}", seconds_since(te), improved ? " *" : ""));
+      if (improved) {
+        sel.best_value = has_valid ? valid.get(c.select_metric) : 0;
+        res.best_epoch = epoch;
+        res.best_valid = valid;
+        res.test_at_best = test;
+        res.best_params = backend->parameters();
+        sel.evals_since_best = 0;
+      } else if (c.patience > 0 && ++sel.evals_since_best >= c.patience) {
+        log_info(fmt::format("{}early stop: {} evaluations without a better validation {}", label,
+                             sel.evals_since_best, c.select_metric));
+        res.stopped_early = true;
+        stop_early = true;
+      }
     }
-    const bool improved = !has_valid || valid.get(c.select_metric) > best_value;
-    if (c.eval_test_each || improved) {
-      test = eval.run(*backend, data.test, true);
-      line["test"] = metrics_json(test);
-    }
-    metrics_out << line.dump() << "\n" << std::flush;
-    std::string msg = fmt::format("{}eval epoch {}:", label, epoch);
-    if (has_valid) {
-      msg += fmt::format(" valid {} {:.4f}", c.select_metric, valid.get(c.select_metric));
-    }
-    if (line.contains("test")) {
-      msg += fmt::format(" | test recall@{} {:.4f} ndcg@{} {:.4f}", c.eval_ks.back(),
-                         test.recall.back(), c.eval_ks.back(), test.ndcg.back());
-    }
-    log_info(msg + fmt::format(" ({:.1f}s){}", seconds_since(te), improved ? " *" : ""));
-    if (improved) {
-      best_value = has_valid ? valid.get(c.select_metric) : 0;
-      res.best_epoch = epoch;
-      res.best_valid = valid;
-      res.test_at_best = test;
-      evals_since_best = 0;
-    } else if (c.patience > 0 && ++evals_since_best >= c.patience) {
-      log_info(fmt::format("{}early stop: {} evaluations without a better validation {}", label,
-                           evals_since_best, c.select_metric));
-      res.stopped_early = true;
-      break;
+    if (stop_early) break;
+    if (sc && sc->store && epoch + 1 < c.epochs &&
+        (sc->store->due(epoch + 1) || stop_requested())) {
+      Checkpoint ck = backbone_checkpoint(&own, *backend, epoch + 1, EpochStats{});
+      if (stop_requested()) stop_stage(&own, ck, fmt::format("{} epoch {}", what, epoch + 1));
+      sc->store->save(ck);
     }
   }
   return res;
 }
 
-void run_training(const Config& config, const RunOptions& options) {
+namespace {
+
+// The content hash checkpoints carry: counts, the three splits and the (normalised) features.
+uint64_t dataset_hash(const Dataset& d) {
+  uint64_t h = hash64(&d.n_users, sizeof(d.n_users), uint64_t(d.n_items));
+  for (const PairList* split : {&d.train, &d.valid, &d.test}) {
+    h = hash64(split->user.data(), split->user.size() * sizeof(int32_t), h);
+    h = hash64(split->item.data(), split->item.size() * sizeof(int32_t), h);
+  }
+  return hash64(d.features.data(), d.features.size() * sizeof(float), h);
+}
+
+// A fresh run (resume == nullptr) or the continuation of one from its checkpoint.
+void execute_run(const Config& config, const std::string& data_dir, const std::string& dir,
+                 bool overwrite, const LoadedCheckpoint* resume) {
   const auto wall0 = Clock::now();
   validate(config);
   if (config.threads > 0) omp_set_num_threads(config.threads);
-  if (options.out_dir.empty()) input_error("--out: a run directory is required");
+  if (dir.empty()) input_error("--out: a run directory is required");
 
   // 1. Load and check everything before writing anything.
   const std::string& m = config.method;
   const bool content = m == "ultragcn-mm" || m == "invrl" || m == "painvrl";
+  const bool invariant = m == "painvrl" || m == "invrl";
   LoadOptions load;
   load.normalize = config.normalize_features;
   load.load_features = content;
-  const Dataset data = load_dataset(options.data_dir, load);
+  const Dataset data = load_dataset(data_dir, load);
   if (content && data.feature_dim == 0) {
     input_error("--method {}: dataset {} has no [[modality]] feature files", m, data.dir);
   }
   log_info(fmt::format("dataset {}: {} users, {} items, {} train / {} valid / {} test pairs{}",
                        data.name, data.n_users, data.n_items, data.train.size(), data.valid.size(),
                        data.test.size(), content ? fmt::format(", d = {}", data.feature_dim) : ""));
+  const uint64_t hash = dataset_hash(data);
+  LoadedCheckpoint loaded;
+  if (resume) {  // the newest checkpoint whose dataset hash matches (older ones if need be)
+    loaded = load_newest_checkpoint(dir, hash);
+    log_info(fmt::format("resuming {} from {} ({})", dir, loaded.path,
+                         loaded.checkpoint.position.describe()));
+  }
   const auto t_graph = Clock::now();
   const int32_t ii_k = config.kappa > 0 ? config.ii_neighbors : 0;
   const Graph graph = build_graph(data.train, data.n_users, data.n_items, ii_k,
@@ -270,20 +449,40 @@ void run_training(const Config& config, const RunOptions& options) {
     log_info(fmt::format("ranking held-out items among the {} cold items", cold));
   }
 
-  create_run_dir(options);
-  const std::string dir = options.out_dir;
-  write_text_atomic(dir + "/config.toml", to_toml(config));
-  std::ofstream metrics_out(dir + "/metrics.jsonl");
+  // 2. The run directory: created afresh, or its logs cut back to the checkpoint.
+  const std::ios::openmode mode = resume ? std::ios::app : std::ios::trunc;
+  if (resume) {
+    truncate_logs(dir, loaded.checkpoint);
+  } else {
+    create_run_dir(RunOptions{data_dir, dir, overwrite});
+    write_text_atomic(dir + "/config.toml", to_toml(config));
+  }
+  std::ofstream metrics_out(dir + "/metrics.jsonl", std::ios::out | mode);
+  std::ofstream trace;
+  if (invariant) trace.open(dir + "/trace.jsonl", std::ios::out | mode);
+  CheckpointStore store(dir, config.checkpoint_every, config.checkpoint_keep, to_toml(config),
+                        data.dir, hash);
+  store.track("metrics.jsonl", &metrics_out);
+  if (invariant) store.track("trace.jsonl", &trace);
+  const Checkpoint* from = nullptr;
+  if (resume) {
+    store.continue_after(loaded.sequence);
+    if (loaded.checkpoint.position.phase != "start") from = &loaded.checkpoint;
+  } else {
+    Checkpoint start;  // position "start": what resuming a run stopped before any stage needs
+    store.save(start);
+  }
 
   nlohmann::json summary;
   summary["method"] = m;
   summary["dataset"] = data.dir;
   summary["backend"] = "cpu";
   summary["threads"] = omp_get_max_threads();
-  if (m == "painvrl" || m == "invrl") {
+  if (invariant) {
     summary["objective"] = m == "invrl" ? "fixed" : config.objective;
     summary["attention"] = m == "painvrl" && config.attention;
   }
+  if (from) summary["resumed_from"] = from->position.describe();
 
   SelectionResult res;
   if (m == "mostpop") {
@@ -298,12 +497,34 @@ void run_training(const Config& config, const RunOptions& options) {
     metrics_out << line.dump() << "\n" << std::flush;
     res.best_epoch = 0;
   } else if (m == "ultragcn" || m == "ultragcn-mm") {
+    StageCheckpoints sc;
+    sc.store = &store;
+    sc.phase = "baseline";
+    sc.resume = from;
     res = train_with_selection(config, eval, data.features, content, stage_id::kBaseline, "",
-                               metrics_out);
+                               metrics_out, &sc);
   } else {
-    res = run_invariant_pipeline(config, eval, dir, metrics_out, summary);
+    res = run_invariant_pipeline(config, eval, dir, metrics_out, trace, summary, &store, from);
   }
 
+  // 3. The outputs: the best-validation model's parameters and the summary (its presence marks
+  // the run complete).
+  if (!res.best_params.empty()) {
+    write_npy(dir + "/model.npy", res.best_params.data(), {int64_t(res.best_params.size())});
+    const ParamLayout& L = res.layout;
+    summary["model"] = {{"file", "model.npy"},
+                        {"n_users", L.n_users},
+                        {"n_items", L.n_items},
+                        {"dim", L.dim},
+                        {"feat_dim", L.feat_dim},
+                        {"content", L.content},
+                        {"pt", L.pt},
+                        {"pf", L.pf},
+                        {"t", L.t},
+                        {"w", L.w},
+                        {"b", L.b},
+                        {"total", L.total}};
+  }
   summary["best_epoch"] = res.best_epoch;
   summary["select_metric"] = config.select_metric;
   if (has_valid && res.best_epoch >= 0) summary["best_valid"] = metrics_json(res.best_valid);
@@ -319,6 +540,39 @@ void run_training(const Config& config, const RunOptions& options) {
     log_info(fmt::format("done: best epoch {}; test {} at that point; run directory {}",
                          res.best_epoch, nlohmann::json(res.test_at_best.as_map()).dump(), dir));
   }
+}
+
+}  // namespace
+
+void run_training(const Config& config, const RunOptions& options) {
+  execute_run(config, options.data_dir, options.out_dir, options.overwrite, nullptr);
+}
+
+void resume_training(const RunOptions& options, int threads) {
+  namespace fs = std::filesystem;
+  const std::string& dir = options.out_dir;
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) input_error("--resume {}: no such run directory", dir);
+  if (fs::exists(dir + "/summary.json", ec)) {
+    log_info(fmt::format("{}: the run is complete (summary.json exists); nothing to resume", dir));
+    return;
+  }
+  // The newest checkpoint that decodes names the config and the dataset; the dataset's hash then
+  // picks the checkpoint (execute_run).
+  const LoadedCheckpoint peek = load_newest_checkpoint(dir, 0, false);
+  Config config;
+  apply_toml(config, peek.checkpoint.meta.value("config", std::string()), peek.path);
+  if (threads >= 0) config.threads = threads;
+  const std::string data_dir = !options.data_dir.empty()
+                                   ? options.data_dir
+                                   : peek.checkpoint.meta.value("data_dir", std::string());
+  // Leftover temporary files of a write that was cut short.
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    if (entry.path().filename().string().find(".tmp.") != std::string::npos) {
+      fs::remove(entry.path(), ec);
+    }
+  }
+  execute_run(config, data_dir, dir, false, &peek);
 }
 
 void inspect_dataset(const std::string& data_dir) {

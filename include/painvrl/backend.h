@@ -37,8 +37,16 @@ enum Frozen : uint8_t { kFrozenPt = 1, kFrozenPf = 2, kFrozenT = 4, kFrozenWb = 
 struct EpochStats {
   double loss_total = 0;  // sum over the epoch's steps of the batch loss
   double loss_main = 0, loss_item_item = 0, loss_l2 = 0;
-  int64_t steps = 0;
+  int64_t steps = 0;  // steps done; train_steps continues from here
   int64_t pairs = 0;
+  bool stopped = false;   // train_steps returned early because a stop was requested
+  bool diverged = false;  // the loss of step `steps` was not finite; it was not applied
+};
+
+// The optimiser's whole state (a checkpoint of a backbone stage).
+struct OptimizerState {
+  std::vector<float> params, adam_m, adam_v;  // (layout.total,) each
+  long long adam_t = 0;                       // Adam steps taken
 };
 
 class Backend {
@@ -48,8 +56,18 @@ class Backend {
   // Binds the problem (graph and features must outlive the backend) and initialises parameters.
   virtual void setup(const TrainSetup& setup, const Graph& graph,
                      const std::vector<float>& features) = 0;
-  // One epoch over the given (already shuffled) positives, in batches of setup.batch_size.
-  virtual EpochStats train_epoch(const PairList& shuffled, uint32_t epoch) = 0;
+  // Steps of an epoch over the given (already shuffled) positives, in batches of
+  // setup.batch_size, from step `stats.steps` on, adding to `stats`. Returns at the epoch's end,
+  // after a step once `stop` returns true (stats.stopped), or at a step whose loss is not finite
+  // (stats.diverged; that step's update is not applied).
+  virtual void train_steps(const PairList& shuffled, uint32_t epoch, EpochStats& stats,
+                           bool (*stop)() = nullptr) = 0;
+  // One whole epoch.
+  EpochStats train_epoch(const PairList& shuffled, uint32_t epoch) {
+    EpochStats stats;
+    train_steps(shuffled, epoch, stats);
+    return stats;
+  }
   // Scoring for evaluation: prepare once per evaluation, then score blocks of users.
   virtual void prepare_scoring() = 0;
   virtual void score(const int32_t* users, int64_t count, float* out) = 0;  // (count, n_items)
@@ -59,6 +77,9 @@ class Backend {
   // Host copy of the parameters (layout order).
   virtual std::vector<float> parameters() const = 0;
   virtual void set_parameters(const std::vector<float>& params) = 0;
+  // Parameters with the Adam moments and step count, for checkpoints.
+  virtual OptimizerState optimizer_state() const = 0;
+  virtual void set_optimizer_state(const OptimizerState& state) = 0;
 };
 
 std::unique_ptr<Backend> make_cpu_backend();

@@ -14,6 +14,10 @@ struct Config {
   std::string method = "ultragcn";  // ultragcn | ultragcn-mm | mostpop | invrl | painvrl
   uint64_t seed = 2233;
   int threads = 0;  // 0: all cores (OMP default)
+  // Checkpoints (host/checkpoint.cpp): the full state is saved at the end of every stage, on
+  // SIGINT/SIGTERM, and every `checkpoint_every` epochs of a stage (0: only at stage ends).
+  int checkpoint_every = 5;
+  int checkpoint_keep = 2;  // newest checkpoints kept (0: all)
   // model
   int dim = 64;            // D
   double init_std = 1e-3;  // N(0, init_std) for Pt, Pf, T, W; b = 0

@@ -5,6 +5,7 @@
 #pragma once
 #include <algorithm>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <ostream>
@@ -12,6 +13,7 @@
 #include <vector>
 
 #include "painvrl/backend.h"
+#include "painvrl/checkpoint.h"
 #include "painvrl/config.h"
 #include "painvrl/dataset.h"
 #include "painvrl/evaluate.h"
@@ -33,6 +35,23 @@ inline uint32_t mask(int outer) { return 3000000u + uint32_t(outer); }
 inline uint32_t him_init(int outer) { return 4000000u + uint32_t(outer); }
 }  // namespace stage_id
 
+// Checkpointing of one stage. With a store the stage saves its state every
+// store->due(epochs) epochs and when a stop is requested (then throws Interrupted); `resume`, when
+// set, is a checkpoint inside this stage to continue from. `context` adds the caller's state
+// (the mask, the stage-0 backbone, ...) to every checkpoint the stage writes. Without a store a
+// stop request still ends the stage (Interrupted) but nothing is saved.
+struct StageCheckpoints {
+  CheckpointStore* store = nullptr;
+  const Checkpoint* resume = nullptr;
+  std::string phase;  // recorded in Position
+  int outer = 0;
+  std::function<void(Checkpoint&)> context;
+};
+
+// Saves `ck` through the stage's store (if any) and throws Interrupted naming where the run
+// stopped and how to continue.
+[[noreturn]] void stop_stage(const StageCheckpoints* sc, Checkpoint& ck, const std::string& what);
+
 TrainSetup make_train_setup(const Config& c, int32_t n_users, int32_t n_items, int64_t feat_dim,
                             bool content, uint32_t stage);
 
@@ -47,7 +66,8 @@ std::unique_ptr<Backend> train_fixed(const Config& c, const Graph& graph, const 
                                      const std::vector<float>& features, int64_t feat_dim,
                                      bool content, uint32_t stage, int epochs,
                                      const std::string& label,
-                                     const std::vector<float>* start = nullptr, uint8_t frozen = 0);
+                                     const std::vector<float>* start = nullptr, uint8_t frozen = 0,
+                                     const StageCheckpoints* checkpoints = nullptr);
 
 struct SelectionResult {
   int best_epoch = -1;
@@ -56,6 +76,8 @@ struct SelectionResult {
   bool stopped_early = false;
   double train_seconds = 0;
   int64_t pairs_trained = 0;
+  std::vector<float> best_params;  // the parameters at best_epoch (layout order)
+  ParamLayout layout;
 };
 
 // Evaluation on a held-out split with the configured ranking candidates.
@@ -77,7 +99,8 @@ struct Evaluator {
 SelectionResult train_with_selection(const Config& c, const Evaluator& eval,
                                      const std::vector<float>& features, bool content,
                                      uint32_t stage, const std::string& stage_name,
-                                     std::ostream& metrics_out);
+                                     std::ostream& metrics_out,
+                                     const StageCheckpoints* checkpoints = nullptr);
 
 // Heterogeneous environment identification (Sec. 3.3, Eq. 9): E backbones on psi = (1 - m) f,
 // random initial assignment, rounds of train-then-reassign by argmax, stop at <= tol moved or
@@ -132,9 +155,13 @@ void seed_mask_model(const Config& c, const std::vector<float>& backbone, const 
 }
 
 // The invrl / painvrl pipeline: stage 0, T outer iterations of HIM and mask generation, the
-// final model on Phi = m * f. Writes mask.npy and trace.jsonl into run_dir.
+// final model on Phi = m * f. Writes mask.npy and environments-<t>.tsv into run_dir, one line
+// per HIM round and mask step into `trace`. With a store it checkpoints at every stage's end and
+// within stages; `resume` (any phase of this pipeline) continues from that checkpoint.
 SelectionResult run_invariant_pipeline(const Config& c, const Evaluator& eval,
                                        const std::string& run_dir, std::ostream& metrics_out,
-                                       nlohmann::json& summary);
+                                       std::ostream& trace, nlohmann::json& summary,
+                                       CheckpointStore* store = nullptr,
+                                       const Checkpoint* resume = nullptr);
 
 }  // namespace painvrl

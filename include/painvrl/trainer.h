@@ -14,8 +14,14 @@ struct RunOptions {
   bool overwrite = false;
 };
 
-// Runs `config.method` on the dataset. Throws InputError (nothing written) for bad input.
+// Runs `config.method` on the dataset. Throws InputError (nothing written) for bad input,
+// Interrupted after a stop signal (the state checkpointed), Diverged for a non-finite loss.
 void run_training(const Config& config, const RunOptions& options);
+
+// Continues the run in options.out_dir from its newest usable checkpoint, with the config it
+// recorded (threads >= 0 overrides the thread count, which does not change results) and its
+// dataset (options.data_dir, when set, replaces the recorded path; the content must match).
+void resume_training(const RunOptions& options, int threads);
 
 // One mask-generation step with every input and output dumped (docs/mask-step.md).
 void run_debug_step(const Config& config, const std::string& data_dir, const std::string& out_dir,
