@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <limits>
 #include <sstream>
 #include <variant>
 
@@ -29,9 +30,12 @@ const std::vector<Key>& keys() {
       {"method", &Config::method, "ultragcn | ultragcn-mm | mostpop | invrl | painvrl"},
       {"seed", &Config::seed, "seed of every random draw"},
       {"threads", &Config::threads, "CPU threads (0: all cores)"},
+      {"device", &Config::device, "cpu | cuda | auto (the GPU when usable, else the CPU)"},
       {"checkpoint_every", &Config::checkpoint_every,
        "also checkpoint every this many epochs of a stage (0: only at stage ends and signals)"},
       {"checkpoint_keep", &Config::checkpoint_keep, "newest checkpoints kept (0: all)"},
+      {"memory_limit_gb", &Config::memory_limit_gb,
+       "host memory the run may use, GiB (0: MemAvailable or the cgroup limit)"},
       {"dim", &Config::dim, "embedding size D"},
       {"init_std", &Config::init_std, "std of the normal initialisation of Pt, Pf, T, W"},
       {"batch_size", &Config::batch_size, "positives per step"},
@@ -113,10 +117,13 @@ const Key& find_key(const std::string& name, const std::string& origin) {
   for (const Key& k : keys()) {
     if (name == k.name) return k;
   }
+  // The nearest key by edit distance, over the name's first 40 characters: every key is under 20,
+  // so a longer name is nobody's typo, and the search costs time in the name's length.
+  const std::string head = name.substr(0, 40);
   const Key* best = &keys()[0];
   size_t best_d = SIZE_MAX;
   for (const Key& k : keys()) {
-    const size_t d = edit_distance(name, k.name);
+    const size_t d = edit_distance(head, k.name);
     if (d < best_d) {
       best_d = d;
       best = &k;
@@ -180,6 +187,19 @@ void set_from_text(Config& c, const Key& key, std::string text, const std::strin
       key.member);
 }
 
+// A TOML integer (64-bit) as the key's type; out of its range is an error, not a wrapped value.
+template <class Int>
+Int int_in_range(int64_t value, const std::string& what) {
+  constexpr int64_t lowest = std::numeric_limits<Int>::min();
+  constexpr int64_t highest = static_cast<int64_t>(
+      std::min<uint64_t>(std::numeric_limits<Int>::max(), std::numeric_limits<int64_t>::max()));
+  if (value < lowest || value > highest) {
+    input_error("{}: {} is out of range; expected an integer from {} to {}", what, value, lowest,
+                highest);
+  }
+  return static_cast<Int>(value);
+}
+
 void set_from_toml(Config& c, const Key& key, const toml::node& node, const std::string& what) {
   std::visit(
       [&](auto member) {
@@ -191,24 +211,26 @@ void set_from_toml(Config& c, const Key& key, const toml::node& node, const std:
           if (!node.is_boolean()) input_error("{}: expected true or false", what);
           c.*member = *node.value<bool>();
         } else if constexpr (std::is_same_v<M, double>) {
-          if (!node.is_number()) input_error("{}: expected a number", what);
-          c.*member = *node.value<double>();
+          // Not node.value<double>(): it is empty for an integer a double cannot hold exactly.
+          if (const auto* f = node.as_floating_point()) {
+            c.*member = f->get();
+          } else if (const auto* i = node.as_integer()) {
+            c.*member = static_cast<double>(i->get());
+          } else {
+            input_error("{}: expected a number", what);
+          }
         } else if constexpr (std::is_same_v<M, std::vector<int>>) {
           const toml::array* arr = node.as_array();
           if (!arr) input_error("{}: expected a list of integers, e.g. [10, 20]", what);
           std::vector<int> out;
           for (const toml::node& e : *arr) {
             if (!e.is_integer()) input_error("{}: expected a list of integers", what);
-            out.push_back(int(*e.value<int64_t>()));
+            out.push_back(int_in_range<int>(e.as_integer()->get(), what));
           }
           c.*member = out;
         } else {
           if (!node.is_integer()) input_error("{}: expected an integer", what);
-          const int64_t v = *node.value<int64_t>();
-          if constexpr (std::is_same_v<M, uint64_t>) {
-            if (v < 0) input_error("{}: expected a non-negative integer", what);
-          }
-          c.*member = M(v);
+          c.*member = int_in_range<M>(node.as_integer()->get(), what);
         }
       },
       key.member);
@@ -306,8 +328,11 @@ void validate(const Config& c) {
   need(c.ndcg == "standard" || c.ndcg == "invrl", "ndcg", "standard or invrl");
   need(c.eval_block > 0, "eval_block", "a positive integer");
   need(c.threads >= 0, "threads", "an integer >= 0");
+  need(c.device == "cpu" || c.device == "cuda" || c.device == "auto", "device",
+       "cpu, cuda or auto");
   need(c.checkpoint_every >= 0, "checkpoint_every", "an integer >= 0");
   need(c.checkpoint_keep >= 0, "checkpoint_keep", "an integer >= 0");
+  need(c.memory_limit_gb >= 0, "memory_limit_gb", "a number >= 0");
   need(c.normalize_features >= -1 && c.normalize_features <= 1, "normalize_features", "-1, 0 or 1");
   const auto at = c.select_metric.find('@');
   bool metric_ok = at != std::string::npos;

@@ -1,5 +1,5 @@
-// The `painvrl` command line: train (and --resume), debug-step, split, synth, inspect, keys,
-// presets.
+// The `painvrl` command line: train (and --resume), sweep, debug-step, split, synth, inspect,
+// keys, presets.
 // Exit status: 0 success, 1 bad input (the message names the file, line or field), 2 internal
 // error, 3 training diverged (a non-finite loss, gradient or mask), 75 stopped by SIGINT/SIGTERM
 // with the state checkpointed (continue with --resume), 128 + signal after a second signal.
@@ -11,6 +11,7 @@
 #include "painvrl/error.h"
 #include "painvrl/io.h"
 #include "painvrl/signals.h"
+#include "painvrl/sweep.h"
 #include "painvrl/synth.h"
 #include "painvrl/trainer.h"
 
@@ -36,6 +37,10 @@ int main(int argc, char** argv) {
   std::string objective;
   bool no_attention = false;
   train->add_option("--objective", objective, "pareto | erm | irm (config key objective)");
+  std::string device;
+  train->add_option("--device", device,
+                    "cpu | cuda | auto (config key device; auto: the GPU when usable, else the "
+                    "CPU)");
   train->add_flag("--no-attention", no_attention, "drop the attention MLPs (attention = false)");
   train->add_option("--config", config_file, "TOML config file (applied after the preset)");
   train->add_option("--set", overrides, "key=value overrides (applied last)")->take_all();
@@ -114,6 +119,30 @@ int main(int argc, char** argv) {
   std::string inspect_dir;
   inspect->add_option("DIR", inspect_dir, "dataset directory")->required();
 
+  // sweep
+  CLI::App* sweep = app.add_subcommand("sweep", "many runs from one spec, locally or on Slurm");
+  sweep->require_subcommand(1);
+  std::string sweep_spec, sweep_dir, sweep_executor = "local", sweep_id;
+  int sweep_jobs = 1;
+  bool sweep_no_submit = false;
+  CLI::App* sw_plan = sweep->add_subcommand("plan", "expand a sweep spec into run directories");
+  sw_plan->add_option("SPEC", sweep_spec, "sweep spec (TOML)")->required();
+  sw_plan->add_option("--out", sweep_dir, "sweep directory (created or updated)")->required();
+  CLI::App* sw_run = sweep->add_subcommand("run", "run the runs that are not done");
+  sw_run->add_option("DIR", sweep_dir, "sweep directory")->required();
+  sw_run->add_option("--executor", sweep_executor, "local | slurm")->capture_default_str();
+  sw_run->add_option("--jobs", sweep_jobs, "local workers (one GPU each when GPUs are present)")
+      ->capture_default_str();
+  sw_run->add_flag("--no-submit", sweep_no_submit, "slurm: write the sbatch script only");
+  CLI::App* sw_status = sweep->add_subcommand("status", "state of every run");
+  sw_status->add_option("DIR", sweep_dir, "sweep directory")->required();
+  CLI::App* sw_collect = sweep->add_subcommand("collect", "results.csv and results.md");
+  sw_collect->add_option("DIR", sweep_dir, "sweep directory")->required();
+  CLI::App* sw_exec =
+      sweep->add_subcommand("exec", "start, resume or skip one run (workers use it)");
+  sw_exec->add_option("DIR", sweep_dir, "sweep directory")->required();
+  sw_exec->add_option("ID", sweep_id, "run id")->required();
+
   CLI::App* keys = app.add_subcommand("keys", "list the config keys with their defaults");
   CLI::App* presets = app.add_subcommand("presets", "list the shipped presets");
 
@@ -129,7 +158,7 @@ int main(int argc, char** argv) {
     if (*train && !resume_dir.empty()) {
       set_quiet(quiet);
       if (!out_dir.empty() || overwrite || !method.empty() || !preset.empty() ||
-          !config_file.empty() || !objective.empty() || no_attention) {
+          !config_file.empty() || !objective.empty() || no_attention || !device.empty()) {
         input_error(
             "--resume {}: the run continues with the config it recorded; drop --out, "
             "--overwrite, --method, --preset, --config, --objective and --no-attention",
@@ -155,6 +184,7 @@ int main(int argc, char** argv) {
       if (!config_file.empty()) apply_toml(config, read_text_file(config_file), config_file);
       if (!method.empty()) config.method = method;
       if (!objective.empty()) config.objective = objective;
+      if (!device.empty()) config.device = device;
       if (no_attention) config.attention = false;
       for (const std::string& o : overrides) apply_override(config, o);
       run_dir = out_dir;
@@ -177,6 +207,24 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "wrote synthetic dataset %s\n", synth_out.c_str());
     } else if (*inspect) {
       inspect_dataset(inspect_dir);
+    } else if (*sw_plan) {
+      sweep_plan(sweep_spec, sweep_dir);
+    } else if (*sw_run) {
+      if (sweep_executor == "local") {
+        sweep_run_local(sweep_dir, sweep_jobs);
+      } else if (sweep_executor == "slurm") {
+        sweep_run_slurm(sweep_dir, !sweep_no_submit);
+      } else {
+        input_error("--executor {}: expected local or slurm", sweep_executor);
+      }
+    } else if (*sw_status) {
+      sweep_status(sweep_dir);
+    } else if (*sw_collect) {
+      sweep_collect(sweep_dir);
+    } else if (*sw_exec) {
+      run_dir = sweep_dir + "/runs/" + sweep_id + "/out";
+      install_stop_handlers();
+      return sweep_exec(sweep_dir, sweep_id);
     } else if (*keys) {
       const std::string defaults = to_toml(Config{});
       std::printf("%s\n", defaults.c_str());
@@ -190,8 +238,12 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;
   } catch (const Interrupted& e) {
-    std::fprintf(stderr, "interrupted: %s\ncontinue with: painvrl train --resume %s\n", e.what(),
-                 run_dir.c_str());
+    if (run_dir.empty()) {  // sweep run: its message says how to go on
+      std::fprintf(stderr, "interrupted: %s\n", e.what());
+    } else {
+      std::fprintf(stderr, "interrupted: %s\ncontinue with: painvrl train --resume %s\n", e.what(),
+                   run_dir.c_str());
+    }
     return kExitInterrupted;
   } catch (const Diverged& e) {
     const auto saved = list_checkpoints(run_dir);

@@ -16,12 +16,14 @@
 #include "painvrl/backend.h"
 #include "painvrl/checkpoint.h"
 #include "painvrl/dataset.h"
+#include "painvrl/device_select.h"
 #include "painvrl/error.h"
 #include "painvrl/evaluate.h"
 #include "painvrl/graph.h"
 #include "painvrl/io.h"
 #include "painvrl/math/philox.h"
 #include "painvrl/npy.h"
+#include "painvrl/resources.h"
 #include "painvrl/signals.h"
 #include "painvrl/stages.h"
 
@@ -407,6 +409,7 @@ void execute_run(const Config& config, const std::string& data_dir, const std::s
   validate(config);
   if (config.threads > 0) omp_set_num_threads(config.threads);
   if (dir.empty()) input_error("--out: a run directory is required");
+  const std::string device = resolve_device(config.device);
 
   // 1. Load and check everything before writing anything.
   const std::string& m = config.method;
@@ -422,6 +425,10 @@ void execute_run(const Config& config, const std::string& data_dir, const std::s
   log_info(fmt::format("dataset {}: {} users, {} items, {} train / {} valid / {} test pairs{}",
                        data.name, data.n_users, data.n_items, data.train.size(), data.valid.size(),
                        data.test.size(), content ? fmt::format(", d = {}", data.feature_dim) : ""));
+  // Refuse before allocating the training state if its estimated peak would not fit.
+  check_host_memory(config,
+                    ProblemSize{data.n_users, data.n_items, int64_t(data.train.size()),
+                                int64_t(data.valid.size() + data.test.size()), data.feature_dim});
   const uint64_t hash = dataset_hash(data);
   LoadedCheckpoint loaded;
   if (resume) {  // the newest checkpoint whose dataset hash matches (older ones if need be)
@@ -476,7 +483,7 @@ void execute_run(const Config& config, const std::string& data_dir, const std::s
   nlohmann::json summary;
   summary["method"] = m;
   summary["dataset"] = data.dir;
-  summary["backend"] = "cpu";
+  summary["backend"] = device;
   summary["threads"] = omp_get_max_threads();
   if (invariant) {
     summary["objective"] = m == "invrl" ? "fixed" : config.objective;

@@ -13,11 +13,15 @@ struct Config {
   // run
   std::string method = "ultragcn";  // ultragcn | ultragcn-mm | mostpop | invrl | painvrl
   uint64_t seed = 2233;
-  int threads = 0;  // 0: all cores (OMP default)
+  int threads = 0;              // 0: all cores (OMP default)
+  std::string device = "auto";  // cpu | cuda | auto (the GPU when usable, else the CPU)
   // Checkpoints (host/checkpoint.cpp): the full state is saved at the end of every stage, on
   // SIGINT/SIGTERM, and every `checkpoint_every` epochs of a stage (0: only at stage ends).
   int checkpoint_every = 5;
   int checkpoint_keep = 2;  // newest checkpoints kept (0: all)
+  // Host memory a run may use, in GiB (0: MemAvailable or the cgroup limit); a run whose
+  // estimated peak exceeds it is refused before training (host/resources.cpp).
+  double memory_limit_gb = 0;
   // model
   int dim = 64;            // D
   double init_std = 1e-3;  // N(0, init_std) for Pt, Pf, T, W; b = 0

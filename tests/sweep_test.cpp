@@ -1,0 +1,214 @@
+// Sweeps through the program: `plan` gives the same ids every time and adding axis values only
+// adds runs; malformed specs are refused naming the key; a local sweep's runs equal the same
+// configs trained directly; a sweep stopped by SIGTERM and run again ends with the same results;
+// status and collect report every run.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <thread>
+
+#include "test_util.h"
+
+namespace painvrl {
+namespace {
+
+namespace fs = std::filesystem;
+using test::run_program;
+using test::TempDir;
+using test::write_file;
+
+std::string read_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+nlohmann::json read_json(const std::string& path) {
+  return nlohmann::json::parse(read_bytes(path));
+}
+
+const char* kSettings =
+    "[set]\ndim = 8\nnegatives = 4\nbatch_size = 64\nepochs = 3\neval_every = 1\n"
+    "pretrain_epochs = 2\nouter_iterations = 1\nenvs = 2\nhim_epochs = 1\nhim_rounds = 1\n"
+    "mask_epochs = 2\nmask_batch = 64\nattention_hidden = 4\n";
+
+struct SweepFixture {
+  TempDir tmp{"sweep"};
+  std::string data = tmp / "data";
+  SweepFixture() {
+    EXPECT_EQ(run_program("synth --out " + data + " --seed 3 --users 150 --items 100").status, 0);
+  }
+  std::string spec(const std::string& axes, const std::string& extra = "") {
+    const std::string path = tmp / "spec.toml";
+    write_file(path, "data = \"" + data + "\"\n" + extra + kSettings + "[axes]\n" + axes +
+                         "[resources]\ncpus = 1\n");
+    return path;
+  }
+};
+
+std::vector<std::string> manifest_ids(const std::string& dir) {
+  std::vector<std::string> ids;
+  const nlohmann::json manifest = read_json(dir + "/manifest.json");
+  for (const auto& r : manifest["runs"]) ids.push_back(r["id"]);
+  return ids;
+}
+
+TEST(Sweep, PlanIsStableAndAddingValuesKeepsTheOthers) {
+  SweepFixture fx;
+  const std::string dir = fx.tmp / "sw";
+  const std::string spec = fx.spec("method = [\"ultragcn\", \"painvrl\"]\nseed = [1, 2]\n");
+  ASSERT_EQ(run_program("sweep plan " + spec + " --out " + dir).status, 0);
+  const auto ids = manifest_ids(dir);
+  ASSERT_EQ(ids.size(), 4u);
+  EXPECT_EQ(std::set<std::string>(ids.begin(), ids.end()).size(), 4u);
+  const std::string manifest = read_bytes(dir + "/manifest.json");
+  const std::string config0 = read_bytes(dir + "/runs/" + ids[0] + "/config.toml");
+  ASSERT_EQ(run_program("sweep plan " + spec + " --out " + dir).status, 0);
+  EXPECT_EQ(read_bytes(dir + "/manifest.json"), manifest);
+  // A second directory from the same spec: the same ids.
+  ASSERT_EQ(run_program("sweep plan " + spec + " --out " + (fx.tmp / "sw2")).status, 0);
+  EXPECT_EQ(manifest_ids(fx.tmp / "sw2"), ids);
+  // One more seed: two more runs, the four others unchanged.
+  write_file(dir + "/runs/" + ids[0] + "/marker", "kept");
+  const std::string more = fx.spec("method = [\"ultragcn\", \"painvrl\"]\nseed = [1, 2, 3]\n");
+  const auto r = run_program("sweep plan " + more + " --out " + dir);
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("6 runs"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("2 new, 4 already there"), std::string::npos) << r.output;
+  const auto ids6 = manifest_ids(dir);
+  ASSERT_EQ(ids6.size(), 6u);
+  for (const std::string& id : ids) EXPECT_NE(std::find(ids6.begin(), ids6.end(), id), ids6.end());
+  EXPECT_EQ(read_bytes(dir + "/runs/" + ids[0] + "/config.toml"), config0);
+  EXPECT_TRUE(fs::exists(dir + "/runs/" + ids[0] + "/marker"));
+  // The thread count is not part of a run's identity.
+  const std::string threads = fx.spec("method = [\"ultragcn\", \"painvrl\"]\nseed = [1, 2]\n", "");
+  std::string text = read_bytes(threads);
+  text.replace(text.find("cpus = 1"), 8, "cpus = 2");
+  write_file(threads, text);
+  ASSERT_EQ(run_program("sweep plan " + threads + " --out " + (fx.tmp / "sw3")).status, 0);
+  EXPECT_EQ(manifest_ids(fx.tmp / "sw3"), ids);
+}
+
+TEST(Sweep, MalformedSpecIsRefusedNamingTheKey) {
+  SweepFixture fx;
+  struct Case {
+    std::string text, expect;
+  };
+  const std::string data = "data = \"" + fx.data + "\"\n";
+  const std::vector<Case> cases = {
+      {data + "[axis]\nseed = [1]\n", "unknown key `axis` (did you mean `axes`?"},
+      {data + "[axes]\nsed = [1, 2]\n", "sed"},
+      {data + "[axes]\nseed = []\n", "[axes] `seed`: the list is empty"},
+      {data + "[axes]\nseed = 3\n", "[axes] `seed` = 3: expected a list"},
+      {data + "[axes]\nseed = [1, 1]\n", "listed twice"},
+      {data + "[axes]\nlr = [\"fast\"]\n", "lr"},
+      {data + "[resources]\ngpu = 1\n", "unknown key `gpu` (did you mean `gpus`?"},
+      {data + "[resources]\ncpus = 0\n", "`cpus` = 0: expected an integer >= 1"},
+      {data + "[resources]\nmem_gb = -4\n", "`mem_gb` = -4: expected a number > 0"},
+      {data + "[resources]\ntime = \"two hours\"\n", "`time` = \"two hours\""},
+      {data + "[resources]\npartition = \"a'b\"\n", "`partition`"},
+      {"[axes]\nseed = [1]\n", "no dataset"},
+      {data + "[set]\nepochs = -1\n", "epochs"},
+      {data + "seed = [1\n", "TOML syntax error"},
+  };
+  for (const Case& c : cases) {
+    const std::string spec = fx.tmp / "bad.toml";
+    write_file(spec, c.text);
+    const std::string dir = fx.tmp / "bad";
+    const auto r = run_program("sweep plan " + spec + " --out " + dir);
+    EXPECT_EQ(r.status, 1) << c.text << r.output;
+    EXPECT_NE(r.output.find(c.expect), std::string::npos) << c.text << "\n" << r.output;
+    EXPECT_NE(r.output.find("bad.toml"), std::string::npos) << r.output;
+    EXPECT_FALSE(fs::exists(dir + "/manifest.json")) << c.text;
+  }
+  const auto r = run_program("sweep status " + (fx.tmp / "nowhere"));
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.output.find("not a sweep directory"), std::string::npos) << r.output;
+}
+
+TEST(Sweep, LocalRunsEqualDirectTrainingAndCollectReportsThem) {
+  SweepFixture fx;
+  const std::string dir = fx.tmp / "sw";
+  const std::string spec = fx.spec("method = [\"ultragcn-mm\", \"painvrl\"]\nseed = [1, 2]\n");
+  ASSERT_EQ(run_program("sweep plan " + spec + " --out " + dir).status, 0);
+  const auto r = run_program("sweep run " + dir + " --executor local --jobs 2");
+  ASSERT_EQ(r.status, 0) << r.output;
+  for (const std::string& id : manifest_ids(dir)) {
+    const std::string direct = fx.tmp / ("direct-" + id);
+    const auto d = run_program("train --config " + dir + "/runs/" + id + "/config.toml --data " +
+                               fx.data + " --out " + direct + " --quiet");
+    ASSERT_EQ(d.status, 0) << d.output;
+    const auto a = read_json(direct + "/summary.json"),
+               b = read_json(dir + "/runs/" + id + "/out/summary.json");
+    EXPECT_EQ(a["test_at_best"], b["test_at_best"]) << id;
+    EXPECT_EQ(read_bytes(direct + "/model.npy"),
+              read_bytes(dir + "/runs/" + id + "/out/model.npy"));
+  }
+  const auto st = run_program("sweep status " + dir);
+  EXPECT_EQ(st.status, 0);
+  EXPECT_NE(st.output.find("4 runs: 4 done"), std::string::npos) << st.output;
+  ASSERT_EQ(run_program("sweep collect " + dir).status, 0);
+  std::ifstream csv(dir + "/results.csv");
+  int lines = 0;
+  for (std::string line; std::getline(csv, line);) ++lines;
+  EXPECT_EQ(lines, 5);
+  const std::string md = read_bytes(dir + "/results.md");
+  EXPECT_NE(md.find("| ultragcn-mm | 2 | "), std::string::npos) << md;
+  EXPECT_NE(md.find("| painvrl | 2 | "), std::string::npos) << md;
+  // Nothing left: a second run does nothing.
+  const auto again = run_program("sweep run " + dir);
+  EXPECT_EQ(again.status, 0);
+  EXPECT_NE(again.output.find("0 of 4 runs to do"), std::string::npos) << again.output;
+}
+
+TEST(Sweep, StoppedSweepRunAgainEndsWithTheSameResults) {
+  SweepFixture fx;
+  const std::string axes = "method = [\"painvrl\"]\nseed = [1, 2]\n";
+  const std::string want = fx.tmp / "want", got = fx.tmp / "got";
+  const std::string spec = fx.spec(axes, "");
+  std::string text = read_bytes(spec);
+  text.replace(text.find("pretrain_epochs = 2"), 19, "pretrain_epochs = 100");
+  write_file(spec, text);
+  ASSERT_EQ(run_program("sweep plan " + spec + " --out " + want).status, 0);
+  ASSERT_EQ(run_program("sweep run " + want + " --jobs 2").status, 0);
+  ASSERT_EQ(run_program("sweep plan " + spec + " --out " + got).status, 0);
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    const std::string cmd = "exec " + std::string(PAINVRL_BIN) + " sweep run " + got +
+                            " --jobs 2 > " + (fx.tmp / "got.log") + " 2>&1";
+    ::execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  // Stop once both runs have a checkpoint past their start.
+  const auto ids = manifest_ids(got);
+  for (int k = 0; k < 6000; ++k) {
+    bool ready = true;
+    for (const std::string& id : ids)
+      ready &= fs::exists(got + "/runs/" + id + "/out/checkpoint-000001.ckpt");
+    if (ready) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ::kill(pid, SIGTERM);
+  int st = 0;
+  ::waitpid(pid, &st, 0);
+  ASSERT_TRUE(WIFEXITED(st));
+  EXPECT_EQ(WEXITSTATUS(st), 75) << read_bytes(fx.tmp / "got.log");
+  const auto status = run_program("sweep status " + got);
+  EXPECT_NE(status.output.find("interrupted"), std::string::npos) << status.output;
+  const auto r = run_program("sweep run " + got + " --jobs 2");
+  ASSERT_EQ(r.status, 0) << r.output;
+  for (const std::string& id : ids) {
+    EXPECT_EQ(read_json(want + "/runs/" + id + "/out/summary.json")["test_at_best"],
+              read_json(got + "/runs/" + id + "/out/summary.json")["test_at_best"]);
+    EXPECT_EQ(read_bytes(want + "/runs/" + id + "/out/mask.npy"),
+              read_bytes(got + "/runs/" + id + "/out/mask.npy"));
+  }
+}
+
+}  // namespace
+}  // namespace painvrl
