@@ -357,6 +357,10 @@ void sweep_plan(const std::string& spec_path, const std::string& dir) {
                    fmt::format("{} [axes]", spec_path));
       }
     }
+    if (!fs::is_directory(r.data)) {
+      input_error("{}: the run {} : dataset {} is not a directory", spec_path, axes_label(r.axes),
+                  r.data);
+    }
     if (res.cpus > 0) c.threads = res.cpus;
     try {
       validate(c);

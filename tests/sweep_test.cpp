@@ -113,6 +113,7 @@ TEST(Sweep, MalformedSpecIsRefusedNamingTheKey) {
       {data + "[resources]\ntime = \"two hours\"\n", "`time` = \"two hours\""},
       {data + "[resources]\npartition = \"a'b\"\n", "`partition`"},
       {"[axes]\nseed = [1]\n", "no dataset"},
+      {"data = \"/nonexistent\"\n[axes]\nseed = [1]\n", "dataset /nonexistent is not a directory"},
       {data + "[set]\nepochs = -1\n", "epochs"},
       {data + "seed = [1\n", "TOML syntax error"},
   };
