@@ -1,6 +1,7 @@
-// Dataset loading: the LightGCN, `user item` TSV and MMRec .inter readers (whole-file buffer,
-// std::from_chars), dataset.toml or layout detection, id range checks, duplicate and held-out
-// pair removal, item features with per-modality L2 normalisation, and the LightGCN writer.
+// Dataset loading: the LightGCN, `user item` TSV and MMRec .inter readers (over a whole file's
+// text, read from a regular file or given in memory; std::from_chars), dataset.toml or layout
+// detection, id range checks, duplicate and held-out pair removal, item features with
+// per-modality L2 normalisation, and the LightGCN writer.
 #include "painvrl/dataset.h"
 
 #include <toml++/toml.h>
@@ -135,14 +136,25 @@ inline int32_t parse_id(std::string_view token, const IdRule& rule, const TokenP
   bad_id(token, rule, place);
 }
 
+// A data file's whole text. Only regular files are read: a device or a pipe named in
+// dataset.toml might never end (/dev/zero) or block.
+std::string read_data_file(const std::string& path) {
+  std::error_code error;
+  const fs::file_status status = fs::status(path, error);
+  if (fs::exists(status) && !fs::is_regular_file(status) && !fs::is_directory(status)) {
+    input_error("{}: not a regular file; expected a data file", path);
+  }
+  return read_text_file(path);
+}
+
 inline bool is_token_space(char c) {
   return c == ' ' || c == '\t' || c == '\r' || c == '\v' || c == '\f';
 }
 
-// `largest_user` (if given) is raised to the largest user id listed, with or without items.
-PairList parse_lightgcn(const std::string& path, const IdRule& users, const IdRule& items,
-                        int64_t* largest_user = nullptr) {
-  const std::string text = read_text_file(path);
+// The readers parse a file's whole text; `path` names it in errors. `largest_user` (if given) is
+// raised to the largest user id listed, with or without items.
+PairList lightgcn_pairs(std::string_view text, const std::string& path, const IdRule& users,
+                        const IdRule& items, int64_t* largest_user = nullptr) {
   PairList pairs;
   pairs.user.reserve(text.size() / 5);
   pairs.item.reserve(text.size() / 5);
@@ -194,8 +206,8 @@ std::string join_fields(const std::vector<std::string_view>& fields) {
   return text;
 }
 
-PairList parse_pairs_tsv(const std::string& path, const IdRule& users, const IdRule& items) {
-  const std::string text = read_text_file(path);
+PairList tsv_pairs(std::string_view text, const std::string& path, const IdRule& users,
+                   const IdRule& items) {
   LineReader lines(text);
   std::string_view line;
   std::vector<std::string_view> fields;
@@ -224,9 +236,8 @@ PairList parse_pairs_tsv(const std::string& path, const IdRule& users, const IdR
   return pairs;
 }
 
-void parse_inter(const std::string& path, PairList splits[3], const IdRule& users,
-                 const IdRule& items) {
-  const std::string text = read_text_file(path);
+void inter_splits(std::string_view text, const std::string& path, PairList splits[3],
+                  const IdRule& users, const IdRule& items) {
   LineReader lines(text);
   std::string_view line;
   std::vector<std::string_view> fields;
@@ -307,6 +318,10 @@ std::string suggestion(std::string_view key, const std::vector<std::string_view>
   std::string_view best;
   size_t best_distance = 3;  // suggest only close matches
   for (const std::string_view candidate : known) {
+    // The distance is at least the difference in length: skip the search for a long key.
+    const size_t length_difference = key.size() > candidate.size() ? key.size() - candidate.size()
+                                                                   : candidate.size() - key.size();
+    if (length_difference >= best_distance) continue;
     const size_t distance = edit_distance(key, candidate);
     if (distance < best_distance) {
       best_distance = distance;
@@ -355,7 +370,7 @@ class SpecReader {
       : dir_(dir), toml_path_(toml_path) {}
 
   DatasetSpec read() {
-    const std::string text = read_text_file(toml_path_);
+    const std::string text = read_data_file(toml_path_);
     toml::table root;
 #if TOML_EXCEPTIONS
     try {
@@ -744,15 +759,27 @@ UserItemCsr UserItemCsr::build(const PairList& pairs, int32_t n_users) {
 }
 
 PairList read_lightgcn(const std::string& path) {
-  return parse_lightgcn(path, IdRule{"user", kIdLimit, {}}, IdRule{"item", kIdLimit, {}});
+  return parse_lightgcn(read_data_file(path), path);
 }
 
 PairList read_pairs_tsv(const std::string& path) {
-  return parse_pairs_tsv(path, IdRule{"user", kIdLimit, {}}, IdRule{"item", kIdLimit, {}});
+  return parse_pairs_tsv(read_data_file(path), path);
 }
 
 void read_inter(const std::string& path, PairList splits[3]) {
-  parse_inter(path, splits, IdRule{"user", kIdLimit, {}}, IdRule{"item", kIdLimit, {}});
+  parse_inter(read_data_file(path), path, splits);
+}
+
+PairList parse_lightgcn(std::string_view text, const std::string& origin) {
+  return lightgcn_pairs(text, origin, IdRule{"user", kIdLimit, {}}, IdRule{"item", kIdLimit, {}});
+}
+
+PairList parse_pairs_tsv(std::string_view text, const std::string& origin) {
+  return tsv_pairs(text, origin, IdRule{"user", kIdLimit, {}}, IdRule{"item", kIdLimit, {}});
+}
+
+void parse_inter(std::string_view text, const std::string& origin, PairList splits[3]) {
+  inter_splits(text, origin, splits, IdRule{"user", kIdLimit, {}}, IdRule{"item", kIdLimit, {}});
 }
 
 void write_lightgcn(const std::string& path, const PairList& pairs, int32_t n_users) {
@@ -795,7 +822,7 @@ Dataset load_dataset(const std::string& dir, const LoadOptions& options) {
   int64_t largest_listed_user = -1;  // LightGCN lines may list a user without items
   if (spec.format == "inter") {
     PairList splits[3];
-    parse_inter(spec.file, splits, users, items);
+    inter_splits(read_data_file(spec.file), spec.file, splits, users, items);
     dataset.train = std::move(splits[0]);
     dataset.valid = std::move(splits[1]);
     dataset.test = std::move(splits[2]);
@@ -803,15 +830,19 @@ Dataset load_dataset(const std::string& dir, const LoadOptions& options) {
     valid_source = spec.file + " (x_label 1)";
     test_source = spec.file + " (x_label 2)";
   } else if (spec.format == "lightgcn") {
-    dataset.train = parse_lightgcn(spec.train, users, items, &largest_listed_user);
-    if (!spec.valid.empty()) {
-      dataset.valid = parse_lightgcn(spec.valid, users, items, &largest_listed_user);
-    }
-    dataset.test = parse_lightgcn(spec.test, users, items, &largest_listed_user);
+    auto read = [&](const std::string& path) {
+      return lightgcn_pairs(read_data_file(path), path, users, items, &largest_listed_user);
+    };
+    dataset.train = read(spec.train);
+    if (!spec.valid.empty()) dataset.valid = read(spec.valid);
+    dataset.test = read(spec.test);
   } else {
-    dataset.train = parse_pairs_tsv(spec.train, users, items);
-    if (!spec.valid.empty()) dataset.valid = parse_pairs_tsv(spec.valid, users, items);
-    dataset.test = parse_pairs_tsv(spec.test, users, items);
+    auto read = [&](const std::string& path) {
+      return tsv_pairs(read_data_file(path), path, users, items);
+    };
+    dataset.train = read(spec.train);
+    if (!spec.valid.empty()) dataset.valid = read(spec.valid);
+    dataset.test = read(spec.test);
   }
   if (dataset.train.size() == 0) {
     input_error("{}: no training pairs; expected at least one (user, item) pair", train_source);

@@ -1,6 +1,7 @@
 // NumPy .npy reading and writing. The header (magic, version, length, dict) is read and checked
 // field by field, and the declared shape is matched against the bytes the file really holds
-// before any data buffer is allocated; writes produce version 1.0 headers padded to 64 bytes.
+// before any data buffer is allocated; the same code reads a file or bytes in memory (fmemopen).
+// Writes produce version 1.0 headers padded to 64 bytes.
 #include "painvrl/npy.h"
 
 #include <sys/stat.h>
@@ -137,6 +138,14 @@ InputFile open_input(const std::string& path) {
   if (!S_ISREG(info.st_mode)) input_error("{}: not a regular file, expected an .npy file", path);
   input.size = static_cast<int64_t>(info.st_size);
   return input;
+}
+
+// Bytes in memory as a read-only stream (fmemopen), so that the in-memory readers run exactly the
+// code of the file readers after the open.
+InputFile open_memory(std::string_view bytes, const std::string& name) {
+  std::FILE* raw = ::fmemopen(const_cast<char*>(bytes.data()), bytes.size(), "rb");
+  if (!raw) input_error("{}: cannot read the bytes in memory: {}", name, std::strerror(errno));
+  return InputFile{FilePtr(raw), static_cast<int64_t>(bytes.size())};
 }
 
 void read_exact(std::FILE* file, void* destination, size_t size, const std::string& path,
@@ -521,8 +530,9 @@ std::vector<int64_t> NpyArray::to_int64() const {
   return convert_array<int64_t>(*this);
 }
 
-NpyArray read_npy(const std::string& path) {
-  InputFile input = open_input(path);
+namespace {
+
+NpyArray read_npy_from(const InputFile& input, const std::string& path) {
   const NpyHeader header = read_header(input.file.get(), input.size, path);
   NpyArray array;
   array.dtype = header.dtype;
@@ -532,8 +542,8 @@ NpyArray read_npy(const std::string& path) {
   return array;
 }
 
-std::vector<float> read_feature_npy(const std::string& path, int64_t expected_rows, int64_t& cols) {
-  InputFile input = open_input(path);
+std::vector<float> read_feature_npy_from(const InputFile& input, const std::string& path,
+                                         int64_t expected_rows, int64_t& cols) {
   std::FILE* file = input.file.get();
   const NpyHeader header = read_header(file, input.size, path);
   if (header.dtype != NpyDtype::kFloat32 && header.dtype != NpyDtype::kFloat64) {
@@ -583,6 +593,23 @@ std::vector<float> read_feature_npy(const std::string& path, int64_t expected_ro
     }
   }
   return values;
+}
+
+}  // namespace
+
+NpyArray read_npy(const std::string& path) { return read_npy_from(open_input(path), path); }
+
+std::vector<float> read_feature_npy(const std::string& path, int64_t expected_rows, int64_t& cols) {
+  return read_feature_npy_from(open_input(path), path, expected_rows, cols);
+}
+
+NpyArray parse_npy(std::string_view bytes, const std::string& name) {
+  return read_npy_from(open_memory(bytes, name), name);
+}
+
+std::vector<float> parse_feature_npy(std::string_view bytes, const std::string& name,
+                                     int64_t expected_rows, int64_t& cols) {
+  return read_feature_npy_from(open_memory(bytes, name), name, expected_rows, cols);
 }
 
 void write_npy(const std::string& path, const float* data, const std::vector<int64_t>& shape) {

@@ -58,6 +58,62 @@ TEST(Config, MistypedValuesNameTheKey) {
   EXPECT_NE(error_of([&] { validate(bad); }).find("`l2`"), std::string::npos);
 }
 
+// Found in review for tests/fuzz/fuzz_config: a TOML integer was cast to the key's type, so
+// dim = 2^32 + 64 silently became 64.
+TEST(Config, OutOfRangeIntegersAreErrorsNotWrapped) {
+  Config c;
+  std::string e = error_of([&] { apply_toml(c, "dim = 4294967360\n", "x.toml"); });
+  EXPECT_NE(e.find("x.toml: key `dim`: 4294967360 is out of range; expected an integer from "
+                   "-2147483648 to 2147483647"),
+            std::string::npos)
+      << e;
+  e = error_of([&] { apply_toml(c, "eval_ks = [10, 4294967316]\n", "x.toml"); });
+  EXPECT_NE(e.find("key `eval_ks`: 4294967316 is out of range"), std::string::npos) << e;
+  e = error_of([&] { apply_toml(c, "seed = -1\n", "x.toml"); });
+  EXPECT_NE(e.find("key `seed`: -1 is out of range; expected an integer from 0"), std::string::npos)
+      << e;
+  EXPECT_NE(error_of([&] { apply_override(c, "dim=4294967360"); }).find("--set dim"),
+            std::string::npos);
+  EXPECT_EQ(c.dim, 64);
+  EXPECT_EQ(c.eval_ks, (std::vector<int>{10, 20}));
+  EXPECT_EQ(c.seed, 2233u);
+}
+
+// Found in review, and fatal in tests/fuzz/fuzz_config (built with libstdc++ assertions): toml++'s
+// value<double>() is empty for an integer a double cannot hold exactly (above 2^53), and the empty
+// optional was dereferenced.
+TEST(Config, EveryIntegerIsANumberForAFloatKey) {
+  Config c;
+  apply_toml(c, "lr = 9007199254740993\nkappa = 2\n", "x.toml");
+  EXPECT_DOUBLE_EQ(c.lr, 9007199254740992.0);
+  EXPECT_DOUBLE_EQ(c.kappa, 2.0);
+}
+
+TEST(Config, LongUnknownKeyStillGetsASuggestion) {
+  Config c;
+  const std::string key = "negatives" + std::string(5000, 'x');
+  const std::string e = error_of([&] { apply_override(c, key + "=3"); });
+  EXPECT_NE(e.find("unknown config key `" + key + "`"), std::string::npos);
+  EXPECT_NE(e.find("did you mean `negatives`"), std::string::npos);
+}
+
+// CRLF line endings and a missing final newline read exactly like the LF file.
+TEST(Config, LineEndingsReadAlike) {
+  const std::string lf =
+      "# a config\nmethod = \"painvrl\"\n\ndim = 32\neval_ks = [5,\n  10]\nkappa = 0.5\n";
+  Config expected;
+  apply_toml(expected, lf, "lf.toml");
+  EXPECT_EQ(expected.dim, 32);
+  std::string crlf;
+  for (const char ch : lf) crlf += ch == '\n' ? std::string("\r\n") : std::string(1, ch);
+  for (const std::string& text :
+       {crlf, lf.substr(0, lf.size() - 1), crlf.substr(0, crlf.size() - 2)}) {
+    Config c;
+    apply_toml(c, text, "variant.toml");
+    EXPECT_EQ(to_toml(c), to_toml(expected));
+  }
+}
+
 TEST(Config, PresetsLoadAndValidate) {
   for (const char* name : {"paper", "invrl", "ultragcn-ml1m"}) {
     Config c;

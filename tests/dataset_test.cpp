@@ -92,6 +92,65 @@ TEST(DatasetReaders, LineEndingsReadAlike) {
   }
 }
 
+// Each text with CRLF line endings, without its final newline, or both, as LF text would be.
+std::vector<std::string> line_ending_twins(const std::string& lf) {
+  std::string crlf;
+  for (const char c : lf) crlf += c == '\n' ? std::string("\r\n") : std::string(1, c);
+  std::vector<std::string> twins = {crlf};
+  if (!lf.empty() && lf.back() == '\n') {
+    twins.push_back(lf.substr(0, lf.size() - 1));
+    twins.push_back(crlf.substr(0, crlf.size() - 2));
+  }
+  return twins;
+}
+
+// Every text reader, from a file and from memory: the twins of an LF text (blank lines included)
+// give the same pairs.
+TEST(DatasetReaders, LineEndingTwinsReadExactlyAlike) {
+  TempDir dir("ds");
+  const std::string lightgcn = "0 1 2\n\n1 3 \n  \n2\n3 4\t5\n";
+  const std::string tsv = "user\titem\n0\t5\n\n2\t1 \n \n7\t0\n";
+  const std::string inter = "userID\titemID\tx_label\n0\t5\t0\n\n1\t6\t2\n2\t7\t1\n";
+  const Pairs lightgcn_pairs = pairs_of(parse_lightgcn(lightgcn, "lf.txt"));
+  const Pairs tsv_pairs = pairs_of(parse_pairs_tsv(tsv, "lf.tsv"));
+  PairList inter_splits[3];
+  parse_inter(inter, "lf.inter", inter_splits);
+  EXPECT_EQ(lightgcn_pairs, (Pairs{{0, 1}, {0, 2}, {1, 3}, {3, 4}, {3, 5}}));
+  EXPECT_EQ(tsv_pairs, (Pairs{{0, 5}, {2, 1}, {7, 0}}));
+  EXPECT_EQ(pairs_of(inter_splits[0]), (Pairs{{0, 5}}));
+  EXPECT_EQ(pairs_of(inter_splits[1]), (Pairs{{2, 7}}));
+  EXPECT_EQ(pairs_of(inter_splits[2]), (Pairs{{1, 6}}));
+  for (const std::string& text : line_ending_twins(lightgcn)) {
+    EXPECT_EQ(pairs_of(parse_lightgcn(text, "twin.txt")), lightgcn_pairs);
+    write_file(dir / "twin.txt", text);
+    EXPECT_EQ(pairs_of(read_lightgcn(dir / "twin.txt")), lightgcn_pairs);
+  }
+  for (const std::string& text : line_ending_twins(tsv)) {
+    EXPECT_EQ(pairs_of(parse_pairs_tsv(text, "twin.tsv")), tsv_pairs);
+    write_file(dir / "twin.tsv", text);
+    EXPECT_EQ(pairs_of(read_pairs_tsv(dir / "twin.tsv")), tsv_pairs);
+  }
+  for (const std::string& text : line_ending_twins(inter)) {
+    PairList from_text[3], from_file[3];
+    parse_inter(text, "twin.inter", from_text);
+    write_file(dir / "twin.inter", text);
+    read_inter(dir / "twin.inter", from_file);
+    for (int s = 0; s < 3; ++s) {
+      EXPECT_EQ(pairs_of(from_text[s]), pairs_of(inter_splits[s]));
+      EXPECT_EQ(pairs_of(from_file[s]), pairs_of(inter_splits[s]));
+    }
+  }
+}
+
+TEST(DatasetReaders, InMemoryErrorsNameTheOrigin) {
+  expect_input_error([] { parse_lightgcn("0 1\n1 -2\n", "mem.txt"); },
+                     {"mem.txt:2: column 2 (item)", "negative item id '-2'"});
+  expect_input_error([] { parse_pairs_tsv("", "mem.tsv"); }, {"mem.tsv: the file is empty"});
+  PairList splits[3];
+  expect_input_error([&] { parse_inter("userID\titemID\n", "mem.inter", splits); },
+                     {"mem.inter:1: the header lacks the column 'x_label'"});
+}
+
 TEST(DatasetReaders, PairsTsv) {
   TempDir dir("ds");
   const std::string path = dir / "train.tsv";
@@ -283,6 +342,42 @@ TEST(DatasetLoad, OutOfRangeIdWithDeclaredCount) {
                      "n_users = 3", "dataset.toml"});
   write_file(dir / "test.txt", "0 10\n");
   expect_load_error(dir.path.string(), {dir / "test.txt" + ":1: column 2 (item)", "n_items = 10"});
+}
+
+// dataset.toml with CRLF line endings or no final newline loads exactly like the LF file.
+TEST(DatasetLoad, TomlLineEndingTwinsLoadAlike) {
+  TempDir dir("ds");
+  write_file(dir / "a.txt", "0 1\n1 2\n");
+  write_file(dir / "b.txt", "2 3\n");
+  const float f[8] = {1, 0, 0, 1, 1, 1, 0.5f, 2};
+  write_npy(dir / "f.npy", f, {4, 2});
+  const std::string lf =
+      "# toy\nname = \"toy\"\nformat = \"lightgcn\"\ntrain = \"a.txt\"\ntest = \"b.txt\"\n\n"
+      "n_users = 5\nn_items = 4\n[[modality]]\nname = \"f\"\nfile = \"f.npy\"\n";
+  write_file(dir / "dataset.toml", lf);
+  const Dataset expected = load_dataset(dir.path.string());
+  for (const std::string& text : line_ending_twins(lf)) {
+    write_file(dir / "dataset.toml", text);
+    const Dataset data = load_dataset(dir.path.string());
+    EXPECT_EQ(data.name, expected.name);
+    EXPECT_EQ(data.n_users, expected.n_users);
+    EXPECT_EQ(data.n_items, expected.n_items);
+    EXPECT_EQ(pairs_of(data.train), pairs_of(expected.train));
+    EXPECT_EQ(pairs_of(data.test), pairs_of(expected.test));
+    EXPECT_EQ(data.features, expected.features);
+    ASSERT_EQ(data.modalities.size(), 1u);
+    EXPECT_EQ(data.modalities[0].name, "f");
+  }
+}
+
+// A device or pipe named as a data file is refused, not read (/dev/zero would never end).
+TEST(DatasetLoad, DataFileMustBeARegularFile) {
+  TempDir dir("ds");
+  write_file(dir / "b.txt", "2 3\n");
+  write_file(dir / "dataset.toml",
+             "format = \"lightgcn\"\ntrain = \"/dev/zero\"\ntest = \"b.txt\"\n");
+  expect_load_error(dir.path.string(), {"/dev/zero: not a regular file"});
+  expect_input_error([] { read_lightgcn("/dev/zero"); }, {"/dev/zero: not a regular file"});
 }
 
 TEST(DatasetLoad, MissingTomlKey) {

@@ -388,6 +388,29 @@ TEST(NpyHostile, BinaryJunkNeverCrashes) {
   expect_read_error(path, "bad magic string");
 }
 
+// The in-memory readers (used by tests/fuzz) agree with the file readers, valid or not.
+TEST(NpyMemory, ParseAgreesWithRead) {
+  TempDir dir("npy");
+  const std::string path = dir / "m.npy";
+  const std::vector<float> values = {1, 2, 3, 4, 5, 6};
+  write_npy(path, values.data(), {3, 2});
+  const std::string bytes = read_all(path);
+  const NpyArray from_file = read_npy(path);
+  const NpyArray from_memory = parse_npy(bytes, "mem.npy");
+  EXPECT_EQ(from_memory.shape, from_file.shape);
+  EXPECT_EQ(from_memory.bytes, from_file.bytes);
+  int64_t cols = 0;
+  EXPECT_EQ(parse_feature_npy(bytes, "mem.npy", 3, cols), values);
+  EXPECT_EQ(cols, 2);
+  expect_input_error([&] { parse_npy("", "mem.npy"); }, "mem.npy", "the file is empty");
+  expect_input_error([&] { parse_npy(bytes.substr(0, bytes.size() - 1), "mem.npy"); }, "mem.npy",
+                     "truncated data");
+  expect_input_error([&] { parse_feature_npy(bytes, "mem.npy", 4, cols); }, "mem.npy",
+                     "3 rows; expected 4");
+  const std::string huge = npy_file(header_dict("<f4", "(1000000000000, 2)"), std::string(8, 0));
+  expect_input_error([&] { parse_npy(huge, "mem.npy"); }, "mem.npy", "truncated data");
+}
+
 // ---- feature matrices ------------------------------------------------------------------------
 
 TEST(NpyFeatures, Float64IsNarrowedToFloat) {

@@ -18,6 +18,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace painvrl {
@@ -81,6 +82,11 @@ PairList read_lightgcn(const std::string& path);
 PairList read_pairs_tsv(const std::string& path);
 // MMRec .inter: splits[0..2] get the rows whose x_label is 0, 1, 2.
 void read_inter(const std::string& path, PairList splits[3]);
+// The same readers over a file's text already in memory (the fuzz targets in tests/fuzz use
+// them); `origin` stands for the path in error messages.
+PairList parse_lightgcn(std::string_view text, const std::string& origin);
+PairList parse_pairs_tsv(std::string_view text, const std::string& origin);
+void parse_inter(std::string_view text, const std::string& origin, PairList splits[3]);
 
 // Writers used by `synth` and `split` (atomic: temporary file, then rename).
 void write_lightgcn(const std::string& path, const PairList& pairs, int32_t n_users);

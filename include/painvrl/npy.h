@@ -5,6 +5,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace painvrl {
@@ -27,6 +28,13 @@ NpyArray read_npy(const std::string& path);
 // A feature matrix: float32 or float64, 2-D, expected_rows rows, every value finite.
 // Returns row-major floats (rows x cols).
 std::vector<float> read_feature_npy(const std::string& path, int64_t expected_rows, int64_t& cols);
+
+// The same two readers over the bytes of an .npy file already in memory (the fuzz targets in
+// tests/fuzz use them); `name` stands for the path in error messages. Every check is shared with
+// the file readers.
+NpyArray parse_npy(std::string_view bytes, const std::string& name);
+std::vector<float> parse_feature_npy(std::string_view bytes, const std::string& name,
+                                     int64_t expected_rows, int64_t& cols);
 
 // Writes atomically (temporary file, then rename).
 void write_npy(const std::string& path, const float* data, const std::vector<int64_t>& shape);
