@@ -23,6 +23,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <charconv>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -151,14 +152,27 @@ std::vector<int32_t> environments_from_file(const std::string& path, const PairL
   while (pos < text.size()) {
     size_t end = text.find('\n', pos);
     if (end == std::string::npos) end = text.size();
-    const std::string line = text.substr(pos, end - pos);
+    std::string line = text.substr(pos, end - pos);
     pos = end + 1;
-    if (++line_no == 1 || line.empty()) continue;  // header
-    int32_t u, i, e;
-    if (std::sscanf(line.c_str(), "%d\t%d\t%d", &u, &i, &e) != 3 || e < 0 || e > 1000) {
-      input_error("{}:{}: expected `user<TAB>item<TAB>env`", path, line_no);
+    if (!line.empty() && line.back() == '\r') line.pop_back();  // CRLF reads like LF
+    if (++line_no == 1 || line.find_first_not_of(" \t") == std::string::npos) continue;  // header
+    // The first three tab-separated fields, each a whole integer (later fields are ignored).
+    int32_t field[3];
+    size_t at = 0;
+    bool ok = true;
+    for (int k = 0; k < 3 && ok; ++k) {
+      const size_t tab = std::min(line.find('\t', at), line.size());
+      const char* first = line.data() + at;
+      const auto [ptr, ec] = std::from_chars(first, line.data() + tab, field[k]);
+      ok = ec == std::errc() && ptr == line.data() + tab && tab > at &&
+           (k == 2 || tab < line.size());
+      at = tab + 1;
     }
-    env_of[{u, i}] = e;
+    if (!ok || field[0] < 0 || field[1] < 0 || field[2] < 0 || field[2] > 1000) {
+      input_error("{}:{}: expected `user<TAB>item<TAB>env` with ids >= 0 and env <= 1000", path,
+                  line_no);
+    }
+    env_of[{field[0], field[1]}] = field[2];
   }
   std::vector<int32_t> env(pairs.size());
   std::map<int32_t, int32_t> compact;  // environment ids present in training, renumbered 0..

@@ -150,7 +150,7 @@ struct BadCase {
 // headers, a declared shape of 10^12 rows, wrong dtype, Fortran order, big-endian, NaN/Inf,
 // empty, junk), ids (negative, out of the declared range, over 2^31, not integers) in each of the
 // three text formats, empty and binary-junk files, dataset.toml (missing, unknown or mistyped
-// keys, junk, a device as a data file).
+// keys, junk, a device as a data file, a declared count of 2e9 users).
 TEST(Cli, EveryBadInputExitsOneWithAClearMessageAndWritesNothing) {
   const float nan_f[8] = {1, 0, 0, 1, std::nanf(""), 1, 0.5f, 2};
   const float inf_f[8] = {1, 0, 0, 1, 1, std::numeric_limits<float>::infinity(), 0.5f, 2};
@@ -249,6 +249,12 @@ TEST(Cli, EveryBadInputExitsOneWithAClearMessageAndWritesNothing) {
        "dataset.toml: missing required key 'format'"},
       {"binary junk dataset.toml", [&](auto d) { write_file(d + "/dataset.toml", junk); },
        "dataset.toml:1:1: invalid TOML"},
+      {"huge declared user count",
+       [](auto d) {
+         write_file(d + "/dataset.toml",
+                    "n_users = 2000000000\n" + read_bytes(d + "/dataset.toml"));
+       },
+       "this run needs an estimated"},
       {"a device as a data file",
        [](auto d) {
          write_file(d + "/dataset.toml",

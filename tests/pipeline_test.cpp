@@ -11,7 +11,9 @@
 #include <set>
 
 #include "painvrl/dataset.h"
+#include "painvrl/error.h"
 #include "painvrl/npy.h"
+#include "painvrl/stages.h"
 #include "test_util.h"
 
 namespace painvrl {
@@ -329,6 +331,32 @@ TEST(Pipeline, ColdSplitHoldsItemsOutAndRanksAmongThem) {
     r = run_program("split --data " + data + " --out " + (tmp / "bad") + " " + bad);
     EXPECT_EQ(r.status, 1) << bad << ": " << r.output;
     EXPECT_FALSE(fs::exists(tmp / "bad")) << bad;
+  }
+}
+
+// environments.tsv: CRLF (blank lines included) and extra columns read like LF; an id that does
+// not fit, trailing junk in a field or a missing field is an error naming the line.
+TEST(Environments, FileReaderIsLineEndingBlindAndStrict) {
+  TempDir tmp("envs");
+  PairList pairs;
+  pairs.push(0, 1);
+  pairs.push(2, 3);
+  const std::string path = tmp / "environments.tsv";
+  for (const std::string text :
+       {std::string("user\titem\tenv\n0\t1\t5\n\n2\t3\t7\n"),
+        std::string("user\titem\tenv\r\n0\t1\t5\r\n\r\n2\t3\t7\tvalid\r\n"),
+        std::string("user\titem\tenv\n0\t1\t5\n2\t3\t7")}) {
+    test::write_file(path, text);
+    EXPECT_EQ(environments_from_file(path, pairs), (std::vector<int32_t>{0, 1})) << text;
+  }
+  for (const std::string bad : {"0\t1\t99999999999\n", "0\t1x\t5\n", "0\t1\n", "0\t-1\t2\n"}) {
+    test::write_file(path, "user\titem\tenv\n" + bad + "2\t3\t7\n");
+    try {
+      environments_from_file(path, pairs);
+      ADD_FAILURE() << "accepted " << bad;
+    } catch (const InputError& e) {
+      EXPECT_NE(std::string(e.what()).find("environments.tsv:2:"), std::string::npos) << e.what();
+    }
   }
 }
 

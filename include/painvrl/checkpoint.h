@@ -168,7 +168,7 @@ std::vector<T> Checkpoint::get(const std::string& name) const {
                           detail::dtype_name<T>());
   }
   std::vector<T> out(it->second.bytes.size() / sizeof(T));
-  std::memcpy(out.data(), it->second.bytes.data(), it->second.bytes.size());
+  if (!out.empty()) std::memcpy(out.data(), it->second.bytes.data(), it->second.bytes.size());
   return out;
 }
 
