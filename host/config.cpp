@@ -113,6 +113,24 @@ size_t edit_distance(const std::string& a, const std::string& b) {
   return prev[b.size()];
 }
 
+}  // namespace
+
+std::string nearest_name(const std::string& name, const std::vector<std::string>& candidates) {
+  const std::string head = name.substr(0, 40);
+  const std::string* best = &candidates.front();
+  size_t best_d = SIZE_MAX;
+  for (const std::string& c : candidates) {
+    const size_t d = edit_distance(head, c);
+    if (d < best_d) {
+      best_d = d;
+      best = &c;
+    }
+  }
+  return *best;
+}
+
+namespace {
+
 const Key& find_key(const std::string& name, const std::string& origin) {
   for (const Key& k : keys()) {
     if (name == k.name) return k;

@@ -45,28 +45,12 @@ struct Resources {
   int signal_seconds = 120;
 };
 
-size_t edit_distance(const std::string& a, const std::string& b) {
-  std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
-  for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;
-  for (size_t i = 1; i <= a.size(); ++i) {
-    cur[0] = i;
-    for (size_t j = 1; j <= b.size(); ++j) {
-      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] != b[j - 1])});
-    }
-    std::swap(prev, cur);
-  }
-  return prev[b.size()];
-}
-
 void check_keys(const toml::table& table, const std::vector<std::string>& valid,
                 const std::string& where) {
   for (const auto& [k, v] : table) {
     const std::string key(k.str());
     if (std::find(valid.begin(), valid.end(), key) != valid.end()) continue;
-    std::string best = valid.front();
-    for (const std::string& name : valid) {
-      if (edit_distance(key, name) < edit_distance(key, best)) best = name;
-    }
+    const std::string best = nearest_name(key, valid);
     input_error("{}: unknown key `{}` (did you mean `{}`? valid: {})", where, key, best,
                 fmt::join(valid, ", "));
   }

@@ -102,6 +102,9 @@ const std::vector<std::pair<std::string, std::string>>& config_keys();
 void apply_toml(Config& config, const std::string& toml_text, const std::string& origin);
 // Applies one `key=value` override.
 void apply_override(Config& config, const std::string& assignment);
+// The candidate nearest to `name` by edit distance (over name's first 40 characters), for
+// "did you mean" suggestions; `candidates` must not be empty.
+std::string nearest_name(const std::string& name, const std::vector<std::string>& candidates);
 // Checks values and their combinations; throws InputError naming the key.
 void validate(const Config& config);
 // The resolved configuration as TOML (written into the run directory; re-readable).
