@@ -1,5 +1,5 @@
-// The `painvrl` command line: train (and --resume), sweep, debug-step, split, synth, inspect,
-// keys, presets.
+// The `painvrl` command line: train (and --resume), recommend, export, sweep, debug-step, split,
+// synth, inspect, keys, presets.
 // Exit status: 0 success, 1 bad input (the message names the file, line or field), 2 internal
 // error, 3 training diverged (a non-finite loss, gradient or mask), 75 stopped by SIGINT/SIGTERM
 // with the state checkpointed (continue with --resume), 128 + signal after a second signal.
@@ -10,6 +10,7 @@
 #include "painvrl/config.h"
 #include "painvrl/error.h"
 #include "painvrl/io.h"
+#include "painvrl/serve.h"
 #include "painvrl/signals.h"
 #include "painvrl/sweep.h"
 #include "painvrl/synth.h"
@@ -50,6 +51,30 @@ int main(int argc, char** argv) {
                     "its recorded config (only --set threads=N may change)");
   train->add_flag("--overwrite", overwrite, "replace an existing run directory");
   train->add_flag("--quiet", quiet, "no progress output");
+
+  // recommend
+  CLI::App* recommend = app.add_subcommand(
+      "recommend", "top-K unseen items per user, with scores, from a trained run");
+  RecommendOptions ro;
+  recommend->add_option("RUNDIR", ro.run_dir, "a completed run directory")->required();
+  recommend->add_option("--user", ro.users, "user id (repeatable)")->take_all();
+  recommend->add_option("--users", ro.users_file,
+                        "file with one user id per line ('#' comments and a 'user' header are "
+                        "skipped)");
+  recommend->add_option("--k", ro.k, "items per user")->capture_default_str();
+  recommend->add_option("--out", ro.out_file, "write the TSV here (default: standard output)");
+  recommend->add_option("--data", ro.data_dir,
+                        "dataset directory, if it moved since training (its content must match)");
+
+  // export
+  CLI::App* exp = app.add_subcommand(
+      "export", "write a trained run's embeddings, W, b and mask as NPY with export.json");
+  ExportOptions eo;
+  exp->add_option("RUNDIR", eo.run_dir, "a completed run directory")->required();
+  exp->add_option("--out", eo.out_dir, "directory to create (default: RUNDIR/export)");
+  exp->add_option("--data", eo.data_dir,
+                  "dataset directory, if it moved since training (its content must match)");
+  exp->add_flag("--overwrite", eo.overwrite, "replace an existing export directory");
 
   // debug-step
   CLI::App* dbg = app.add_subcommand(
@@ -190,6 +215,10 @@ int main(int argc, char** argv) {
       run_dir = out_dir;
       install_stop_handlers();
       run_training(config, RunOptions{data_dir, out_dir, overwrite});
+    } else if (*recommend) {
+      run_recommend(ro);
+    } else if (*exp) {
+      run_export(eo);
     } else if (*dbg) {
       Config config;
       config.method = "painvrl";

@@ -390,10 +390,7 @@ SelectionResult train_with_selection(const Config& c, const Evaluator& eval,
   return res;
 }
 
-namespace {
-
-// The content hash checkpoints carry: counts, the three splits and the (normalised) features.
-uint64_t dataset_hash(const Dataset& d) {
+uint64_t dataset_content_hash(const Dataset& d) {
   uint64_t h = hash64(&d.n_users, sizeof(d.n_users), uint64_t(d.n_items));
   for (const PairList* split : {&d.train, &d.valid, &d.test}) {
     h = hash64(split->user.data(), split->user.size() * sizeof(int32_t), h);
@@ -401,6 +398,8 @@ uint64_t dataset_hash(const Dataset& d) {
   }
   return hash64(d.features.data(), d.features.size() * sizeof(float), h);
 }
+
+namespace {
 
 // A fresh run (resume == nullptr) or the continuation of one from its checkpoint.
 void execute_run(const Config& config, const std::string& data_dir, const std::string& dir,
@@ -429,7 +428,7 @@ void execute_run(const Config& config, const std::string& data_dir, const std::s
   check_host_memory(config,
                     ProblemSize{data.n_users, data.n_items, int64_t(data.train.size()),
                                 int64_t(data.valid.size() + data.test.size()), data.feature_dim});
-  const uint64_t hash = dataset_hash(data);
+  const uint64_t hash = dataset_content_hash(data);
   LoadedCheckpoint loaded;
   if (resume) {  // the newest checkpoint whose dataset hash matches (older ones if need be)
     loaded = load_newest_checkpoint(dir, hash);
@@ -483,6 +482,8 @@ void execute_run(const Config& config, const std::string& data_dir, const std::s
   nlohmann::json summary;
   summary["method"] = m;
   summary["dataset"] = data.dir;
+  summary["dataset_path"] = std::filesystem::absolute(data.dir).lexically_normal().string();
+  summary["dataset_hash"] = fmt::format("{:016x}", hash);
   summary["backend"] = device;
   summary["threads"] = omp_get_max_threads();
   if (invariant) {

@@ -2,9 +2,11 @@
 // directory, train with periodic full-ranking evaluation, early stopping on the validation
 // metric, and write config.toml, metrics.jsonl and summary.json.
 #pragma once
+#include <cstdint>
 #include <string>
 
 #include "painvrl/config.h"
+#include "painvrl/dataset.h"
 
 namespace painvrl {
 
@@ -31,6 +33,10 @@ void run_debug_step(const Config& config, const std::string& data_dir, const std
 void run_split(const Config& config, const std::string& data_dir, const std::string& out_dir,
                const std::string& protocol, const std::string& env_source, double cold_fraction,
                int test_env);
+
+// The content hash runs and checkpoints record: counts, the three splits and the (normalised)
+// features. Resume, recommend and export refuse a dataset whose hash differs.
+uint64_t dataset_content_hash(const Dataset& d);
 
 // Prints counts, sparsity, degree summaries and feature widths of a dataset.
 void inspect_dataset(const std::string& data_dir);
