@@ -6,6 +6,7 @@
 // exactly the ranking the run's test metrics were computed from.
 #include "painvrl/serve.h"
 
+#include <cblas.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -75,6 +76,10 @@ TrainedRun load_run(const std::string& run_dir, const std::string& data_override
     }
     input_error("{}: not a painvrl run directory (no summary.json)", run_dir);
   }
+  // One OpenBLAS thread, as in training (cpu_backend.cpp): with more, OpenBLAS splits the products
+  // differently and the scores can differ in the last bit, which reorders near-ties, so a list
+  // would no longer be the ranking the run's evaluation saw.
+  openblas_set_num_threads(1);
   TrainedRun r;
   r.summary = read_json_file(summary_path);
   r.method = summary_field<std::string>(r.summary, "method", summary_path);
