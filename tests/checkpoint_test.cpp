@@ -37,10 +37,7 @@ namespace fs = std::filesystem;
 using test::run_program;
 using test::TempDir;
 
-std::string read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
+using test::read_bytes;
 
 // metrics.jsonl without the wall-clock field (train_seconds), one JSON text per line.
 std::vector<std::string> metrics_lines(const std::string& path) {
@@ -329,16 +326,7 @@ std::string tiny_args() {
   return s;
 }
 
-// Starts `painvrl ARGS` with output to `log`; returns its pid.
-pid_t spawn(const std::string& args, const std::string& log) {
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    const std::string cmd = "exec " + std::string(PAINVRL_BIN) + " " + args + " > " + log + " 2>&1";
-    ::execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
-    ::_exit(127);
-  }
-  return pid;
-}
+using test::spawn_program;
 
 int wait_status(pid_t pid) {
   int st = 0;
@@ -367,7 +355,7 @@ TEST(Cli, SigtermCheckpointsAndResumeFinishesTheSameRun) {
   ASSERT_EQ(run_program(args + want).status, 0);
 
   const std::string got = tmp / "part";
-  const pid_t pid = spawn(args + got, tmp / "part.log");
+  const pid_t pid = spawn_program(args + got, tmp / "part.log");
   ASSERT_TRUE(wait_for_checkpoint(got, 2));
   ::kill(pid, SIGTERM);
   EXPECT_EQ(wait_status(pid), kExitInterrupted) << read_bytes(tmp / "part.log");
@@ -385,7 +373,7 @@ TEST(Cli, SigtermCheckpointsAndResumeFinishesTheSameRun) {
 
   // A corrupted newest checkpoint: the older one is used, with a warning naming the file.
   const std::string bad = tmp / "bad";
-  const pid_t pid2 = spawn(args + bad, tmp / "bad.log");
+  const pid_t pid2 = spawn_program(args + bad, tmp / "bad.log");
   ASSERT_TRUE(wait_for_checkpoint(bad, 3));
   ::kill(pid2, SIGTERM);
   EXPECT_EQ(wait_status(pid2), kExitInterrupted);
@@ -406,7 +394,7 @@ TEST(Cli, SigtermCheckpointsAndResumeFinishesTheSameRun) {
   // A second signal exits at once (128 + SIGINT) unless the first already finished; either way
   // the checkpoints stay usable and resume ends the same.
   const std::string twice = tmp / "twice";
-  const pid_t pid3 = spawn(args + twice, tmp / "twice.log");
+  const pid_t pid3 = spawn_program(args + twice, tmp / "twice.log");
   ASSERT_TRUE(wait_for_checkpoint(twice, 2));
   ::kill(pid3, SIGTERM);
   for (int k = 0;

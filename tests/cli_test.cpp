@@ -73,10 +73,7 @@ void write_inter_dataset(const std::string& dir) {
              "2\t0\t5\t2\n");
 }
 
-std::string read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
+using test::read_bytes;
 
 // Rewrites a text file with CRLF line endings (`crlf`) and/or without its final newline.
 void make_twin(const std::string& path, bool crlf, bool drop_final_newline) {

@@ -56,10 +56,7 @@ std::string npy_file(const std::string& dict, const std::string& data, int major
   return file + header + data;
 }
 
-std::string read_all(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
+std::string read_all(const std::string& path) { return test::read_bytes(path); }
 
 // Runs `action`, which must throw an InputError whose message starts with `path` and contains
 // `needle`.

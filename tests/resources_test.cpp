@@ -28,13 +28,7 @@ struct Measured {
 };
 
 Measured run_measured(const std::string& args, const std::string& log_path) {
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    const std::string cmd =
-        "exec " + std::string(PAINVRL_BIN) + " " + args + " > " + log_path + " 2>&1";
-    ::execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
-    ::_exit(127);
-  }
+  const pid_t pid = test::spawn_program(args, log_path);
   int st = 0;
   struct rusage ru {};
   ::wait4(pid, &st, 0, &ru);

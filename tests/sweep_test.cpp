@@ -24,10 +24,7 @@ using test::run_program;
 using test::TempDir;
 using test::write_file;
 
-std::string read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
+using test::read_bytes;
 nlohmann::json read_json(const std::string& path) {
   return nlohmann::json::parse(read_bytes(path));
 }
@@ -178,13 +175,7 @@ TEST(Sweep, StoppedSweepRunAgainEndsWithTheSameResults) {
   ASSERT_EQ(run_program("sweep plan " + spec + " --out " + want).status, 0);
   ASSERT_EQ(run_program("sweep run " + want + " --jobs 2").status, 0);
   ASSERT_EQ(run_program("sweep plan " + spec + " --out " + got).status, 0);
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    const std::string cmd = "exec " + std::string(PAINVRL_BIN) + " sweep run " + got +
-                            " --jobs 2 > " + (fx.tmp / "got.log") + " 2>&1";
-    ::execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
-    ::_exit(127);
-  }
+  const pid_t pid = test::spawn_program("sweep run " + got + " --jobs 2", fx.tmp / "got.log");
   // Stop once both runs have a checkpoint past their start.
   const auto ids = manifest_ids(got);
   for (int k = 0; k < 6000; ++k) {

@@ -1,8 +1,12 @@
 // Helpers shared by the tests: temporary directories, running the program, file writing.
 #pragma once
+#include <sys/types.h>
+#include <unistd.h>
+
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <string>
 
 namespace painvrl::test {
@@ -29,6 +33,12 @@ inline void write_file(const std::string& path, const std::string& text) {
   out << text;
 }
 
+// The whole file as bytes ("" when it cannot be read).
+inline std::string read_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
 struct RunResult {
   int status = -1;
   std::string output;  // stdout and stderr together
@@ -49,5 +59,17 @@ inline RunResult run_program(const std::string& args) {
 }
 
 inline std::string shared_dir() { return PAINVRL_SHARED_DIR; }
+
+// Starts `painvrl ARGS` in the background with stdout and stderr to `log`; returns its pid (wait
+// for it with waitpid or wait4).
+inline pid_t spawn_program(const std::string& args, const std::string& log) {
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    const std::string cmd = "exec " + std::string(PAINVRL_BIN) + " " + args + " > " + log + " 2>&1";
+    ::execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  return pid;
+}
 
 }  // namespace painvrl::test
