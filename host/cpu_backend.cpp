@@ -1,6 +1,5 @@
 // The CPU backend: the UltraGCN step (negatives, forward/backward, fused L2 + Adam) with OpenMP,
 // deterministic for any thread count (see cpu/ultragcn_loss.h), and BLAS scoring.
-#include <cblas.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -47,9 +46,8 @@ class CpuBackend final : public Backend {
 
   void setup(const TrainSetup& setup, const Graph& graph,
              const std::vector<float>& features) override {
-    // The per-step products are small; OpenBLAS's own threads would compete with OpenMP's for the
-    // same cores (measured: ultragcn-mm on ML-100K 3.5x slower per epoch with both active).
-    openblas_set_num_threads(1);
+    // Measured: ultragcn-mm on ML-100K 3.5x slower per epoch with OpenBLAS's threads active too.
+    cpu::use_single_threaded_blas();
     setup_ = setup;
     graph_ = &graph;
     features_ = &features;

@@ -476,6 +476,8 @@ LossTerms<T> ultragcn_loss_grad(const ParamLayout& L, const T* params,
   return out;
 }
 
+void use_single_threaded_blas() { openblas_set_num_threads(1); }
+
 template <class T>
 void build_item_rows(const ParamLayout& L, const T* params, const T* features,
                      std::vector<T>& item_rows) {

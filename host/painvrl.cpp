@@ -51,7 +51,8 @@ double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-// Columns of f scaled by a per-column factor: (n_items, d).
+}  // namespace
+
 std::vector<float> scale_columns(const std::vector<float>& f, int64_t d,
                                  const std::vector<float>& factor) {
   std::vector<float> out(f.size());
@@ -61,8 +62,6 @@ std::vector<float> scale_columns(const std::vector<float>& f, int64_t d,
   }
   return out;
 }
-
-}  // namespace
 
 // Gate noise for environment e in a step: eps (d), N(0, sigma^2), from (epoch, step, e, j).
 void draw_noise(math::PhiloxKey key, uint32_t epoch, uint32_t step, uint32_t env, int64_t d,

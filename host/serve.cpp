@@ -6,7 +6,6 @@
 // exactly the ranking the run's test metrics were computed from.
 #include "painvrl/serve.h"
 
-#include <cblas.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -25,6 +24,7 @@
 #include "painvrl/io.h"
 #include "painvrl/model.h"
 #include "painvrl/npy.h"
+#include "painvrl/stages.h"
 #include "painvrl/trainer.h"
 
 namespace painvrl {
@@ -42,14 +42,6 @@ struct TrainedRun {
   Dataset data;
   std::vector<float> item_features;  // (n_items, d) m * f, content models only
 };
-
-nlohmann::json read_json_file(const std::string& path) {
-  try {
-    return nlohmann::json::parse(read_text_file(path));
-  } catch (const nlohmann::json::exception& e) {
-    input_error("{}: not valid JSON ({})", path, e.what());
-  }
-}
 
 template <class T>
 T summary_field(const nlohmann::json& j, const std::string& key, const std::string& path) {
@@ -76,10 +68,7 @@ TrainedRun load_run(const std::string& run_dir, const std::string& data_override
     }
     input_error("{}: not a painvrl run directory (no summary.json)", run_dir);
   }
-  // One OpenBLAS thread, as in training (cpu_backend.cpp): with more, OpenBLAS splits the products
-  // differently and the scores can differ in the last bit, which reorders near-ties, so a list
-  // would no longer be the ranking the run's evaluation saw.
-  openblas_set_num_threads(1);
+  cpu::use_single_threaded_blas();  // the thread count evaluation scored with
   TrainedRun r;
   r.summary = read_json_file(summary_path);
   r.method = summary_field<std::string>(r.summary, "method", summary_path);
@@ -157,11 +146,8 @@ TrainedRun load_run(const std::string& run_dir, const std::string& data_override
     }
   }
   if (r.layout.content) {
-    const int64_t d = r.layout.feat_dim;
-    r.item_features = r.data.features;
-    if (!r.mask.empty()) {
-      for (size_t i = 0; i < r.item_features.size(); ++i) r.item_features[i] *= r.mask[i % d];
-    }
+    r.item_features = r.mask.empty() ? r.data.features
+                                     : scale_columns(r.data.features, r.layout.feat_dim, r.mask);
   }
   return r;
 }
@@ -232,8 +218,9 @@ void run_recommend(const RecommendOptions& o) {
 
   std::string out = "user\trank\titem\tscore\n";
   constexpr int64_t kBlock = 256;
-  std::vector<float> scores;   // (block, n_items)
-  std::vector<int32_t> order;  // (n_items,) unseen items of one user, best first
+  std::vector<float> scores;                          // (block, n_items)
+  std::vector<int32_t> order;                         // (n_items,) unseen items of a user
+  std::vector<uint8_t> excluded(size_t(n_items), 0);  // (n_items,) 1: in the user's training
   for (size_t first = 0; first < users.size(); first += kBlock) {
     const int64_t count = std::min<int64_t>(kBlock, int64_t(users.size() - first));
     scores.resize(size_t(count) * size_t(n_items));
@@ -248,7 +235,6 @@ void run_recommend(const RecommendOptions& o) {
     for (int64_t b = 0; b < count; ++b) {
       const int32_t u = users[first + size_t(b)];
       const float* s = scores.data() + b * n_items;
-      std::vector<uint8_t> excluded(size_t(n_items), 0);
       for (int64_t p = seen.offsets[u]; p < seen.offsets[u + 1]; ++p) excluded[seen.items[p]] = 1;
       order.clear();
       for (int32_t i = 0; i < n_items; ++i) {
@@ -261,6 +247,7 @@ void run_recommend(const RecommendOptions& o) {
       for (size_t rank = 0; rank < k; ++rank) {
         out += fmt::format("{}\t{}\t{}\t{:.9g}\n", u, rank + 1, order[rank], s[order[rank]]);
       }
+      for (int64_t p = seen.offsets[u]; p < seen.offsets[u + 1]; ++p) excluded[seen.items[p]] = 0;
     }
   }
   if (o.out_file.empty()) {

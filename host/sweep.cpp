@@ -157,15 +157,6 @@ Resources resources_from(const json& j) {
   return r;
 }
 
-json read_json_file(const std::string& path) {
-  const std::string text = read_text_file(path);
-  try {
-    return json::parse(text);
-  } catch (const json::exception& e) {
-    input_error("{}: not valid JSON: {}", path, e.what());
-  }
-}
-
 std::string run_dir(const std::string& dir, const std::string& id) { return dir + "/runs/" + id; }
 
 json load_manifest(const std::string& dir) {

@@ -23,10 +23,7 @@ using test::run_program;
 using test::TempDir;
 using test::write_file;
 
-nlohmann::json read_json(const std::string& path) {
-  std::ifstream in(path);
-  return nlohmann::json::parse(in);
-}
+using test::read_json;
 
 // A .npy file written by hand: header dict `header`, then the raw bytes.
 void write_npy_raw(const std::string& path, const std::string& header, const void* data,

@@ -24,10 +24,7 @@ namespace fs = std::filesystem;
 using test::run_program;
 using test::TempDir;
 
-nlohmann::json read_json(const std::string& path) {
-  std::ifstream in(path);
-  return nlohmann::json::parse(in);
-}
+using test::read_json;
 
 // Recall@K of a finished run on the test split of another dataset directory with the same
 // training data (the OOD/IID split's iid/ shares ood/'s training and validation pairs, so a model

@@ -27,10 +27,7 @@ const char* kSmall =
     "outer_iterations=1 envs=2 him_epochs=1 him_rounds=1 mask_epochs=2 mask_batch=64 "
     "attention_hidden=4 seed=5";
 
-nlohmann::json read_json(const std::string& path) {
-  std::ifstream in(path);
-  return nlohmann::json::parse(in);
-}
+using test::read_json;
 
 struct Row {
   int32_t user, rank, item;

@@ -25,9 +25,7 @@ using test::TempDir;
 using test::write_file;
 
 using test::read_bytes;
-nlohmann::json read_json(const std::string& path) {
-  return nlohmann::json::parse(read_bytes(path));
-}
+using test::read_json;
 
 const char* kSettings =
     "[set]\ndim = 8\nnegatives = 4\nbatch_size = 64\nepochs = 3\neval_every = 1\n"

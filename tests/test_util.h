@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <nlohmann/json.hpp>
 #include <string>
 
 namespace painvrl::test {
@@ -59,6 +60,10 @@ inline RunResult run_program(const std::string& args) {
 }
 
 inline std::string shared_dir() { return PAINVRL_SHARED_DIR; }
+
+inline nlohmann::json read_json(const std::string& path) {
+  return nlohmann::json::parse(read_bytes(path));
+}
 
 // Starts `painvrl ARGS` in the background with stdout and stderr to `log`; returns its pid (wait
 // for it with waitpid or wait4).

@@ -35,6 +35,11 @@ inline uint32_t mask(int outer) { return 3000000u + uint32_t(outer); }
 inline uint32_t him_init(int outer) { return 4000000u + uint32_t(outer); }
 }  // namespace stage_id
 
+// Columns of f (n_items, d) scaled by a per-column factor (d,): the final model's Phi = m * f,
+// which `recommend` and `export` rebuild from mask.npy, and the mask step's Psi = (1 - m) * f.
+std::vector<float> scale_columns(const std::vector<float>& f, int64_t d,
+                                 const std::vector<float>& factor);
+
 // Checkpointing of one stage. With a store the stage saves its state every
 // store->due(epochs) epochs and when a stop is requested (then throws Interrupted); `resume`, when
 // set, is a checkpoint inside this stage to continue from. `context` adds the caller's state

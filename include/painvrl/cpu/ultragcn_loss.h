@@ -42,6 +42,12 @@ LossTerms<T> ultragcn_loss_grad(const ParamLayout& layout, const T* params,
                                 const LossSettings& settings, T* grad, bool add_l2_grad,
                                 LossWorkspace<T>& ws);
 
+// Sets OpenBLAS to one thread. Training and scoring call it: the per-step products are small and
+// OpenBLAS's threads would compete with OpenMP's, and with another thread count OpenBLAS splits a
+// product differently, so scores could differ in the last bit and near-ties reorder (recommend
+// must rank exactly as evaluation did).
+void use_single_threaded_blas();
+
 // Item rows [T_i, W f_i + b] (n_items, D or 2D) for scoring, built once per evaluation.
 template <class T>
 void build_item_rows(const ParamLayout& layout, const T* params, const T* features,
