@@ -111,6 +111,22 @@ def parse_feature_args(specs):
     return out
 
 
+def parse_converter_args(ap, default_name):
+    """Adds the options every converter shares (--name, --overwrite), parses, and checks --source
+    (a directory) and --n-users / --n-items (at least 1). Returns (args, absolute source)."""
+    ap.add_argument("--name", help=f"dataset name (default: {default_name})")
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    a = ap.parse_args()
+    src = os.path.abspath(a.source)
+    if not os.path.isdir(src):
+        fail(f"--source {a.source}: not a directory")
+    for flag in ("n_users", "n_items"):
+        v = getattr(a, flag)
+        if v is not None and v < 1:
+            fail(f"--{flag.replace('_', '-')} must be >= 1")
+    return a, src
+
+
 def toml_str(s):
     """A TOML basic string (JSON's escapes are valid TOML escapes)."""
     return json.dumps(str(s))

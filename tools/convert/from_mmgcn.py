@@ -33,7 +33,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from dsutil import (Staging, check_features, dataset_toml, fail, load_array,  # noqa: E402
-                    parse_feature_args, run_main, save_npy, write_pairs_tsv, write_text)
+                    parse_converter_args, parse_feature_args, run_main, save_npy,
+                    write_pairs_tsv, write_text)
 
 DEFAULT_FEATURES = [("visual", "feat_v"), ("acoustic", "feat_a"), ("textual", "feat_t")]
 BOW_LIMIT = 1 << 28  # elements of a dense bag-of-words matrix (1 GiB as float32)
@@ -101,16 +102,7 @@ def main():
                     help="a modality file (.npy/.pt) relative to --source; replaces feat_v/a/t")
     ap.add_argument("--text-bow", action="store_true",
                     help="turn a [2, nnz] (item, word) index list into bag-of-words counts")
-    ap.add_argument("--name", help="dataset name (default: OUT's base name)")
-    ap.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    a = ap.parse_args()
-    src = os.path.abspath(a.source)
-    if not os.path.isdir(src):
-        fail(f"--source {a.source}: not a directory")
-    for flag in ("n_users", "n_items"):
-        v = getattr(a, flag)
-        if v is not None and v < 1:
-            fail(f"--{flag.replace('_', '-')} must be >= 1")
+    a, src = parse_converter_args(ap, "OUT's base name")
 
     train_p = os.path.join(src, "train.npy")
     test_p = os.path.join(src, "test_full.npy")

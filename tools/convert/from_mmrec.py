@@ -27,8 +27,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from dsutil import (Staging, check_features, dataset_toml, fail, load_array,  # noqa: E402
-                    parse_feature_args, read_inter, run_main, save_npy, write_pairs_tsv,
-                    write_text)
+                    parse_converter_args, parse_feature_args, read_inter, run_main, save_npy,
+                    write_pairs_tsv, write_text)
 
 DEFAULT_FEATURES = [("visual", "image_feat.npy"), ("text", "text_feat.npy")]
 
@@ -42,16 +42,7 @@ def main():
     ap.add_argument("--n-items", type=int, help="the item count (default: feature rows)")
     ap.add_argument("--feature", action="append", metavar="NAME=FILE",
                     help="a modality file relative to --source; replaces image/text_feat.npy")
-    ap.add_argument("--name", help="dataset name (default: the .inter file's stem)")
-    ap.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    a = ap.parse_args()
-    src = os.path.abspath(a.source)
-    if not os.path.isdir(src):
-        fail(f"--source {a.source}: not a directory")
-    for flag in ("n_users", "n_items"):
-        v = getattr(a, flag)
-        if v is not None and v < 1:
-            fail(f"--{flag.replace('_', '-')} must be >= 1")
+    a, src = parse_converter_args(ap, "the .inter file's stem")
     if a.inter:
         inter = os.path.join(src, a.inter)
         if not os.path.isfile(inter):
