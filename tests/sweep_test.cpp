@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -168,24 +169,33 @@ TEST(Sweep, StoppedSweepRunAgainEndsWithTheSameResults) {
   const std::string want = fx.tmp / "want", got = fx.tmp / "got";
   const std::string spec = fx.spec(axes, "");
   std::string text = read_bytes(spec);
-  text.replace(text.find("pretrain_epochs = 2"), 19, "pretrain_epochs = 100");
+  // Long enough that neither run can end between the wait below and the signal, even on a
+  // fast machine (100 epochs took 1.1 s on CI's machine).
+  text.replace(text.find("pretrain_epochs = 2"), 19, "pretrain_epochs = 400");
   write_file(spec, text);
   ASSERT_EQ(run_program("sweep plan " + spec + " --out " + want).status, 0);
   ASSERT_EQ(run_program("sweep run " + want + " --jobs 2").status, 0);
   ASSERT_EQ(run_program("sweep plan " + spec + " --out " + got).status, 0);
   const pid_t pid = test::spawn_program("sweep run " + got + " --jobs 2", fx.tmp / "got.log");
-  // Stop once both runs have a checkpoint past their start.
+  // Stop once both runs have a checkpoint past their start. Any checkpoint counts: only the
+  // newest two are kept, so a fast run may have removed its first before this loop looks.
   const auto ids = manifest_ids(got);
-  for (int k = 0; k < 6000; ++k) {
-    bool ready = true;
-    for (const std::string& id : ids)
-      ready &= fs::exists(got + "/runs/" + id + "/out/checkpoint-000001.ckpt");
-    if (ready) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  const auto has_checkpoint = [&](const std::string& id) {
+    const fs::path out = got + "/runs/" + id + "/out";
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(out, ec))
+      if (e.path().extension() == ".ckpt") return true;
+    return false;
+  };
+  bool ready = false;
+  for (int k = 0; k < 30000 && !ready; ++k) {
+    ready = std::all_of(ids.begin(), ids.end(), has_checkpoint);
+    if (!ready) std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
   ::kill(pid, SIGTERM);
   int st = 0;
   ::waitpid(pid, &st, 0);
+  ASSERT_TRUE(ready) << "no checkpoint in 60 s\n" << read_bytes(fx.tmp / "got.log");
   ASSERT_TRUE(WIFEXITED(st));
   EXPECT_EQ(WEXITSTATUS(st), 75) << read_bytes(fx.tmp / "got.log");
   const auto status = run_program("sweep status " + got);
