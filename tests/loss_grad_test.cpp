@@ -7,6 +7,7 @@
 #include <random>
 
 #include "painvrl/cpu/ultragcn_loss.h"
+#include "painvrl/math/ultragcn.h"
 
 namespace painvrl {
 namespace {
@@ -141,6 +142,72 @@ TEST(LossGradient, LossTermsAddUp) {
   for (int64_t k = prob.layout.w; k < prob.layout.total; ++k)
     l2w += prob.params[k] * prob.params[k];
   EXPECT_NEAR(t.l2_w, l2w, 1e-12);
+}
+
+// The fused GPU kernel's algorithm (kernels/ultragcn_loss.cu), row by row and term by term with
+// math::bce_term, run here in double: the same loss and the same Pt, Pf, T and dX gradients as
+// the CPU backend, so the kernel's per-term formula is proven on machines without a GPU.
+TEST(LossGradient, TheKernelsPerTermFormulaGivesTheCpuLossAndGradient) {
+  for (unsigned seed : {3u, 4u, 5u}) {
+    SmallProblem prob(seed, true, 3);
+    LossSettings s = only("all");
+    s.gamma_emb = s.gamma_w = 0;
+    const ParamLayout& L = prob.layout;
+    const int32_t D = L.dim, N = prob.batch.n_negatives, K = prob.lp.ii_k;
+    const double* P = prob.params.data();
+    std::vector<double> x(size_t(L.n_items) * D);  // X = F W^T + b
+    for (int32_t j = 0; j < L.n_items; ++j) {
+      for (int32_t c = 0; c < D; ++c) {
+        double v = P[L.b + c];
+        for (int64_t f = 0; f < L.feat_dim; ++f)
+          v += prob.features[size_t(j * L.feat_dim + f)] * P[L.w + c * L.feat_dim + f];
+        x[size_t(j) * D + c] = v;
+      }
+    }
+    std::vector<double> grad(size_t(L.total), 0.0), grad_x(x.size(), 0.0);
+    double main = 0, item_item = 0;
+    for (int64_t r = 0; r < prob.batch.size; ++r) {
+      const int32_t u = prob.users[size_t(r)], i = prob.items[size_t(r)];
+      const double bu = prob.beta_u[size_t(u)];
+      for (int32_t term = 0; term < 1 + N + K; ++term) {
+        int32_t j;
+        double w;
+        if (term == 0) {
+          j = i;
+          w = math::pair_weight(s.w1, s.w2, bu, prob.beta_i[size_t(i)]);
+        } else if (term <= N) {
+          j = prob.negs[size_t(r * N + term - 1)];
+          w = s.neg_weight / N * math::pair_weight(s.w3, s.w4, bu, prob.beta_i[size_t(j)]);
+        } else {
+          j = prob.ii_n[size_t(i * K + term - 1 - N)];
+          w = prob.ii_w[size_t(i * K + term - 1 - N)];
+        }
+        double score = 0;
+        for (int32_t c = 0; c < D; ++c) {
+          score +=
+              P[L.pt + u * D + c] * P[L.t + j * D + c] + P[L.pf + u * D + c] * x[size_t(j) * D + c];
+        }
+        const math::TermLoss<double> tl = math::bce_term(score, w, term == 0 || term > N);
+        const double coef = term > N ? s.kappa * tl.dlds : tl.dlds;
+        (term <= N ? main : item_item) += tl.loss;
+        for (int32_t c = 0; c < D; ++c) {
+          grad[size_t(L.pt + u * D + c)] += coef * P[L.t + j * D + c];
+          grad[size_t(L.t + j * D + c)] += coef * P[L.pt + u * D + c];
+          grad[size_t(L.pf + u * D + c)] += coef * x[size_t(j) * D + c];
+          grad_x[size_t(j) * D + c] += coef * P[L.pf + u * D + c];
+        }
+      }
+    }
+    std::vector<double> want(size_t(L.total), 0.0);
+    cpu::LossWorkspace<double> ws;
+    const auto t =
+        cpu::ultragcn_loss_grad<double>(L, P, prob.lp, prob.batch, s, want.data(), false, ws);
+    EXPECT_NEAR(main, t.main, 1e-12 * std::fabs(t.main));
+    EXPECT_NEAR(item_item, t.item_item, 1e-12 * std::fabs(t.item_item));
+    for (int64_t k = 0; k < L.w; ++k) EXPECT_NEAR(grad[size_t(k)], want[size_t(k)], 1e-12) << k;
+    for (size_t k = 0; k < grad_x.size(); ++k)
+      EXPECT_NEAR(grad_x[k], ws.item_vec_grad[k], 1e-12) << k;
+  }
 }
 
 }  // namespace

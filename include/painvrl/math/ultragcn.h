@@ -5,6 +5,7 @@
 //   omega_ij, ultragcn code:   G_ij / g_i * sqrt((g_i + 1) / (g_j + 1)), diagonal kept
 // with G = R^T R and g_i = sum_j G_ij (diagonal included; G_ii = d_i).
 #pragma once
+#include "painvrl/math/activations.h"
 #include "painvrl/math/common.h"
 
 namespace painvrl::math {
@@ -38,6 +39,24 @@ template <class T>
 PAINVRL_HD T omega_ultragcn(T g_ij, T g_i, T g_j) {
   using std::sqrt;
   return g_i > T(0) ? g_ij / g_i * sqrt((g_i + T(1)) / (g_j + T(1))) : T(0);
+}
+
+// One term of a batch row's loss (paper Eq. 3-5, 7): a label-1 term (the positive pair or an
+// item neighbour) costs w softplus(-s), a label-0 term (a negative) w softplus(s); dlds is its
+// derivative in the score s. Kernels call this per term; the CPU backend computes the same
+// quantities eight terms at a time (host/cpu_loss.cpp) and a test holds the two equal.
+template <class T>
+struct TermLoss {
+  T loss;
+  T dlds;
+};
+
+template <class T>
+PAINVRL_HD TermLoss<T> bce_term(T score, T weight, bool label_one) {
+  const T z = label_one ? -score : score;
+  T sp, sg;
+  softplus_sigmoid(z, sp, sg);
+  return TermLoss<T>{weight * sp, label_one ? -weight * sg : weight * sg};
 }
 
 }  // namespace painvrl::math
