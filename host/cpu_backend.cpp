@@ -52,23 +52,11 @@ class CpuBackend final : public Backend {
     graph_ = &graph;
     features_ = &features;
     const ParamLayout& L = setup.layout;
-    params_.assign(size_t(L.total), 0.f);
+    params_ = initial_parameters(setup);
     grad_.assign(size_t(L.total), 0.f);
     adam_m_.assign(size_t(L.total), 0.f);
     adam_v_.assign(size_t(L.total), 0.f);
     adam_t_ = 0;
-    const math::PhiloxKey key =
-        math::make_key(setup.seed, math::stream_id(math::RngStream::kInit, setup.stage));
-    const float std_dev = float(setup.init_std);
-    // Tensors 0..3: Pt, Pf, T, W; b stays 0.
-    const int64_t starts[4] = {L.pt, L.pf, L.t, L.w};
-    const int64_t ends[4] = {L.pf, L.t, L.w, L.b};
-    for (uint32_t tensor = 0; tensor < 4; ++tensor) {
-#pragma omp parallel for schedule(static)
-      for (int64_t k = starts[tensor]; k < ends[tensor]; ++k) {
-        params_[k] = math::init_normal<float>(key, tensor, uint64_t(k - starts[tensor]), std_dev);
-      }
-    }
     problem_.beta_user = graph.beta_user.data();
     problem_.beta_item = graph.beta_item.data();
     problem_.ii_neighbors = graph.ii_neighbors.data();
@@ -257,5 +245,24 @@ class CpuBackend final : public Backend {
 }  // namespace
 
 std::unique_ptr<Backend> make_cpu_backend() { return std::make_unique<CpuBackend>(); }
+
+std::vector<float> initial_parameters(const TrainSetup& setup) {
+  const ParamLayout& L = setup.layout;
+  std::vector<float> params(size_t(L.total), 0.f);
+  const math::PhiloxKey key =
+      math::make_key(setup.seed, math::stream_id(math::RngStream::kInit, setup.stage));
+  const float std_dev = float(setup.init_std);
+  // Tensors 0..3: Pt, Pf, T, W; b stays 0.
+  const int64_t starts[4] = {L.pt, L.pf, L.t, L.w};
+  const int64_t ends[4] = {L.pf, L.t, L.w, L.b};
+  for (uint32_t tensor = 0; tensor < 4; ++tensor) {
+#pragma omp parallel for schedule(static)
+    for (int64_t k = starts[tensor]; k < ends[tensor]; ++k) {
+      params[size_t(k)] =
+          math::init_normal<float>(key, tensor, uint64_t(k - starts[tensor]), std_dev);
+    }
+  }
+  return params;
+}
 
 }  // namespace painvrl

@@ -40,7 +40,7 @@ struct EpochStats {
   int64_t steps = 0;  // steps done; train_steps continues from here
   int64_t pairs = 0;
   bool stopped = false;   // train_steps returned early because a stop was requested
-  bool diverged = false;  // the loss of step `steps` was not finite; it was not applied
+  bool diverged = false;  // the loss of step `steps` was not finite (the run stops there)
 };
 
 // The optimiser's whole state (a checkpoint of a backbone stage).
@@ -59,7 +59,7 @@ class Backend {
   // Steps of an epoch over the given (already shuffled) positives, in batches of
   // setup.batch_size, from step `stats.steps` on, adding to `stats`. Returns at the epoch's end,
   // after a step once `stop` returns true (stats.stopped), or at a step whose loss is not finite
-  // (stats.diverged; that step's update is not applied).
+  // (stats.diverged; that step is not counted, though its update was applied: the run stops).
   virtual void train_steps(const PairList& shuffled, uint32_t epoch, EpochStats& stats,
                            bool (*stop)() = nullptr) = 0;
   // One whole epoch.
@@ -83,5 +83,9 @@ class Backend {
 };
 
 std::unique_ptr<Backend> make_cpu_backend();
+
+// The initial parameters of a stage (layout order): Pt, Pf, T and W drawn N(0, init_std^2) from
+// the counter-based generator keyed by (seed, stage), b zero. Every backend starts from these.
+std::vector<float> initial_parameters(const TrainSetup& setup);
 
 }  // namespace painvrl
