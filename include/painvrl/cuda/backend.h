@@ -1,0 +1,43 @@
+// The CUDA training backend (kernels/cuda_backend.cpp): the Backend interface of backend.h with
+// the step on the device. Per step: negatives (kernels/sampling.cu), X = F W^T + b (cuBLAS),
+// the fused loss and gradients (kernels/ultragcn_loss.cu), dW = dX^T F and db (cuBLAS), Adam with
+// the L2 value (kernels/adam.cu) and the step end; the host reads the epoch's sums once per
+// train_steps call. Gradients are scattered with atomics, so runs agree with the CPU backend to
+// rounding, not bit for bit.
+//
+// Not yet on the device (the CUDA issue lists them): the per-row L2 of l2 = touched (refused at
+// setup), HIM's batched environment models, the mask generation, the item-item graph and the
+// top-K evaluation; the trainer does not select this backend yet.
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "painvrl/backend.h"
+#include "painvrl/math/philox.h"
+#include "painvrl/model.h"
+
+namespace painvrl::cuda {
+
+std::unique_ptr<Backend> make_cuda_backend();
+
+// Bytes of device memory the backend needs for `setup` with a graph of `ii_k` neighbours per
+// item, `n_pairs` training pairs and scoring blocks of `score_block` users (the check made before
+// setup allocates).
+int64_t backend_device_bytes(const TrainSetup& setup, int32_t ii_k, int64_t n_pairs,
+                             int64_t score_block);
+
+// One loss and gradient evaluation on the device, for tests and the kernel lab: copies the
+// problem in, runs the projection, the fused kernel and dW, db, and copies back the data terms
+// (main, item_item; the L2 is the optimiser's) and grad (layout.total, overwritten: the data
+// terms' gradient only, as cpu::ultragcn_loss_grad with add_l2_grad = false adds). Throws
+// std::runtime_error naming the failing call.
+LossTerms<float> loss_grad_on_device(const ParamLayout& layout, const float* params,
+                                     const LossProblem<float>& problem, const Batch& batch,
+                                     const LossSettings& settings, float* grad);
+
+// negatives (rows, N) drawn on the device (launch_sample_negatives), copied back; for tests.
+std::vector<int32_t> negatives_on_device(math::PhiloxKey key, uint32_t epoch, uint32_t step,
+                                         int64_t rows, int32_t n_negatives, uint32_t n_items);
+
+}  // namespace painvrl::cuda

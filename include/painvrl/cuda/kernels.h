@@ -1,0 +1,127 @@
+// Launchers of the CUDA backend's kernels (kernels/*.cu). Each takes device pointers, its stream
+// last, returns the launch error and never synchronises (the CUB convention). Shapes are in the
+// comments; all tables are row-major float32 and all indices int32.
+#pragma once
+// Under PAINVRL_KERNEL_EMULATION (tests/kernel_emulation_test.cpp) the kernels compile with g++
+// against the host emulation, in their own namespace so that they never stand in for the real
+// ones at link time.
+#ifdef PAINVRL_KERNEL_EMULATION
+#include "painvrl/cuda/emulation.h"
+#define PAINVRL_KERNEL_NS cuda_emulated
+#else
+#include <cuda_runtime.h>
+#define PAINVRL_KERNEL_NS cuda
+#define PAINVRL_LAUNCH(kernel, grid, block, stream, ...) \
+  kernel<<<(grid), (block), 0, (stream)>>>(__VA_ARGS__)
+#endif
+
+#include <cstdint>
+
+#include "painvrl/math/adam.h"
+#include "painvrl/math/philox.h"
+
+namespace painvrl::PAINVRL_KERNEL_NS {
+
+// negatives (rows, N)[r][n] = math::negative_item(key, epoch, step, r, n, n_items): exactly the
+// CPU backend's draws for the same seed (kernels/sampling.cu).
+cudaError_t launch_sample_negatives(math::PhiloxKey key, uint32_t epoch, uint32_t step,
+                                    int64_t rows, int32_t n_negatives, uint32_t n_items,
+                                    int32_t* negatives, cudaStream_t stream);
+
+// rows (n_rows, width)[r][offset + c] = vec[c] for c < D: the bias under W f_i before the GEMM adds
+// F W^T (kernels/ultragcn_loss.cu).
+cudaError_t launch_broadcast_rows(const float* vec, int32_t dim, int64_t n_rows, int64_t width,
+                                  float* rows, cudaStream_t stream);
+
+// The fused UltraGCN step for one batch (kernels/ultragcn_loss.cu; DESIGN.md section 2):
+//   per row r (u, i): the positive, N negatives and K item neighbours of i, each term scored
+//   s = <Pt_u, T_j> (+ <Pf_u, X_j>), its loss and dL/ds (math::bce_term), and the gradients
+//   dPt_u, dPf_u (summed in registers, then added by atomics), dT_j, dX_j (atomics). A row's
+//   terms are cut into term_chunks contiguous ranges, one warp each (1: a warp per row; more
+//   when the batch alone would leave the GPU idle); D <= 256.
+struct FusedLossArgs {
+  int32_t dim = 0;                        // D
+  const float* pt = nullptr;              // (n_users, D)
+  const float* pf = nullptr;              // (n_users, D), or null: the ID-only model
+  const float* t = nullptr;               // (n_items, D)
+  const float* x = nullptr;               // (n_items, D) W f_j + b, null without content
+  const float* beta_user = nullptr;       // (n_users,)
+  const float* beta_item = nullptr;       // (n_items,)
+  const int32_t* ii_neighbors = nullptr;  // (n_items, ii_k)
+  const float* ii_weights = nullptr;      // (n_items, ii_k)
+  int32_t ii_k = 0;                       // row stride of the neighbour tables
+  int32_t k_used = 0;                     // neighbours per row used: ii_k, or 0 when kappa = 0
+  const int32_t* users = nullptr;         // (rows,)
+  const int32_t* items = nullptr;         // (rows,)
+  const int32_t* negatives = nullptr;     // (rows, N)
+  int64_t rows = 0;
+  int32_t n_negatives = 0;  // N
+  float w1 = 1, w2 = 0, w3 = 1, w4 = 0;
+  float neg_scale = 1;  // neg_weight / N
+  float kappa = 0;
+  float* grad_pt = nullptr;   // (n_users, D) added to; null: no gradients at all
+  float* grad_pf = nullptr;   // (n_users, D) added to (content)
+  float* grad_t = nullptr;    // (n_items, D) added to
+  float* grad_x = nullptr;    // (n_items, D) added to (content)
+  int32_t term_chunks = 1;    // warps per row
+  float* row_loss = nullptr;  // (rows * term_chunks, 2) written: main, item-item (unweighted)
+  const int* halt = nullptr;  // optional device flag: nonzero, the kernel does nothing
+};
+constexpr int32_t kFusedLossMaxDim = 256;
+// Warps per row for a batch: enough warps to fill an H100/H200 several times over (4,096), each
+// with at least 8 terms. A starting rule, to be settled by the lab (bench/ultragcn_loss_gpu.cu).
+inline int32_t fused_loss_term_chunks(int64_t rows, int32_t terms) {
+  const int64_t wanted = rows > 0 ? (4096 + rows - 1) / rows : 1;
+  const int64_t most = terms / 8 > 1 ? terms / 8 : 1;
+  return int32_t(wanted < 1 ? 1 : wanted > most ? most : wanted);
+}
+cudaError_t launch_fused_ultragcn_loss(const FusedLossArgs& args, cudaStream_t stream);
+
+// Adam with the L2 gradient fused (math::adam_update), gradient zeroing, and the sums of squares
+// of the parameters before the update, per block (kernels/adam.cu). The buffer is cut at
+// bounds[0..4] into Pt, Pf, T, W|b; tensor k is frozen when bit k of `frozen` is set (no update,
+// gradient zeroed, still summed). Embedding tensors (0..2) get emb_l2_coef, W|b w_l2_coef.
+struct AdamArgs {
+  float* params = nullptr;              // (n,)
+  float* m = nullptr;                   // (n,)
+  float* v = nullptr;                   // (n,)
+  float* grad = nullptr;                // (n,) read, then zeroed
+  int64_t bounds[5] = {0, 0, 0, 0, 0};  // pt, pf, t, w, total (n = bounds[4])
+  uint8_t frozen = 0;
+  float emb_l2_coef = 0, w_l2_coef = 0;
+  math::AdamStep step{};
+  float* block_sums = nullptr;  // (kAdamBlocks, 2) written: sum of squares, embeddings and W|b
+  const int* halt = nullptr;    // optional device flag: nonzero, the kernel does nothing
+};
+constexpr int kAdamBlocks = 1024;
+cudaError_t launch_adam(const AdamArgs& args, cudaStream_t stream);
+
+// Ends a step on the device (kernels/adam.cu): sums the rows' losses and the L2 block sums in a
+// fixed order, forms the step's total, and either adds it to the epoch accumulators or, when it
+// is not finite, sets *halt so that the following steps' kernels do nothing.
+struct EpochAccumulators {
+  double total = 0, main = 0, item_item = 0, l2 = 0;  // item_item already times kappa
+  long long steps = 0, pairs = 0;
+};
+struct StepEndArgs {
+  const float* row_loss = nullptr;    // (entries, 2)
+  int64_t entries = 0;                // rows * term_chunks of the step's fused launch
+  int64_t pairs = 0;                  // the batch's rows
+  const float* block_sums = nullptr;  // (kAdamBlocks, 2)
+  float kappa = 0, gamma_emb = 0, gamma_w = 0;
+  EpochAccumulators* acc = nullptr;  // device
+  int* halt = nullptr;               // device
+};
+cudaError_t launch_step_end(const StepEndArgs& args, cudaStream_t stream);
+
+// out (count, width) = [Pt_u, Pf_u] for u = users[p] (the user rows scored by one GEMM).
+cudaError_t launch_gather_user_rows(const float* pt, const float* pf, int32_t dim,
+                                    const int32_t* users, int64_t count, float* out,
+                                    cudaStream_t stream);
+
+// out[p] = <item_rows[items[p]], [Pt_u, Pf_u]> with u = users[p]; item_rows (n_items, width).
+cudaError_t launch_score_pairs(const float* pt, const float* pf, int32_t dim,
+                               const float* item_rows, const int32_t* users, const int32_t* items,
+                               int64_t count, float* out, cudaStream_t stream);
+
+}  // namespace painvrl::PAINVRL_KERNEL_NS

@@ -1,0 +1,535 @@
+// The CUDA backend (include/painvrl/cuda/backend.h): host code that owns the device buffers and
+// enqueues one training step as negatives -> projection -> fused loss -> dW, db -> Adam -> step
+// end on one stream, with no allocation and no synchronisation inside a step; the epoch's sums
+// are read once at the end of train_steps. Matrix products go through cuBLAS in full fp32
+// (CUBLAS_DEFAULT_MATH: no TF32). Row-major tables are passed to column-major cuBLAS as their
+// transposes: row-major X (n_items, D) is column-major X^T (D, n_items), and so on.
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <stdexcept>
+#include <vector>
+
+#include "painvrl/cuda/backend.h"
+#include "painvrl/cuda/kernels.h"
+#include "painvrl/math/sampling.h"
+
+namespace painvrl::cuda {
+namespace {
+
+// Every runtime, launcher and cuBLAS call is checked; the message names the call (for a launch,
+// the kernel's launcher) and where it was made.
+#define PAINVRL_CUDA_CHECK(call)                                                            \
+  do {                                                                                      \
+    const cudaError_t err_ = (call);                                                        \
+    if (err_ != cudaSuccess) {                                                              \
+      throw std::runtime_error(fmt::format("CUDA error in {} ({}:{}): {}", #call, __FILE__, \
+                                           __LINE__, cudaGetErrorString(err_)));            \
+    }                                                                                       \
+  } while (0)
+#define PAINVRL_CUBLAS_CHECK(call)                                                            \
+  do {                                                                                        \
+    const cublasStatus_t st_ = (call);                                                        \
+    if (st_ != CUBLAS_STATUS_SUCCESS) {                                                       \
+      throw std::runtime_error(fmt::format("cuBLAS error in {} ({}:{}): {}", #call, __FILE__, \
+                                           __LINE__, cublasGetStatusString(st_)));            \
+    }                                                                                         \
+  } while (0)
+
+// A device array that only grows; freed with its owner.
+template <class T>
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  ~DeviceBuffer() { cudaFree(ptr_); }
+  void reserve(int64_t n) {
+    if (n <= capacity_) return;
+    cudaFree(ptr_);
+    ptr_ = nullptr;
+    capacity_ = 0;
+    PAINVRL_CUDA_CHECK(cudaMalloc(&ptr_, sizeof(T) * size_t(std::max<int64_t>(n, 1))));
+    capacity_ = n;
+  }
+  void upload(const T* host, int64_t n, cudaStream_t stream) {
+    reserve(n);
+    if (n > 0) {
+      PAINVRL_CUDA_CHECK(
+          cudaMemcpyAsync(ptr_, host, sizeof(T) * size_t(n), cudaMemcpyHostToDevice, stream));
+    }
+  }
+  void upload(const std::vector<T>& host, cudaStream_t stream) {
+    upload(host.data(), int64_t(host.size()), stream);
+  }
+  void download(T* host, int64_t n, cudaStream_t stream) const {
+    if (n > 0) {
+      PAINVRL_CUDA_CHECK(
+          cudaMemcpyAsync(host, ptr_, sizeof(T) * size_t(n), cudaMemcpyDeviceToHost, stream));
+    }
+  }
+  void zero(int64_t n, cudaStream_t stream) {
+    if (n > 0) PAINVRL_CUDA_CHECK(cudaMemsetAsync(ptr_, 0, sizeof(T) * size_t(n), stream));
+  }
+  T* data() { return ptr_; }
+  const T* data() const { return ptr_; }
+
+ private:
+  T* ptr_ = nullptr;
+  int64_t capacity_ = 0;
+};
+
+// Owns a stream and a cuBLAS handle bound to it.
+class StreamContext {
+ public:
+  StreamContext() {
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
+      cudaGetLastError();
+      throw std::runtime_error("the CUDA backend found no usable GPU");
+    }
+    PAINVRL_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    PAINVRL_CUBLAS_CHECK(cublasCreate(&cublas_));
+    PAINVRL_CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
+    PAINVRL_CUBLAS_CHECK(cublasSetMathMode(cublas_, CUBLAS_DEFAULT_MATH));
+  }
+  StreamContext(const StreamContext&) = delete;
+  StreamContext& operator=(const StreamContext&) = delete;
+  ~StreamContext() {
+    if (cublas_) cublasDestroy(cublas_);
+    if (stream_) cudaStreamDestroy(stream_);
+  }
+  cudaStream_t stream() const { return stream_; }
+  cublasHandle_t cublas() const { return cublas_; }
+  void sync() const { PAINVRL_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+
+ private:
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t cublas_ = nullptr;
+};
+
+// The problem on the device: graph weights, neighbour tables and item features.
+struct DeviceProblem {
+  DeviceBuffer<float> beta_user, beta_item, ii_weights, features;
+  DeviceBuffer<int32_t> ii_neighbors;
+  int32_t ii_k = 0;
+};
+
+// Per-step buffers, sized once.
+struct StepBuffers {
+  DeviceBuffer<float> x;            // (n_items, D) W f_j + b
+  DeviceBuffer<float> grad_x;       // (n_items, D) dL/dX
+  DeviceBuffer<float> ones;         // (n_items,) for db = dX^T 1
+  DeviceBuffer<float> row_loss;     // (B * term_chunks, 2): at most (4096 + B, 2)
+  DeviceBuffer<int32_t> negatives;  // (B, N)
+};
+
+// X (n_items, D) = F (n_items, d) W^T + b into x with row stride `ldx` (D, or 2D when writing the
+// right half of the scoring rows).
+void project_items(const StreamContext& ctx, const ParamLayout& L, const float* params,
+                   const float* features, float* x, int64_t ldx) {
+  PAINVRL_CUDA_CHECK(launch_broadcast_rows(params + L.b, L.dim, L.n_items, ldx, x, ctx.stream()));
+  if (L.feat_dim == 0) return;
+  const float one = 1.f;
+  // Column-major: X^T (D x n_items, ld ldx) += W (d x D as stored, transposed) * F^T (d x n_items).
+  PAINVRL_CUBLAS_CHECK(cublasSgemm(ctx.cublas(), CUBLAS_OP_T, CUBLAS_OP_N, L.dim, L.n_items,
+                                   int(L.feat_dim), &one, params + L.w, int(L.feat_dim), features,
+                                   int(L.feat_dim), &one, x, int(ldx)));
+}
+
+struct DeviceBatch {
+  const int32_t* users;  // (rows,)
+  const int32_t* items;  // (rows,)
+  int64_t rows;
+};
+
+// Enqueues X, the fused kernel and dW, db for one batch (its negatives already in sb.negatives);
+// grad must hold zeros (or what the step adds to) for the tables this writes. Returns the number
+// of (main, item-item) pairs the kernel wrote into sb.row_loss.
+int64_t enqueue_loss_grad(const StreamContext& ctx, const ParamLayout& L, const LossSettings& S,
+                          const DeviceProblem& P, StepBuffers& sb, const float* params, float* grad,
+                          const DeviceBatch& batch, int32_t n_negatives, const int* halt) {
+  const int32_t D = L.dim;
+  if (L.content) {
+    project_items(ctx, L, params, P.features.data(), sb.x.data(), D);
+    sb.grad_x.zero(int64_t(L.n_items) * D, ctx.stream());
+  }
+  FusedLossArgs a;
+  a.dim = D;
+  a.pt = params + L.pt;
+  a.pf = L.content ? params + L.pf : nullptr;
+  a.t = params + L.t;
+  a.x = L.content ? sb.x.data() : nullptr;
+  a.beta_user = P.beta_user.data();
+  a.beta_item = P.beta_item.data();
+  a.ii_neighbors = P.ii_neighbors.data();
+  a.ii_weights = P.ii_weights.data();
+  a.ii_k = P.ii_k;
+  a.k_used = S.kappa != 0 ? P.ii_k : 0;
+  a.users = batch.users;
+  a.items = batch.items;
+  a.negatives = sb.negatives.data();
+  a.rows = batch.rows;
+  a.n_negatives = n_negatives;
+  a.w1 = float(S.w1);
+  a.w2 = float(S.w2);
+  a.w3 = float(S.w3);
+  a.w4 = float(S.w4);
+  a.neg_scale = n_negatives > 0 ? float(S.neg_weight / n_negatives) : 0.f;
+  a.kappa = float(S.kappa);
+  a.grad_pt = grad + L.pt;
+  a.grad_pf = L.content ? grad + L.pf : nullptr;
+  a.grad_t = grad + L.t;
+  a.grad_x = L.content ? sb.grad_x.data() : nullptr;
+  a.term_chunks = fused_loss_term_chunks(batch.rows, 1 + n_negatives + a.k_used);
+  a.row_loss = sb.row_loss.data();
+  a.halt = halt;
+  PAINVRL_CUDA_CHECK(launch_fused_ultragcn_loss(a, ctx.stream()));
+  const int64_t entries = batch.rows * a.term_chunks;
+  if (!L.content) return entries;
+  const float one = 1.f;
+  if (L.feat_dim > 0) {
+    // Column-major: dW^T (d x D) += F^T (d x n_items) * dX (n_items x D, stored as D x n_items).
+    PAINVRL_CUBLAS_CHECK(cublasSgemm(ctx.cublas(), CUBLAS_OP_N, CUBLAS_OP_T, int(L.feat_dim), D,
+                                     L.n_items, &one, P.features.data(), int(L.feat_dim),
+                                     sb.grad_x.data(), D, &one, grad + L.w, int(L.feat_dim)));
+  }
+  // db (D) += dX^T 1: column-major dX^T (D x n_items) times ones.
+  PAINVRL_CUBLAS_CHECK(cublasSgemv(ctx.cublas(), CUBLAS_OP_N, D, L.n_items, &one, sb.grad_x.data(),
+                                   D, sb.ones.data(), 1, &one, grad + L.b, 1));
+  return entries;
+}
+
+void upload_problem(const Graph& graph, const std::vector<float>* features, DeviceProblem& P,
+                    cudaStream_t stream) {
+  P.beta_user.upload(graph.beta_user, stream);
+  P.beta_item.upload(graph.beta_item, stream);
+  P.ii_k = graph.ii_k;
+  P.ii_neighbors.upload(graph.ii_neighbors, stream);
+  P.ii_weights.upload(graph.ii_weights, stream);
+  if (features) P.features.upload(*features, stream);
+}
+
+void size_step_buffers(const ParamLayout& L, int64_t batch, int32_t n_negatives, StepBuffers& sb,
+                       cudaStream_t stream) {
+  sb.x.reserve(int64_t(L.n_items) * L.dim);
+  sb.grad_x.reserve(int64_t(L.n_items) * L.dim);
+  const std::vector<float> ones(size_t(L.n_items), 1.f);
+  sb.ones.upload(ones, stream);
+  sb.row_loss.reserve(2 * (4096 + batch));  // fused_loss_term_chunks keeps rows * chunks below
+  sb.negatives.reserve(batch * std::max(n_negatives, 1));
+}
+
+constexpr int64_t kScoreBlock = 4096;  // users scored per GEMM (the evaluation's block)
+
+class CudaBackend final : public Backend {
+ public:
+  std::string name() const override { return "cuda"; }
+
+  void setup(const TrainSetup& setup, const Graph& graph,
+             const std::vector<float>& features) override {
+    const ParamLayout& L = setup.layout;
+    if (setup.loss.l2_touched) {
+      throw std::invalid_argument(
+          "the CUDA backend does not implement l2 = \"touched\" yet; use l2 = \"full\" or "
+          "--device cpu");
+    }
+    if (L.dim > kFusedLossMaxDim) {
+      throw std::invalid_argument(
+          fmt::format("the CUDA backend supports dim <= {} (dim = {})", kFusedLossMaxDim, L.dim));
+    }
+    ctx_ = std::make_unique<StreamContext>();
+    size_t free_bytes = 0, total_bytes = 0;
+    PAINVRL_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+    const int64_t need = backend_device_bytes(
+        setup, graph.ii_k, int64_t(graph.train_by_user.items.size()), kScoreBlock);
+    if (need > int64_t(free_bytes)) {
+      throw std::runtime_error(
+          fmt::format("the run needs about {} MiB of GPU memory and {} MiB are free", need >> 20,
+                      int64_t(free_bytes) >> 20));
+    }
+    setup_ = setup;
+    const cudaStream_t s = ctx_->stream();
+    for (DeviceBuffer<float>* buf : {&grad_, &adam_m_, &adam_v_}) {
+      buf->reserve(L.total);
+      buf->zero(L.total, s);
+    }
+    adam_t_ = 0;
+    // Drawn on the host: the device's logf and cosf may differ from glibc's in the last bit, and
+    // both backends must start from the same parameters.
+    const std::vector<float> initial = initial_parameters(setup);
+    params_.upload(initial, s);
+
+    upload_problem(graph, L.content ? &features : nullptr, problem_, s);
+    size_step_buffers(L, setup.batch_size, setup.negatives, step_, s);
+    block_sums_.reserve(2 * kAdamBlocks);
+    acc_.reserve(1);
+    halt_.reserve(1);
+    ctx_->sync();
+  }
+
+  void train_steps(const PairList& shuffled, uint32_t epoch, EpochStats& stats,
+                   bool (*stop)()) override {
+    const ParamLayout& L = setup_.layout;
+    const cudaStream_t s = ctx_->stream();
+    const int64_t P = int64_t(shuffled.size());
+    const int64_t B = setup_.batch_size;
+    const int32_t N = setup_.negatives;
+    const math::PhiloxKey neg_key =
+        math::make_key(setup_.seed, math::stream_id(math::RngStream::kNegative, setup_.stage));
+    stats.stopped = stats.diverged = false;
+    pair_user_.upload(shuffled.user, s);
+    pair_item_.upload(shuffled.item, s);
+    acc_.zero(1, s);
+    halt_.zero(1, s);
+    const long long adam_t_start = adam_t_;
+    AdamArgs adam;
+    adam.params = params_.data();
+    adam.m = adam_m_.data();
+    adam.v = adam_v_.data();
+    adam.grad = grad_.data();
+    const int64_t bounds[5] = {L.pt, L.pf, L.t, L.w, L.total};
+    std::copy(bounds, bounds + 5, adam.bounds);
+    adam.frozen = setup_.frozen;
+    adam.emb_l2_coef = float(2 * setup_.loss.gamma_emb);
+    adam.w_l2_coef = float(2 * setup_.loss.gamma_w);
+    adam.block_sums = block_sums_.data();
+    adam.halt = halt_.data();
+    StepEndArgs end;
+    end.row_loss = step_.row_loss.data();
+    end.block_sums = block_sums_.data();
+    end.kappa = float(setup_.loss.kappa);
+    end.gamma_emb = float(setup_.loss.gamma_emb);
+    end.gamma_w = float(setup_.loss.gamma_w);
+    end.acc = acc_.data();
+    end.halt = halt_.data();
+    for (int64_t step = stats.steps, begin = step * B; begin < P; begin += B, ++step) {
+      if (stop && stop()) {
+        stats.stopped = true;
+        break;
+      }
+      const int64_t rows = std::min(B, P - begin);
+      PAINVRL_CUDA_CHECK(launch_sample_negatives(neg_key, epoch, uint32_t(step), rows, N,
+                                                 uint32_t(L.n_items), step_.negatives.data(), s));
+      const int64_t entries = enqueue_loss_grad(
+          *ctx_, L, setup_.loss, problem_, step_, params_.data(), grad_.data(),
+          DeviceBatch{pair_user_.data() + begin, pair_item_.data() + begin, rows}, N, halt_.data());
+      adam.step = math::make_adam_step(float(setup_.adam.lr), float(setup_.adam.beta1),
+                                       float(setup_.adam.beta2), float(setup_.adam.eps), ++adam_t_);
+      PAINVRL_CUDA_CHECK(launch_adam(adam, s));
+      end.entries = entries;
+      end.pairs = rows;
+      PAINVRL_CUDA_CHECK(launch_step_end(end, s));
+    }
+    EpochAccumulators acc;
+    int halted = 0;
+    acc_.download(&acc, 1, s);
+    halt_.download(&halted, 1, s);
+    ctx_->sync();
+    stats.loss_total += acc.total;
+    stats.loss_main += acc.main;
+    stats.loss_item_item += acc.item_item;
+    stats.loss_l2 += acc.l2;
+    stats.steps += acc.steps;
+    stats.pairs += acc.pairs;
+    // The diverged step's update was applied (as on the CPU); the later ones did nothing.
+    adam_t_ = adam_t_start + acc.steps + (halted ? 1 : 0);
+    if (halted) {
+      stats.diverged = true;
+      stats.stopped = false;
+    }
+  }
+
+  void prepare_scoring() override {
+    const ParamLayout& L = setup_.layout;
+    const cudaStream_t s = ctx_->stream();
+    const int32_t D = L.dim;
+    const int64_t width = L.content ? 2 * D : D;
+    item_rows_.reserve(int64_t(L.n_items) * width);
+    PAINVRL_CUDA_CHECK(cudaMemcpy2DAsync(item_rows_.data(), sizeof(float) * width,
+                                         params_.data() + L.t, sizeof(float) * D, sizeof(float) * D,
+                                         L.n_items, cudaMemcpyDeviceToDevice, s));
+    if (L.content) {
+      project_items(*ctx_, L, params_.data(), problem_.features.data(), item_rows_.data() + D,
+                    width);
+    }
+  }
+
+  void score(const int32_t* users, int64_t count, float* out) override {
+    const ParamLayout& L = setup_.layout;
+    const cudaStream_t s = ctx_->stream();
+    const int32_t D = L.dim;
+    const int32_t width = L.content ? 2 * D : D;
+    const float* pf = L.content ? params_.data() + L.pf : nullptr;
+    for (int64_t first = 0; first < count; first += kScoreBlock) {
+      const int64_t n = std::min(kScoreBlock, count - first);
+      score_users_.upload(users + first, n, s);
+      user_rows_.reserve(n * width);
+      scores_.reserve(n * L.n_items);
+      PAINVRL_CUDA_CHECK(launch_gather_user_rows(params_.data() + L.pt, pf, D, score_users_.data(),
+                                                 n, user_rows_.data(), s));
+      const float one = 1.f, zero = 0.f;
+      // Column-major: scores^T (n_items x n) = item_rows (width x n_items, transposed) * U^T.
+      PAINVRL_CUBLAS_CHECK(cublasSgemm(ctx_->cublas(), CUBLAS_OP_T, CUBLAS_OP_N, L.n_items, int(n),
+                                       width, &one, item_rows_.data(), width, user_rows_.data(),
+                                       width, &zero, scores_.data(), L.n_items));
+      scores_.download(out + first * L.n_items, n * L.n_items, s);
+      ctx_->sync();
+    }
+  }
+
+  void score_pairs(const int32_t* users, const int32_t* items, int64_t count, float* out) override {
+    const ParamLayout& L = setup_.layout;
+    const cudaStream_t s = ctx_->stream();
+    score_users_.upload(users, count, s);
+    score_items_.upload(items, count, s);
+    scores_.reserve(count);
+    PAINVRL_CUDA_CHECK(launch_score_pairs(
+        params_.data() + L.pt, L.content ? params_.data() + L.pf : nullptr, L.dim,
+        item_rows_.data(), score_users_.data(), score_items_.data(), count, scores_.data(), s));
+    scores_.download(out, count, s);
+    ctx_->sync();
+  }
+
+  std::vector<float> parameters() const override {
+    std::vector<float> out(size_t(setup_.layout.total));
+    params_.download(out.data(), setup_.layout.total, ctx_->stream());
+    ctx_->sync();
+    return out;
+  }
+  void set_parameters(const std::vector<float>& params) override {
+    check_size(params, "set_parameters");
+    params_.upload(params, ctx_->stream());
+    ctx_->sync();
+  }
+  OptimizerState optimizer_state() const override {
+    const int64_t n = setup_.layout.total;
+    OptimizerState st;
+    st.params.resize(size_t(n));
+    st.adam_m.resize(size_t(n));
+    st.adam_v.resize(size_t(n));
+    params_.download(st.params.data(), n, ctx_->stream());
+    adam_m_.download(st.adam_m.data(), n, ctx_->stream());
+    adam_v_.download(st.adam_v.data(), n, ctx_->stream());
+    ctx_->sync();
+    st.adam_t = adam_t_;
+    return st;
+  }
+  void set_optimizer_state(const OptimizerState& state) override {
+    check_size(state.params, "set_optimizer_state");
+    check_size(state.adam_m, "set_optimizer_state");
+    check_size(state.adam_v, "set_optimizer_state");
+    params_.upload(state.params, ctx_->stream());
+    adam_m_.upload(state.adam_m, ctx_->stream());
+    adam_v_.upload(state.adam_v, ctx_->stream());
+    adam_t_ = state.adam_t;
+    ctx_->sync();
+  }
+
+ private:
+  void check_size(const std::vector<float>& v, const char* what) const {
+    if (int64_t(v.size()) != setup_.layout.total) {
+      throw std::invalid_argument(
+          fmt::format("{}: {} values for a layout of {}", what, v.size(), setup_.layout.total));
+    }
+  }
+
+  std::unique_ptr<StreamContext> ctx_;
+  TrainSetup setup_;
+  DeviceProblem problem_;
+  StepBuffers step_;
+  DeviceBuffer<float> params_, grad_, adam_m_, adam_v_;  // (layout.total,) each
+  long long adam_t_ = 0;
+  DeviceBuffer<float> block_sums_;               // (kAdamBlocks, 2)
+  DeviceBuffer<EpochAccumulators> acc_;          // (1,)
+  DeviceBuffer<int> halt_;                       // (1,)
+  DeviceBuffer<int32_t> pair_user_, pair_item_;  // (P,) the epoch's shuffled pairs
+  DeviceBuffer<float> item_rows_;                // (n_items, D or 2D) [T_j, X_j]
+  DeviceBuffer<int32_t> score_users_, score_items_;
+  DeviceBuffer<float> user_rows_, scores_;  // (block, width), (block, n_items)
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cuda_backend() { return std::make_unique<CudaBackend>(); }
+
+int64_t backend_device_bytes(const TrainSetup& setup, int32_t ii_k, int64_t n_pairs,
+                             int64_t score_block) {
+  const ParamLayout& L = setup.layout;
+  const int64_t width = L.content ? 2 * L.dim : L.dim;
+  int64_t floats = 4 * L.total;                              // params, grad, m, v
+  floats += int64_t(L.n_users) + L.n_items;                  // betas
+  floats += 2 * int64_t(L.n_items) * ii_k;                   // neighbour ids and weights
+  if (L.content) floats += int64_t(L.n_items) * L.feat_dim;  // F
+  floats += 3 * int64_t(L.n_items) * L.dim + L.n_items;      // X, dX, ones
+  floats += int64_t(setup.batch_size) * setup.negatives + 2 * (4096 + setup.batch_size);
+  floats += 2 * kAdamBlocks + 2 * n_pairs;          // block sums; the epoch's shuffled pairs
+  floats += int64_t(L.n_items) * width;             // scoring rows
+  floats += score_block * (width + L.n_items + 1);  // a scoring block
+  const int64_t cublas_workspace = int64_t(64) << 20;
+  return 4 * floats + cublas_workspace;
+}
+
+LossTerms<float> loss_grad_on_device(const ParamLayout& L, const float* params,
+                                     const LossProblem<float>& problem, const Batch& batch,
+                                     const LossSettings& settings, float* grad) {
+  if (L.dim > kFusedLossMaxDim) {
+    throw std::invalid_argument(fmt::format("dim {} > {}", L.dim, kFusedLossMaxDim));
+  }
+  if (settings.l2_touched) {
+    throw std::invalid_argument("loss_grad_on_device: l2 = \"touched\" is not implemented");
+  }
+  StreamContext ctx;
+  const cudaStream_t s = ctx.stream();
+  DeviceProblem P;
+  P.beta_user.upload(problem.beta_user, L.n_users, s);
+  P.beta_item.upload(problem.beta_item, L.n_items, s);
+  P.ii_k = problem.ii_k;
+  P.ii_neighbors.upload(problem.ii_neighbors, int64_t(L.n_items) * problem.ii_k, s);
+  P.ii_weights.upload(problem.ii_weights, int64_t(L.n_items) * problem.ii_k, s);
+  if (L.content) P.features.upload(problem.features, int64_t(L.n_items) * L.feat_dim, s);
+  StepBuffers sb;
+  size_step_buffers(L, batch.size, batch.n_negatives, sb, s);
+  sb.negatives.upload(batch.negatives, batch.size * batch.n_negatives, s);
+  DeviceBuffer<float> d_params, d_grad;
+  d_params.upload(params, L.total, s);
+  d_grad.reserve(L.total);
+  d_grad.zero(L.total, s);
+  DeviceBuffer<int32_t> users, items;
+  users.upload(batch.users, batch.size, s);
+  items.upload(batch.items, batch.size, s);
+  const int64_t entries = enqueue_loss_grad(ctx, L, settings, P, sb, d_params.data(), d_grad.data(),
+                                            DeviceBatch{users.data(), items.data(), batch.size},
+                                            batch.n_negatives, nullptr);
+  std::vector<float> row_loss(size_t(2 * entries));
+  sb.row_loss.download(row_loss.data(), 2 * entries, s);
+  d_grad.download(grad, L.total, s);
+  ctx.sync();
+  double main = 0, item_item = 0;
+  for (int64_t r = 0; r < entries; ++r) {
+    main += row_loss[size_t(2 * r)];
+    item_item += row_loss[size_t(2 * r + 1)];
+  }
+  LossTerms<float> out;
+  out.main = float(main);
+  out.item_item = float(item_item);
+  out.total = float(main + settings.kappa * item_item);
+  return out;
+}
+
+std::vector<int32_t> negatives_on_device(math::PhiloxKey key, uint32_t epoch, uint32_t step,
+                                         int64_t rows, int32_t n_negatives, uint32_t n_items) {
+  StreamContext ctx;
+  DeviceBuffer<int32_t> d_out;
+  d_out.reserve(rows * n_negatives);
+  PAINVRL_CUDA_CHECK(launch_sample_negatives(key, epoch, step, rows, n_negatives, n_items,
+                                             d_out.data(), ctx.stream()));
+  std::vector<int32_t> out(size_t(rows * n_negatives));
+  d_out.download(out.data(), rows * n_negatives, ctx.stream());
+  ctx.sync();
+  return out;
+}
+
+}  // namespace painvrl::cuda

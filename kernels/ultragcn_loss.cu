@@ -1,0 +1,170 @@
+// The fused UltraGCN loss forward and backward (paper Eq. 3-8, 15; DESIGN.md section 2), the
+// kernel the CPU backend's ultragcn_loss_grad (host/cpu_loss.cpp) is held equal to by the `gpu`
+// tests and, through the host emulation, by the CPU tests. One warp per batch row, or per chunk of
+// a row's terms (term_chunks): lane l holds columns l, l + 32, ... of the user rows Pt_u, Pf_u in
+// registers; for each of its terms the warp reads the item rows T_j (and X_j = W f_j + b),
+// reduces the dot products by shuffles, evaluates the term's loss and dL/ds with math::bce_term,
+// adds dL/ds * T_j into the user gradient in registers and dL/ds * Pt_u into dT_j by atomics
+// (likewise the content branch into dX_j). The user gradient is added once per warp.
+// Bytes per row (float32, C = 1 with the ID-only model, 2 with content, terms = 1 + N + K):
+//   read  4 D C (user) + terms 4 D C (item rows),
+//   atomics terms 4 D C (each a read-modify-write in L2) + 4 D C (user),
+//   plus 4 (1 + N) + 8 K of indices and weights.
+// FLOPs per row: terms (2 D C dot + 2 D C user grad + D C atomics). At B = 512, N = 50, K = 10,
+// D = 64 with content: 31,232 terms, 16 MB of item rows read and 16 MB of atomic updates.
+#include <algorithm>
+
+#include "painvrl/cuda/kernels.h"
+#include "painvrl/math/ultragcn.h"
+
+namespace painvrl::PAINVRL_KERNEL_NS {
+namespace {
+
+constexpr int kWarp = 32;
+constexpr int kColsPerLane = kFusedLossMaxDim / kWarp;  // registers per user row per lane
+constexpr int kWarpsPerBlock = 8;
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int offset = kWarp / 2; offset > 0; offset /= 2)
+    v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;  // every lane holds the sum
+}
+
+// kContent: the content branch (Pf, X) is present. Template so that the ID-only model keeps no
+// registers for it.
+template <bool kContent>
+__global__ void __launch_bounds__(kWarpsPerBlock* kWarp)
+    fused_ultragcn_loss_kernel(const FusedLossArgs a) {
+  const int64_t warp = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
+  const int64_t row = warp / a.term_chunks;
+  const int32_t chunk = int32_t(warp % a.term_chunks);
+  const int lane = int(threadIdx.x % kWarp);
+  if (row >= a.rows) return;
+  if (a.halt && *a.halt) return;
+  const int32_t D = a.dim;
+  const int32_t N = a.n_negatives;
+  const int32_t terms = 1 + N + a.k_used;
+  const int32_t first_term = int32_t(int64_t(terms) * chunk / a.term_chunks);
+  const int32_t end_term = int32_t(int64_t(terms) * (chunk + 1) / a.term_chunks);
+  const int32_t u = a.users[row];
+  const int32_t i = a.items[row];
+  const bool grads = a.grad_pt != nullptr;
+
+  float pt[kColsPerLane], pf[kColsPerLane];            // this lane's columns of Pt_u, Pf_u
+  float grad_pt[kColsPerLane], grad_pf[kColsPerLane];  // of dL/dPt_u, dL/dPf_u
+#pragma unroll
+  for (int k = 0; k < kColsPerLane; ++k) {
+    const int32_t c = lane + k * kWarp;
+    pt[k] = c < D ? a.pt[int64_t(u) * D + c] : 0.f;
+    pf[k] = kContent && c < D ? a.pf[int64_t(u) * D + c] : 0.f;
+    grad_pt[k] = 0.f;
+    grad_pf[k] = 0.f;
+  }
+  const float beta_u = a.beta_user[u];
+  float main = 0.f, item_item = 0.f;  // lane 0's sums are written
+  for (int32_t term = first_term; term < end_term; ++term) {
+    // The term's item and weight (the same in every lane: the branches below do not diverge).
+    int32_t j;
+    float w;
+    if (term == 0) {
+      j = i;
+      w = math::pair_weight(a.w1, a.w2, beta_u, a.beta_item[i]);
+    } else if (term <= N) {
+      j = a.negatives[row * N + (term - 1)];
+      w = a.neg_scale * math::pair_weight(a.w3, a.w4, beta_u, a.beta_item[j]);
+    } else {
+      const int64_t slot = int64_t(i) * a.ii_k + (term - 1 - N);
+      j = a.ii_neighbors[slot];
+      w = a.ii_weights[slot];
+      if (w == 0.f) continue;  // padding: no loss, no gradient (as on the CPU)
+    }
+    float t_row[kColsPerLane], x_row[kColsPerLane];
+    float partial = 0.f;
+#pragma unroll
+    for (int k = 0; k < kColsPerLane; ++k) {
+      const int32_t c = lane + k * kWarp;
+      t_row[k] = c < D ? a.t[int64_t(j) * D + c] : 0.f;
+      x_row[k] = kContent && c < D ? a.x[int64_t(j) * D + c] : 0.f;
+      partial += pt[k] * t_row[k];
+      if (kContent) partial += pf[k] * x_row[k];
+    }
+    const float score = warp_sum(partial);
+    const bool label_one = term == 0 || term > N;
+    const math::TermLoss<float> tl = math::bce_term(score, w, label_one);
+    const float coef = term > N ? a.kappa * tl.dlds : tl.dlds;
+    if (term <= N) {
+      main += tl.loss;
+    } else {
+      item_item += tl.loss;
+    }
+    if (!grads || coef == 0.f) continue;
+#pragma unroll
+    for (int k = 0; k < kColsPerLane; ++k) {
+      const int32_t c = lane + k * kWarp;
+      if (c >= D) break;
+      grad_pt[k] += coef * t_row[k];
+      atomicAdd(a.grad_t + int64_t(j) * D + c, coef * pt[k]);
+      if (kContent) {
+        grad_pf[k] += coef * x_row[k];
+        atomicAdd(a.grad_x + int64_t(j) * D + c, coef * pf[k]);
+      }
+    }
+  }
+  if (grads) {
+#pragma unroll
+    for (int k = 0; k < kColsPerLane; ++k) {
+      const int32_t c = lane + k * kWarp;
+      if (c >= D) break;
+      atomicAdd(a.grad_pt + int64_t(u) * D + c, grad_pt[k]);
+      if (kContent) atomicAdd(a.grad_pf + int64_t(u) * D + c, grad_pf[k]);
+    }
+  }
+  if (lane == 0) {
+    a.row_loss[2 * warp] = main;
+    a.row_loss[2 * warp + 1] = item_item;
+  }
+}
+
+__global__ void broadcast_rows_kernel(const float* __restrict__ vec /* (D,) */, int32_t dim,
+                                      int64_t n_rows, int64_t width,
+                                      float* __restrict__ rows /* (n_rows, width) */) {
+  const int64_t n = n_rows * dim;
+  for (int64_t k = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; k < n;
+       k += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = k / dim;
+    const int32_t c = int32_t(k % dim);
+    rows[r * width + c] = vec[c];
+  }
+}
+
+}  // namespace
+
+cudaError_t launch_fused_ultragcn_loss(const FusedLossArgs& a, cudaStream_t stream) {
+  if (a.rows <= 0) return cudaSuccess;
+  if (a.dim <= 0 || a.dim > kFusedLossMaxDim) return cudaErrorInvalidValue;
+  if (a.grad_pt && (!a.grad_t || (a.x && (!a.grad_pf || !a.grad_x)))) return cudaErrorInvalidValue;
+  if (!a.row_loss || a.term_chunks < 1) return cudaErrorInvalidValue;
+  const int64_t warps = a.rows * a.term_chunks;
+  const int64_t blocks = (warps + kWarpsPerBlock - 1) / kWarpsPerBlock;
+  if (a.x != nullptr) {
+    PAINVRL_LAUNCH(fused_ultragcn_loss_kernel<true>, unsigned(blocks), kWarpsPerBlock * kWarp,
+                   stream, a);
+  } else {
+    PAINVRL_LAUNCH(fused_ultragcn_loss_kernel<false>, unsigned(blocks), kWarpsPerBlock * kWarp,
+                   stream, a);
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t launch_broadcast_rows(const float* vec, int32_t dim, int64_t n_rows, int64_t width,
+                                  float* rows, cudaStream_t stream) {
+  if (n_rows <= 0 || dim <= 0) return cudaSuccess;
+  const int block = 256;
+  const int64_t blocks = std::min<int64_t>((n_rows * dim + block - 1) / block, 65536);
+  PAINVRL_LAUNCH(broadcast_rows_kernel, unsigned(blocks), block, stream, vec, dim, n_rows, width,
+                 rows);
+  return cudaGetLastError();
+}
+
+}  // namespace painvrl::PAINVRL_KERNEL_NS

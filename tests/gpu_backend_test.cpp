@@ -1,0 +1,324 @@
+// `gpu` tests of the CUDA backend's kernels against the CPU backend (skipped, GTEST_SKIP, with no
+// usable device): the device's negatives are the CPU's draws bit for bit; the fused loss kernel
+// with the projection and dW, db GEMMs gives the CPU's loss and gradient to fp32 rounding
+// (atomics add in another order) for the ID-only and content models, with and without item
+// neighbours, on several seeds with fresh inputs and NaN-poisoned outputs; whole epochs of the
+// backend give the CPU's losses, parameters and scores (more users than one scoring block);
+// frozen tensors stay as they were and the rest trains as on the CPU; an epoch stopped after a
+// few steps and continued ends as an uninterrupted one; a non-finite loss stops at the CPU's
+// step; the optimiser state round-trips; what the backend does not implement is refused by name.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <stdexcept>
+#include <vector>
+
+#include "painvrl/backend.h"
+#include "painvrl/config.h"
+#include "painvrl/cpu/ultragcn_loss.h"
+#include "painvrl/cuda/backend.h"
+#include "painvrl/cuda/device.h"
+#include "painvrl/graph.h"
+#include "painvrl/math/sampling.h"
+#include "painvrl/stages.h"
+
+namespace painvrl {
+namespace {
+
+#define SKIP_WITHOUT_GPU() \
+  if (cuda::usable_device_count() == 0) GTEST_SKIP() << cuda::describe_device()
+
+struct Toy {
+  int32_t n_users = 90, n_items = 70;
+  int64_t d = 12;
+  PairList train;
+  std::vector<float> features;  // (n_items, d)
+  Graph graph;
+};
+
+Toy make_toy(unsigned seed) {
+  Toy t;
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int32_t> item(0, t.n_items - 1);
+  for (int32_t u = 0; u < t.n_users; ++u) {
+    const int n = 3 + int(rng() % 6);
+    for (int k = 0; k < n; ++k) t.train.push(u, item(rng));
+  }
+  std::normal_distribution<float> nd(0.f, 1.f);
+  t.features.resize(size_t(t.n_items) * t.d);
+  for (float& x : t.features) x = nd(rng);
+  t.graph = build_graph(t.train, t.n_users, t.n_items, 4, IiSimilarity::kUltraGcn);
+  return t;
+}
+
+// max |a - b| / max |b|: the error relative to the tensor's scale (atomics reorder the sums).
+double scaled_error(const float* a, const float* b, int64_t n) {
+  double diff = 0, scale = 1e-30;
+  for (int64_t k = 0; k < n; ++k) {
+    if (!std::isfinite(a[k])) return INFINITY;
+    diff = std::max(diff, std::fabs(double(a[k]) - double(b[k])));
+    scale = std::max(scale, std::fabs(double(b[k])));
+  }
+  return diff / scale;
+}
+
+TEST(GpuKernels, NegativesAreTheCpuDraws) {
+  SKIP_WITHOUT_GPU();
+  for (uint64_t seed : {1ull, 5ull, 99ull}) {
+    const math::PhiloxKey key =
+        math::make_key(seed, math::stream_id(math::RngStream::kNegative, 2));
+    for (int32_t n : {1, 7, 50}) {
+      const int64_t rows = 333;
+      const std::vector<int32_t> got = cuda::negatives_on_device(key, 4, 17, rows, n, 3706);
+      ASSERT_EQ(int64_t(got.size()), rows * n);
+      std::vector<int32_t> want(size_t(rows * n), -1);
+      for (int64_t r = 0; r < rows; ++r) {
+        math::negative_row(key, 4, 17, uint32_t(r), uint32_t(n), 3706, want.data() + r * n);
+      }
+      EXPECT_EQ(got, want) << "seed " << seed << " N " << n;
+    }
+  }
+}
+
+TEST(GpuKernels, FusedLossAndGradientEqualTheCpu) {
+  SKIP_WITHOUT_GPU();
+  for (unsigned seed : {1u, 2u, 3u}) {
+    const Toy toy = make_toy(seed);
+    for (bool content : {false, true}) {
+      for (double kappa : {0.0, 0.7}) {
+        for (int32_t dim : {8, 64, 100, 256}) {
+          const ParamLayout L = ParamLayout::make(toy.n_users, toy.n_items, dim, toy.d, content);
+          std::mt19937 rng(seed * 31 + dim);
+          std::normal_distribution<float> nd(0.f, 0.3f);
+          std::vector<float> params(size_t(L.total));
+          for (float& p : params) p = nd(rng);
+          const int64_t B = 150;
+          const int32_t N = 6;
+          std::vector<int32_t> users(B), items(B), negatives(size_t(B * N));
+          for (int64_t r = 0; r < B; ++r) {
+            const size_t p = rng() % toy.train.size();
+            users[r] = toy.train.user[p];
+            items[r] = toy.train.item[p];
+          }
+          for (int32_t& j : negatives) j = int32_t(rng() % toy.n_items);
+          const Batch batch{users.data(), items.data(), negatives.data(), B, N};
+          LossSettings S;
+          S.w1 = 1e-6;
+          S.w2 = 1.0;
+          S.w3 = 1e-6;
+          S.w4 = 1.0;
+          S.neg_weight = 30;
+          S.kappa = kappa;
+          LossProblem<float> problem{toy.graph.beta_user.data(),
+                                     toy.graph.beta_item.data(),
+                                     toy.graph.ii_neighbors.data(),
+                                     toy.graph.ii_weights.data(),
+                                     toy.graph.ii_k,
+                                     content ? toy.features.data() : nullptr};
+          std::vector<float> want(size_t(L.total), 0.f);
+          cpu::LossWorkspace<float> ws;
+          const LossTerms<float> cpu_terms = cpu::ultragcn_loss_grad<float>(
+              L, params.data(), problem, batch, S, want.data(), false, ws);
+          std::vector<float> got(size_t(L.total), std::nanf(""));
+          const LossTerms<float> gpu_terms =
+              cuda::loss_grad_on_device(L, params.data(), problem, batch, S, got.data());
+          const std::string what = "seed " + std::to_string(seed) + " content " +
+                                   std::to_string(content) + " kappa " + std::to_string(kappa) +
+                                   " dim " + std::to_string(dim);
+          EXPECT_NEAR(gpu_terms.main, cpu_terms.main, 1e-5 * std::fabs(cpu_terms.main)) << what;
+          EXPECT_NEAR(gpu_terms.item_item, cpu_terms.item_item,
+                      1e-5 * std::fabs(cpu_terms.item_item) + 1e-12)
+              << what;
+          // Each tensor on its own scale: Pt, Pf, T, then W and b.
+          const int64_t starts[5] = {L.pt, L.pf, L.t, L.w, L.b};
+          const int64_t ends[5] = {L.pf, L.t, L.w, L.b, L.total};
+          for (int k = 0; k < 5; ++k) {
+            if (ends[k] == starts[k]) continue;
+            EXPECT_LT(
+                scaled_error(got.data() + starts[k], want.data() + starts[k], ends[k] - starts[k]),
+                1e-5)
+                << what << " tensor " << k;
+          }
+        }
+      }
+    }
+  }
+}
+
+Config toy_config(unsigned seed) {
+  Config c;
+  c.seed = seed;
+  c.dim = 16;
+  c.negatives = 7;
+  c.batch_size = 64;
+  c.kappa = 0.5;
+  c.gamma_emb = 1e-3;
+  c.gamma_w = 1e-2;
+  c.l2 = "full";
+  c.lr = 1e-2;
+  c.init_std = 0.1;
+  return c;
+}
+
+TEST(GpuBackend, EpochsGiveTheCpuLossesParametersAndScores) {
+  SKIP_WITHOUT_GPU();
+  for (unsigned seed : {1u, 2u}) {
+    const Toy toy = make_toy(seed);
+    for (bool content : {false, true}) {
+      const Config c = toy_config(seed);
+      const TrainSetup setup = make_train_setup(c, toy.n_users, toy.n_items, toy.d, content, 3);
+      auto cpu_backend = make_cpu_backend();
+      auto gpu_backend = cuda::make_cuda_backend();
+      cpu_backend->setup(setup, toy.graph, toy.features);
+      gpu_backend->setup(setup, toy.graph, toy.features);
+      // The same initial draw, bit for bit (the shared generator).
+      ASSERT_EQ(gpu_backend->parameters(), cpu_backend->parameters());
+      PairList shuffled;
+      for (uint32_t epoch = 0; epoch < 3; ++epoch) {
+        shuffle_pairs(toy.train, shuffled, c.seed, 3, epoch);
+        const EpochStats a = cpu_backend->train_epoch(shuffled, epoch);
+        const EpochStats b = gpu_backend->train_epoch(shuffled, epoch);
+        EXPECT_EQ(b.steps, a.steps);
+        EXPECT_EQ(b.pairs, a.pairs);
+        EXPECT_FALSE(b.diverged);
+        EXPECT_NEAR(b.loss_total, a.loss_total, 1e-5 * std::fabs(a.loss_total));
+        EXPECT_NEAR(b.loss_l2, a.loss_l2, 1e-5 * std::fabs(a.loss_l2));
+      }
+      const std::vector<float> pa = cpu_backend->parameters(), pb = gpu_backend->parameters();
+      ASSERT_EQ(pa.size(), pb.size());
+      EXPECT_LT(scaled_error(pb.data(), pa.data(), int64_t(pa.size())), 1e-4);
+      cpu_backend->prepare_scoring();
+      gpu_backend->prepare_scoring();
+      // More users than one scoring block (4,096): every user, many times over.
+      const int64_t n_scored = 5000;
+      std::vector<int32_t> users(static_cast<size_t>(n_scored));
+      for (int64_t p = 0; p < n_scored; ++p) users[size_t(p)] = int32_t((p * 7) % toy.n_users);
+      std::vector<float> sa(size_t(n_scored) * toy.n_items),
+          sb(size_t(n_scored) * toy.n_items, std::nanf(""));
+      cpu_backend->score(users.data(), n_scored, sa.data());
+      gpu_backend->score(users.data(), n_scored, sb.data());
+      EXPECT_LT(scaled_error(sb.data(), sa.data(), int64_t(sa.size())), 1e-4);
+      std::vector<float> qa(toy.train.size()), qb(toy.train.size(), std::nanf(""));
+      cpu_backend->score_pairs(toy.train.user.data(), toy.train.item.data(),
+                               int64_t(toy.train.size()), qa.data());
+      gpu_backend->score_pairs(toy.train.user.data(), toy.train.item.data(),
+                               int64_t(toy.train.size()), qb.data());
+      EXPECT_LT(scaled_error(qb.data(), qa.data(), int64_t(qa.size())), 1e-4);
+    }
+  }
+}
+
+TEST(GpuBackend, FrozenTensorsStayAndTheOptimizerStateRoundTrips) {
+  SKIP_WITHOUT_GPU();
+  const Toy toy = make_toy(4);
+  const Config c = toy_config(4);
+  TrainSetup setup = make_train_setup(c, toy.n_users, toy.n_items, toy.d, true, 1);
+  setup.frozen = kFrozenPt | kFrozenT;
+  auto backend = cuda::make_cuda_backend();
+  auto cpu_backend = make_cpu_backend();
+  backend->setup(setup, toy.graph, toy.features);
+  cpu_backend->setup(setup, toy.graph, toy.features);
+  const std::vector<float> before = backend->parameters();
+  PairList shuffled;
+  shuffle_pairs(toy.train, shuffled, c.seed, 1, 0);
+  const EpochStats st_gpu = backend->train_epoch(shuffled, 0);
+  const EpochStats st_cpu = cpu_backend->train_epoch(shuffled, 0);
+  const std::vector<float> after = backend->parameters();
+  // The frozen tensors' L2 is still part of the loss, and the others train as on the CPU.
+  EXPECT_NEAR(st_gpu.loss_total, st_cpu.loss_total, 1e-5 * std::fabs(st_cpu.loss_total));
+  const std::vector<float> cpu_after = cpu_backend->parameters();
+  EXPECT_LT(scaled_error(after.data(), cpu_after.data(), int64_t(after.size())), 1e-4);
+  const ParamLayout& L = setup.layout;
+  EXPECT_EQ(std::memcmp(before.data() + L.pt, after.data() + L.pt, sizeof(float) * (L.pf - L.pt)),
+            0);
+  EXPECT_EQ(std::memcmp(before.data() + L.t, after.data() + L.t, sizeof(float) * (L.w - L.t)), 0);
+  EXPECT_NE(std::memcmp(before.data() + L.pf, after.data() + L.pf, sizeof(float) * (L.t - L.pf)),
+            0);
+  const OptimizerState st = backend->optimizer_state();
+  EXPECT_EQ(st.params, after);
+  EXPECT_GT(st.adam_t, 0);
+  auto other = cuda::make_cuda_backend();
+  other->setup(setup, toy.graph, toy.features);
+  other->set_optimizer_state(st);
+  const OptimizerState back = other->optimizer_state();
+  EXPECT_EQ(back.params, st.params);
+  EXPECT_EQ(back.adam_m, st.adam_m);
+  EXPECT_EQ(back.adam_v, st.adam_v);
+  EXPECT_EQ(back.adam_t, st.adam_t);
+}
+
+bool stop_after_three_polls() {
+  static int polls = 0;
+  return ++polls > 3;
+}
+
+TEST(GpuBackend, AStoppedEpochContinuesAsAnUninterruptedOne) {
+  SKIP_WITHOUT_GPU();
+  const Toy toy = make_toy(6);
+  const Config c = toy_config(6);
+  const TrainSetup setup = make_train_setup(c, toy.n_users, toy.n_items, toy.d, true, 2);
+  auto whole = cuda::make_cuda_backend();
+  auto parts = cuda::make_cuda_backend();
+  whole->setup(setup, toy.graph, toy.features);
+  parts->setup(setup, toy.graph, toy.features);
+  PairList shuffled;
+  shuffle_pairs(toy.train, shuffled, c.seed, 2, 0);
+  const EpochStats a = whole->train_epoch(shuffled, 0);
+  EpochStats b;
+  parts->train_steps(shuffled, 0, b, &stop_after_three_polls);
+  EXPECT_TRUE(b.stopped);
+  EXPECT_EQ(b.steps, 3);
+  parts->train_steps(shuffled, 0, b);
+  EXPECT_FALSE(b.stopped);
+  EXPECT_EQ(b.steps, a.steps);
+  EXPECT_EQ(b.pairs, a.pairs);
+  EXPECT_NEAR(b.loss_total, a.loss_total, 1e-6 * std::fabs(a.loss_total));
+  const std::vector<float> pa = whole->parameters(), pb = parts->parameters();
+  EXPECT_LT(scaled_error(pb.data(), pa.data(), int64_t(pa.size())), 1e-5);
+  EXPECT_EQ(whole->optimizer_state().adam_t, parts->optimizer_state().adam_t);
+}
+
+TEST(GpuBackend, ANonFiniteLossStopsAtTheCpusStep) {
+  SKIP_WITHOUT_GPU();
+  const Toy toy = make_toy(7);
+  const Config c = toy_config(7);
+  const TrainSetup setup = make_train_setup(c, toy.n_users, toy.n_items, toy.d, false, 0);
+  auto cpu_backend = make_cpu_backend();
+  auto gpu_backend = cuda::make_cuda_backend();
+  cpu_backend->setup(setup, toy.graph, toy.features);
+  gpu_backend->setup(setup, toy.graph, toy.features);
+  // An infinite item row: the first step whose terms score it diverges.
+  std::vector<float> params = cpu_backend->parameters();
+  params[size_t(setup.layout.t + 5 * setup.layout.dim)] = INFINITY;
+  cpu_backend->set_parameters(params);
+  gpu_backend->set_parameters(params);
+  PairList shuffled;
+  shuffle_pairs(toy.train, shuffled, c.seed, 0, 0);
+  const EpochStats a = cpu_backend->train_epoch(shuffled, 0);
+  const EpochStats b = gpu_backend->train_epoch(shuffled, 0);
+  ASSERT_TRUE(a.diverged);
+  EXPECT_TRUE(b.diverged);
+  EXPECT_EQ(b.steps, a.steps);
+  EXPECT_EQ(b.pairs, a.pairs);
+  EXPECT_EQ(gpu_backend->optimizer_state().adam_t, cpu_backend->optimizer_state().adam_t);
+}
+
+TEST(GpuBackend, RefusesWhatItDoesNotImplement) {
+  SKIP_WITHOUT_GPU();
+  const Toy toy = make_toy(5);
+  Config c = toy_config(5);
+  c.l2 = "touched";
+  const TrainSetup setup = make_train_setup(c, toy.n_users, toy.n_items, toy.d, false, 0);
+  auto backend = cuda::make_cuda_backend();
+  try {
+    backend->setup(setup, toy.graph, toy.features);
+    FAIL() << "l2 = touched was accepted";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("touched"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace painvrl

@@ -1,0 +1,335 @@
+// The CUDA kernels' own code (kernels/*.cu), compiled by g++ against the host emulation of
+// include/painvrl/cuda/emulation.h, against the CPU backend on every machine (label `cpu`): the
+// fused loss kernel's loss and gradients (ID-only and content models, with and without item
+// neighbours, D of 8, 64, 100 and 256, one warp per row or per chunk of terms, several seeds,
+// NaN-poisoned outputs), the negatives bit for bit, Adam with the fused L2, frozen tensors and the
+// sums of squares,
+// the step end's accumulators and its halt on a non-finite loss, and the scoring kernels. The
+// `gpu` tests (tests/gpu_backend_test.cpp) check the same on a device; these prove the kernels'
+// indexing, warp reductions and barriers where no GPU is.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "painvrl/cpu/ultragcn_loss.h"
+#include "painvrl/math/adam.h"
+#include "painvrl/math/sampling.h"
+#include "painvrl/model.h"
+
+// The kernels under test, after every other header (the emulation defines CUDA's keywords).
+#define PAINVRL_KERNEL_EMULATION 1
+#include "../kernels/adam.cu"
+#include "../kernels/sampling.cu"
+#include "../kernels/ultragcn_loss.cu"
+
+namespace painvrl {
+namespace {
+
+namespace k = cuda_emulated;
+
+double scaled_error(const float* a, const float* b, int64_t n) {
+  double diff = 0, scale = 1e-30;
+  for (int64_t i = 0; i < n; ++i) {
+    if (!std::isfinite(a[i])) return INFINITY;
+    diff = std::max(diff, std::fabs(double(a[i]) - double(b[i])));
+    scale = std::max(scale, std::fabs(double(b[i])));
+  }
+  return diff / scale;
+}
+
+TEST(EmulatedKernels, FusedLossAndGradientEqualTheCpu) {
+  for (unsigned seed : {1u, 2u}) {
+    for (bool content : {false, true}) {
+      for (double kappa : {0.0, 0.7}) {
+        for (int32_t D : {8, 64, 100, 256}) {
+          const int32_t U = 40, I = 30, K = 3, N = 5;
+          const int64_t d = 6, B = 37;  // B not a multiple of the 8 rows per block
+          std::mt19937 rng(seed * 101 + D);
+          std::normal_distribution<float> nd(0.f, 0.3f);
+          std::uniform_real_distribution<float> uni(0.05f, 1.5f);
+          const ParamLayout L = ParamLayout::make(U, I, D, d, content);
+          std::vector<float> params(size_t(L.total)), features(size_t(I * d)), beta_u(U), beta_i(I),
+              ii_w(size_t(I * K));
+          std::vector<int32_t> ii_n(size_t(I * K)), users(B), items(B), negs(size_t(B * N));
+          for (float& v : params) v = nd(rng);
+          for (float& v : features) v = nd(rng);
+          for (float& v : beta_u) v = uni(rng);
+          for (float& v : beta_i) v = uni(rng);
+          for (float& v : ii_w) v = uni(rng);
+          ii_w[4] = 0.f;  // a padding neighbour: contributes nothing
+          for (int32_t& v : ii_n) v = int32_t(rng() % I);
+          for (int32_t& v : users) v = int32_t(rng() % U);
+          users[1] = users[0];  // a repeated user: its gradient rows add up
+          for (int32_t& v : items) v = int32_t(rng() % I);
+          for (int32_t& v : negs) v = int32_t(rng() % I);
+          LossSettings S;
+          S.w1 = 0.3;
+          S.w2 = 1.1;
+          S.w3 = 0.2;
+          S.w4 = 0.9;
+          S.neg_weight = 4;
+          S.kappa = kappa;
+          const LossProblem<float> problem{beta_u.data(),
+                                           beta_i.data(),
+                                           ii_n.data(),
+                                           ii_w.data(),
+                                           K,
+                                           content ? features.data() : nullptr};
+          const Batch batch{users.data(), items.data(), negs.data(), B, N};
+          std::vector<float> want(size_t(L.total), 0.f);
+          cpu::LossWorkspace<float> ws;
+          const LossTerms<float> ref = cpu::ultragcn_loss_grad<float>(
+              L, params.data(), problem, batch, S, want.data(), false, ws);
+          // X = F W^T + b as the backend's cuBLAS product computes it.
+          std::vector<float> x(size_t(I) * D, 0.f), grad_x(size_t(I) * D, 0.f);
+          if (content) {
+            for (int32_t j = 0; j < I; ++j) {
+              for (int32_t c = 0; c < D; ++c) {
+                double v = params[size_t(L.b + c)];
+                for (int64_t f = 0; f < d; ++f)
+                  v += double(features[size_t(j * d + f)]) * params[size_t(L.w + c * d + f)];
+                x[size_t(j) * D + c] = float(v);
+              }
+            }
+          }
+          const int32_t chunks = D == 64 ? 3 : 1;  // 3 warps per row: 9 or 12 terms in 3 chunks
+          std::vector<float> grad(size_t(L.total), 0.f),
+              row_loss(size_t(2 * B * chunks), std::nanf(""));
+          k::FusedLossArgs a;
+          a.term_chunks = chunks;
+          a.dim = D;
+          a.pt = params.data() + L.pt;
+          a.pf = content ? params.data() + L.pf : nullptr;
+          a.t = params.data() + L.t;
+          a.x = content ? x.data() : nullptr;
+          a.beta_user = beta_u.data();
+          a.beta_item = beta_i.data();
+          a.ii_neighbors = ii_n.data();
+          a.ii_weights = ii_w.data();
+          a.ii_k = K;
+          a.k_used = kappa != 0 ? K : 0;
+          a.users = users.data();
+          a.items = items.data();
+          a.negatives = negs.data();
+          a.rows = B;
+          a.n_negatives = N;
+          a.w1 = float(S.w1);
+          a.w2 = float(S.w2);
+          a.w3 = float(S.w3);
+          a.w4 = float(S.w4);
+          a.neg_scale = float(S.neg_weight / N);
+          a.kappa = float(kappa);
+          a.grad_pt = grad.data() + L.pt;
+          a.grad_pf = content ? grad.data() + L.pf : nullptr;
+          a.grad_t = grad.data() + L.t;
+          a.grad_x = content ? grad_x.data() : nullptr;
+          a.row_loss = row_loss.data();
+          ASSERT_EQ(k::launch_fused_ultragcn_loss(a, nullptr), cudaSuccess);
+          double main = 0, item_item = 0;
+          for (int64_t r = 0; r < B * chunks; ++r) {
+            main += row_loss[size_t(2 * r)];
+            item_item += row_loss[size_t(2 * r + 1)];
+          }
+          const std::string what = "seed " + std::to_string(seed) + " content " +
+                                   std::to_string(content) + " kappa " + std::to_string(kappa) +
+                                   " D " + std::to_string(D);
+          EXPECT_NEAR(main, ref.main, 1e-5 * std::fabs(ref.main)) << what;
+          EXPECT_NEAR(item_item, ref.item_item, 1e-5 * std::fabs(ref.item_item) + 1e-12) << what;
+          EXPECT_LT(scaled_error(grad.data() + L.pt, want.data() + L.pt, L.pf - L.pt), 1e-5)
+              << what;
+          EXPECT_LT(scaled_error(grad.data() + L.t, want.data() + L.t, L.w - L.t), 1e-5) << what;
+          if (content) {
+            EXPECT_LT(scaled_error(grad.data() + L.pf, want.data() + L.pf, L.t - L.pf), 1e-5)
+                << what;
+            EXPECT_LT(scaled_error(grad_x.data(), ws.item_vec_grad.data(), int64_t(x.size())), 1e-5)
+                << what;
+          }
+          // Without gradients the loss alone is written; a halted step writes nothing.
+          std::vector<float> loss_only(row_loss.size(), std::nanf(""));
+          a.grad_pt = a.grad_pf = a.grad_t = a.grad_x = nullptr;
+          a.row_loss = loss_only.data();
+          ASSERT_EQ(k::launch_fused_ultragcn_loss(a, nullptr), cudaSuccess);
+          EXPECT_EQ(loss_only, row_loss) << what;
+          const int halt = 1;
+          std::vector<float> untouched(row_loss.size(), 7.f);
+          a.row_loss = untouched.data();
+          a.halt = &halt;
+          ASSERT_EQ(k::launch_fused_ultragcn_loss(a, nullptr), cudaSuccess);
+          EXPECT_EQ(untouched, std::vector<float>(row_loss.size(), 7.f)) << what;
+        }
+      }
+    }
+  }
+}
+
+TEST(EmulatedKernels, FusedLossRefusesWhatItCannotDo) {
+  k::FusedLossArgs a;
+  std::vector<float> row_loss(2);
+  a.rows = 1;
+  a.row_loss = row_loss.data();
+  a.dim = k::kFusedLossMaxDim + 1;
+  EXPECT_EQ(k::launch_fused_ultragcn_loss(a, nullptr), cudaErrorInvalidValue);
+  a.dim = 8;
+  std::vector<float> g(8);
+  a.grad_pt = g.data();  // gradients asked for without dT
+  EXPECT_EQ(k::launch_fused_ultragcn_loss(a, nullptr), cudaErrorInvalidValue);
+}
+
+TEST(EmulatedKernels, TermChunksFillTheGpuWithinTheLossBuffer) {
+  for (int64_t rows : {1, 7, 512, 4095, 4096, 65536}) {
+    for (int32_t terms : {1, 8, 15, 61, 211}) {
+      const int32_t chunks = k::fused_loss_term_chunks(rows, terms);
+      EXPECT_GE(chunks, 1);
+      EXPECT_LE(chunks, std::max(1, terms / 8)) << rows << " " << terms;
+      EXPECT_LE(rows * chunks, 4096 + rows) << "the backend's row_loss holds 4096 + B entries";
+    }
+  }
+  EXPECT_EQ(k::fused_loss_term_chunks(512, 61), 7);  // the paper's batch: 3,584 warps
+  EXPECT_EQ(k::fused_loss_term_chunks(65536, 61), 1);
+}
+
+TEST(EmulatedKernels, NegativesAreTheCpuDraws) {
+  for (uint64_t seed : {3ull, 11ull}) {
+    const math::PhiloxKey key =
+        math::make_key(seed, math::stream_id(math::RngStream::kNegative, 1));
+    for (int32_t n : {1, 6, 9}) {
+      const int64_t rows = 21;
+      std::vector<int32_t> got(size_t(rows * n), -1), want(size_t(rows * n), -2);
+      ASSERT_EQ(k::launch_sample_negatives(key, 2, 5, rows, n, 977, got.data(), nullptr),
+                cudaSuccess);
+      for (int64_t r = 0; r < rows; ++r)
+        math::negative_row(key, 2, 5, uint32_t(r), uint32_t(n), 977, want.data() + r * n);
+      EXPECT_EQ(got, want) << seed << " " << n;
+    }
+  }
+}
+
+TEST(EmulatedKernels, AdamStepEndAndHaltMatchTheCpuOptimizer) {
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd(0.f, 0.5f);
+  // Pt, Pf, T, W|b of 300, 0 (an ID-only layout), 200 and 70 parameters.
+  const int64_t bounds[5] = {0, 300, 300, 500, 570};
+  const int64_t n = bounds[4];
+  std::vector<float> p(n), m(n), v(n), g(n);
+  for (int64_t i = 0; i < n; ++i) {
+    p[i] = nd(rng);
+    m[i] = 0.1f * nd(rng);
+    v[i] = std::fabs(nd(rng));
+    g[i] = nd(rng);
+  }
+  k::AdamArgs a;
+  std::vector<float> pd = p, md = m, vd = v, gd = g;
+  a.params = pd.data();
+  a.m = md.data();
+  a.v = vd.data();
+  a.grad = gd.data();
+  std::copy(bounds, bounds + 5, a.bounds);
+  a.frozen = 4;  // T
+  a.emb_l2_coef = 0.02f;
+  a.w_l2_coef = 0.3f;
+  a.step = math::make_adam_step(0.01f, 0.9f, 0.999f, 1e-8f, 3);
+  std::vector<float> block_sums(2 * k::kAdamBlocks, std::nanf(""));
+  a.block_sums = block_sums.data();
+  ASSERT_EQ(k::launch_adam(a, nullptr), cudaSuccess);
+  double sum_emb = 0, sum_w = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const bool embedding = i < bounds[3];
+    (embedding ? sum_emb : sum_w) += double(p[i]) * p[i];
+    float pi = p[i], mi = m[i], vi = v[i];
+    if (!(i >= bounds[2] && i < bounds[3])) {
+      math::adam_update(pi, mi, vi, g[i], embedding ? 0.02f : 0.3f, a.step);
+    }
+    EXPECT_EQ(pd[i], pi) << i;
+    EXPECT_EQ(md[i], mi) << i;
+    EXPECT_EQ(vd[i], vi) << i;
+    EXPECT_EQ(gd[i], 0.f) << i;
+  }
+  double got_emb = 0, got_w = 0;
+  for (int b = 0; b < k::kAdamBlocks; ++b) {
+    got_emb += block_sums[size_t(2 * b)];
+    got_w += block_sums[size_t(2 * b + 1)];
+  }
+  EXPECT_NEAR(got_emb, sum_emb, 1e-5 * sum_emb);
+  EXPECT_NEAR(got_w, sum_w, 1e-5 * sum_w);
+
+  // The step end: the loss parts summed and accumulated; a non-finite loss halts.
+  const int64_t rows = 300;
+  std::vector<float> row_loss(size_t(2 * rows));
+  double main = 0, ii = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    row_loss[size_t(2 * r)] = std::fabs(nd(rng));
+    row_loss[size_t(2 * r + 1)] = std::fabs(nd(rng));
+    main += row_loss[size_t(2 * r)];
+    ii += row_loss[size_t(2 * r + 1)];
+  }
+  k::EpochAccumulators acc;
+  int halt = 0;
+  k::StepEndArgs e;
+  e.row_loss = row_loss.data();
+  e.entries = rows;
+  e.pairs = 2 * rows;  // as if each entry were one of two chunks of a row
+  e.block_sums = block_sums.data();
+  e.kappa = 0.5f;
+  e.gamma_emb = 1e-3f;
+  e.gamma_w = 1e-2f;
+  e.acc = &acc;
+  e.halt = &halt;
+  ASSERT_EQ(k::launch_step_end(e, nullptr), cudaSuccess);
+  ASSERT_EQ(k::launch_step_end(e, nullptr), cudaSuccess);
+  const double l2 = double(1e-3f) * got_emb + double(1e-2f) * got_w;
+  EXPECT_EQ(acc.steps, 2);
+  EXPECT_EQ(acc.pairs, 4 * rows);
+  EXPECT_NEAR(acc.main, 2 * main, 1e-9 * main);
+  EXPECT_NEAR(acc.item_item, 2 * 0.5 * ii, 1e-9 * ii);
+  EXPECT_NEAR(acc.l2, 2 * l2, 1e-9 * l2);
+  EXPECT_NEAR(acc.total, 2 * (main + 0.5 * ii + l2), 1e-9 * main);
+  EXPECT_EQ(halt, 0);
+  row_loss[17] = INFINITY;
+  ASSERT_EQ(k::launch_step_end(e, nullptr), cudaSuccess);
+  EXPECT_EQ(halt, 1);
+  EXPECT_EQ(acc.steps, 2);  // the diverged step is not counted
+  // Halted: Adam leaves everything as it is.
+  const std::vector<float> before = pd;
+  a.halt = &halt;
+  std::fill(gd.begin(), gd.end(), 1.f);
+  ASSERT_EQ(k::launch_adam(a, nullptr), cudaSuccess);
+  EXPECT_EQ(pd, before);
+  EXPECT_EQ(gd, std::vector<float>(size_t(n), 1.f));
+}
+
+TEST(EmulatedKernels, ScoringKernelsEqualHostDotProducts) {
+  std::mt19937 rng(8);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  const int32_t U = 9, I = 13, D = 5;
+  for (bool content : {false, true}) {
+    const int32_t width = content ? 2 * D : D;
+    std::vector<float> pt(size_t(U * D)), pf(size_t(U * D)), item_rows(size_t(I * width));
+    for (float& x : pt) x = nd(rng);
+    for (float& x : pf) x = nd(rng);
+    for (float& x : item_rows) x = nd(rng);
+    const std::vector<int32_t> users = {3, 0, 8, 3, 5}, items = {12, 0, 4, 7, 7};
+    std::vector<float> rows(users.size() * width, std::nanf(""));
+    ASSERT_EQ(k::launch_gather_user_rows(pt.data(), content ? pf.data() : nullptr, D, users.data(),
+                                         int64_t(users.size()), rows.data(), nullptr),
+              cudaSuccess);
+    std::vector<float> scores(users.size(), std::nanf(""));
+    ASSERT_EQ(k::launch_score_pairs(pt.data(), content ? pf.data() : nullptr, D, item_rows.data(),
+                                    users.data(), items.data(), int64_t(users.size()),
+                                    scores.data(), nullptr),
+              cudaSuccess);
+    for (size_t p = 0; p < users.size(); ++p) {
+      float want = 0;
+      for (int32_t c = 0; c < width; ++c) {
+        const float u = c < D ? pt[size_t(users[p] * D + c)] : pf[size_t(users[p] * D + c - D)];
+        EXPECT_EQ(rows[p * width + c], u);
+        want += u * item_rows[size_t(items[p] * width + c)];
+      }
+      EXPECT_NEAR(scores[p], want, 1e-5f * (1 + std::fabs(want)));
+    }
+  }
+}
+
+}  // namespace
+}  // namespace painvrl
