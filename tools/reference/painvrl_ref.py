@@ -46,27 +46,34 @@ def softplus(x):
 
 
 def build_terms(users, items, negatives, beta_user, beta_item, w1, w2, w3, w4, neg_weight,
-                kappa=0.0, ii_neighbors=None, ii_weights=None):
+                kappa=0.0, ii_neighbors=None, ii_weights=None, padded=True):
     """Flatten a batch into terms (u, j, c, y): positives, N negatives per positive and, when
-    kappa > 0, the K item neighbours of each positive item (negative neighbour ids = padding)."""
+    kappa > 0, the K item neighbours of each positive item (negative neighbour ids = padding;
+    padded=False: the tables have none, and no boolean mask stalls a GPU on the host)."""
     N = negatives.shape[1]
     bu = beta_user[users]
     tu, tj = [users], [items]
     tc = [w1 + w2 * bu * beta_item[items]]
-    ty = [torch.ones(users.numel(), dtype=torch.bool)]
+    ty = [torch.ones(users.numel(), dtype=torch.bool, device=users.device)]
     neg = negatives.reshape(-1)
     tu.append(users.repeat_interleave(N))
     tj.append(neg)
     tc.append(neg_weight / N * (w3 + w4 * bu.repeat_interleave(N) * beta_item[neg]))
-    ty.append(torch.zeros(neg.numel(), dtype=torch.bool))
-    if kappa > 0:
+    ty.append(torch.zeros(neg.numel(), dtype=torch.bool, device=users.device))
+    if kappa > 0 and not padded:
+        K = ii_neighbors.shape[1]
+        tu.append(users.repeat_interleave(K))
+        tj.append(ii_neighbors[items].reshape(-1))
+        tc.append(kappa * ii_weights[items].reshape(-1))
+        ty.append(torch.ones(users.numel() * K, dtype=torch.bool, device=users.device))
+    elif kappa > 0:
         K = ii_neighbors.shape[1]
         nb = ii_neighbors[items]                      # (B, K)
         valid = nb >= 0
         tu.append(users.repeat_interleave(K)[valid.reshape(-1)])
         tj.append(nb[valid])
         tc.append(kappa * ii_weights[items][valid])
-        ty.append(torch.ones(int(valid.sum()), dtype=torch.bool))
+        ty.append(torch.ones(int(valid.sum()), dtype=torch.bool, device=users.device))
     return torch.cat(tu), torch.cat(tj), torch.cat(tc), torch.cat(ty)
 
 
@@ -493,6 +500,17 @@ def selftest():
         fails.append(f"gate: value {mu.tolist()} grad {gz.tolist()}")
     print(f"gate value {mu.tolist()} grad {gz.tolist()}")
 
+    # The unmasked neighbour path (epoch timing) builds the same terms as the masked one when the
+    # table has no padding.
+    g = torch.Generator().manual_seed(3)
+    args = (torch.tensor([0, 2, 1]), torch.tensor([1, 0, 3]), torch.randint(0, 4, (3, 2), generator=g),
+            torch.rand(3, generator=g), torch.rand(4, generator=g), 0.1, 1.0, 0.2, 0.9, 3.0, 0.5,
+            torch.randint(0, 4, (4, 2), generator=g), torch.rand(4, 2, generator=g))
+    same = all(torch.equal(x, y) for x, y in zip(build_terms(*args), build_terms(*args, padded=False)))
+    if not same:
+        fails.append("build_terms: the unmasked neighbour path differs from the masked one")
+    print(f"build_terms unmasked path equal: {same}")
+
     for gE, gI, want in (([1.0, 0.0], [0.0, 2.0], 0.8), ([1.0, 2.0], [1.0, 2.0], 0.5),
                          ([3.0, 0.0], [0.0, 1.0], 0.1), ([1.0, 0.0], [2.0, 0.0], 1.0)):
         w = pareto_weight(torch.tensor(gE), torch.tensor(gI), "none", 1.0, 1.0)[2]
@@ -608,17 +626,24 @@ def read_lists(path):
     return np.asarray(us, dtype=np.int64), np.asarray(its, dtype=np.int64)
 
 
-def ultragcn_graph(users, items, n_users, n_items, K):
+def ultragcn_graph(users, items, n_users, n_items, K, device="cpu"):
     """beta_u, beta_i and the top-K item neighbours with the UltraGCN code's omega
     (G = R^T R, g_i = sum_j G_ij, omega_ij = G_ij / g_i * sqrt((g_i + 1) / (g_j + 1)),
-    diagonal kept), dense numpy."""
+    diagonal kept), dense; G by numpy, or by torch on `device` when that is a GPU (the
+    co-occurrence product at the paper's sizes is 2 TFLOP)."""
     du = np.bincount(users, minlength=n_users).astype(np.float64)
     di = np.bincount(items, minlength=n_items).astype(np.float64)
     beta_u = np.where(du > 0, np.sqrt(du + 1) / np.maximum(du, 1), 0.0)
     beta_i = 1.0 / np.sqrt(di + 1)
-    R = np.zeros((n_users, n_items), dtype=np.float32)
-    R[users, items] = 1.0
-    G = (R.T @ R).astype(np.float64)
+    if str(device).startswith("cuda"):
+        Rt = torch.zeros((n_users, n_items), dtype=torch.float32, device=device)
+        Rt[torch.tensor(users, device=device), torch.tensor(items, device=device)] = 1.0
+        G = (Rt.T @ Rt).double().cpu().numpy()  # counts below 2^24: exact in float32
+        del Rt
+    else:
+        R = np.zeros((n_users, n_items), dtype=np.float32)
+        R[users, items] = 1.0
+        G = (R.T @ R).astype(np.float64)
     g = G.sum(1)
     omega = G / np.maximum(g, 1e-300)[:, None] * np.sqrt((g[:, None] + 1) / (g[None, :] + 1))
     omega[g == 0] = 0.0
@@ -629,9 +654,13 @@ def ultragcn_graph(users, items, n_users, n_items, K):
 def epoch(a):
     """One epoch (or --steps steps) of the UltraGCN objective in float32 PyTorch, the way a
     PyTorch user writes it: shuffled positives, uniform negatives, the loss of ultragcn_loss()
-    with full-table L2, dense Adam. Prints one JSON line with the training seconds."""
+    with full-table L2, dense Adam. With --feat-dim d > 0 the content branch too (random
+    features F (n_items, d); each step X = F W^T + b once, s += <Pf_u, X_j>, L2 on W, b), as the
+    final model and UltraGCN with features train. --device cuda runs it on the GPU (the timing
+    ends with a synchronisation). Prints one JSON line with the training seconds."""
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
+    dev = torch.device(a.device)
     t_setup = time.time()
     users, items = read_lists(os.path.join(a.data, "train.txt"))
     n_users = int(users.max()) + 1
@@ -642,40 +671,66 @@ def epoch(a):
             u2, i2 = read_lists(p)
             if len(u2):
                 n_users, n_items = max(n_users, int(u2.max()) + 1), max(n_items, int(i2.max()) + 1)
-    bu, bi, nbr, nbw = ultragcn_graph(users, items, n_users, n_items, a.ii_neighbors)
+    bu, bi, nbr, nbw = ultragcn_graph(users, items, n_users, n_items, a.ii_neighbors, dev)
     f32 = torch.float32
-    beta_user, beta_item = torch.tensor(bu, dtype=f32), torch.tensor(bi, dtype=f32)
-    ii_n, ii_w = torch.tensor(nbr), torch.tensor(nbw, dtype=f32)
-    Pt = torch.nn.Parameter(torch.randn(n_users, a.dim, dtype=f32) * a.init_std)
-    T = torch.nn.Parameter(torch.randn(n_items, a.dim, dtype=f32) * a.init_std)
-    opt = torch.optim.Adam([Pt, T], lr=a.lr)
-    pu, pi = torch.tensor(users), torch.tensor(items)
+    beta_user = torch.tensor(bu, dtype=f32, device=dev)
+    beta_item = torch.tensor(bi, dtype=f32, device=dev)
+    ii_n, ii_w = torch.tensor(nbr, device=dev), torch.tensor(nbw, dtype=f32, device=dev)
+
+    def param(*shape, std=a.init_std):
+        return torch.nn.Parameter(torch.randn(*shape, dtype=f32, device=dev) * std)
+
+    Pt, T = param(n_users, a.dim), param(n_items, a.dim)
+    params = [Pt, T]
+    if a.feat_dim > 0:
+        feats = torch.randn(n_items, a.feat_dim, dtype=f32, device=dev)
+        Pf, W = param(n_users, a.dim), param(a.dim, a.feat_dim)
+        b = torch.nn.Parameter(torch.zeros(a.dim, dtype=f32, device=dev))
+        params += [Pf, W, b]
+    opt = torch.optim.Adam(params, lr=a.lr)
+    pu, pi = torch.tensor(users, device=dev), torch.tensor(items, device=dev)
     P = len(users)
-    steps = (P + a.batch - 1) // a.batch
-    if a.steps:
-        steps = min(steps, a.steps)
+    full_steps = (P + a.batch - 1) // a.batch
+    steps = min(full_steps, a.steps) if a.steps else full_steps
     setup_seconds = time.time() - t_setup
-    order = torch.randperm(P)
+    order = torch.randperm(P, device=dev)
+    emb = [Pt, T] + ([Pf] if a.feat_dim > 0 else [])
+    total = torch.zeros((), dtype=torch.float64, device=dev)  # read once, at the end
     t0 = time.time()
-    total = 0.0
-    for s in range(steps):
-        idx = order[s * a.batch:(s + 1) * a.batch]
+    # The first --warmup steps are not timed (allocator growth, cuBLAS and kernel selection).
+    for s in range(a.warmup + steps):
+        if s == a.warmup:
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            total.zero_()
+            t0 = time.time()
+        first = (s % full_steps) * a.batch
+        idx = order[first:first + a.batch]
         bu_, bi_ = pu[idx], pi[idx]
-        neg = torch.randint(0, n_items, (len(idx), a.negatives))
+        neg = torch.randint(0, n_items, (len(idx), a.negatives), device=dev)
         opt.zero_grad()
-        loss = ultragcn_loss(Pt, T, bu_, bi_, neg, beta_user, beta_item, w1=a.w1, w2=a.w2,
-                             w3=a.w3, w4=a.w4, neg_weight=a.neg_weight, kappa=a.kappa,
-                             ii_neighbors=ii_n, ii_weights=ii_w, gamma_emb=a.gamma_emb)
+        tu, tj, tc, ty = build_terms(bu_, bi_, neg, beta_user, beta_item, a.w1, a.w2, a.w3, a.w4,
+                                     a.neg_weight, a.kappa, ii_n, ii_w, padded=False)
+        sc = (Pt[tu] * T[tj]).sum(1)
+        if a.feat_dim > 0:
+            X = feats @ W.T + b                       # every item once per step
+            sc = sc + (Pf[tu] * X[tj]).sum(1)
+        loss = (tc * softplus(torch.where(ty, -sc, sc))).sum()
+        loss = loss + a.gamma_emb * sum((t * t).sum() for t in emb)
+        if a.feat_dim > 0:
+            loss = loss + a.gamma_w * ((W * W).sum() + (b * b).sum())
         loss.backward()
         opt.step()
-        total += float(loss)
+        total += loss.detach().double()
+    total = float(total)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
     seconds = time.time() - t0
-    full_steps = (P + a.batch - 1) // a.batch
     print(json.dumps({"steps": steps, "steps_per_epoch": full_steps, "seconds": seconds,
                       "seconds_per_step": seconds / max(steps, 1),
                       "epoch_seconds_estimate": seconds / max(steps, 1) * full_steps,
                       "setup_seconds": setup_seconds, "mean_loss": total / max(steps, 1),
-                      "threads": a.threads}))
+                      "threads": a.threads, "device": str(dev), "feat_dim": a.feat_dim}))
     return 0
 
 
@@ -695,12 +750,16 @@ def main(argv=None):
     e.add_argument("--threads", type=int, default=1)
     e.add_argument("--steps", type=int, default=0, help="stop after this many steps (0: all)")
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU")
+    e.add_argument("--warmup", type=int, default=3, help="untimed steps before the timed ones")
+    e.add_argument("--feat-dim", type=int, default=0,
+                   help="content branch with this many random feature columns (0: ID only)")
     for name, default in [("dim", 128), ("negatives", 200), ("batch", 1024),
                           ("ii-neighbors", 10)]:
         e.add_argument("--" + name, type=int, default=default)
     for name, default in [("lr", 1e-3), ("init-std", 1e-3), ("w1", 1e-7), ("w2", 1.0),
                           ("w3", 1e-7), ("w4", 1.0), ("neg-weight", 200.0), ("kappa", 1e-3),
-                          ("gamma-emb", 5e-5)]:
+                          ("gamma-emb", 5e-5), ("gamma-w", 1e-4)]:
         e.add_argument("--" + name, type=float, default=default)
     a = ap.parse_args(argv)
     if a.cmd == "selftest":
