@@ -17,32 +17,13 @@
 #include "painvrl/graph.h"
 #include "painvrl/math/sampling.h"
 #include "painvrl/stages.h"
+#include "toy_problem.h"
 
 namespace painvrl {
 namespace {
 
-struct Toy {
-  int32_t n_users = 70, n_items = 55;
-  int64_t d = 12;
-  PairList train;
-  std::vector<float> features;  // (n_items, d)
-  Graph graph;
-};
-
-Toy make_toy(unsigned seed) {
-  Toy t;
-  std::mt19937 rng(seed);
-  std::uniform_int_distribution<int32_t> item(0, t.n_items - 1);
-  for (int32_t u = 0; u < t.n_users; ++u) {
-    const int n = 3 + int(rng() % 6);
-    for (int k = 0; k < n; ++k) t.train.push(u, item(rng));
-  }
-  std::normal_distribution<float> nd(0.f, 1.f);
-  t.features.resize(size_t(t.n_items) * t.d);
-  for (float& x : t.features) x = nd(rng);
-  t.graph = build_graph(t.train, t.n_users, t.n_items, 4, IiSimilarity::kUltraGcn);
-  return t;
-}
+using test::make_toy;
+using test::Toy;
 
 Config toy_config(unsigned seed, bool touched) {
   Config c;

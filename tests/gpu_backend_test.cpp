@@ -23,6 +23,7 @@
 #include "painvrl/graph.h"
 #include "painvrl/math/sampling.h"
 #include "painvrl/stages.h"
+#include "toy_problem.h"
 
 namespace painvrl {
 namespace {
@@ -30,39 +31,10 @@ namespace {
 #define SKIP_WITHOUT_GPU() \
   if (cuda::usable_device_count() == 0) GTEST_SKIP() << cuda::describe_device()
 
-struct Toy {
-  int32_t n_users = 90, n_items = 70;
-  int64_t d = 12;
-  PairList train;
-  std::vector<float> features;  // (n_items, d)
-  Graph graph;
-};
+using test::scaled_error;
+using test::Toy;
 
-Toy make_toy(unsigned seed) {
-  Toy t;
-  std::mt19937 rng(seed);
-  std::uniform_int_distribution<int32_t> item(0, t.n_items - 1);
-  for (int32_t u = 0; u < t.n_users; ++u) {
-    const int n = 3 + int(rng() % 6);
-    for (int k = 0; k < n; ++k) t.train.push(u, item(rng));
-  }
-  std::normal_distribution<float> nd(0.f, 1.f);
-  t.features.resize(size_t(t.n_items) * t.d);
-  for (float& x : t.features) x = nd(rng);
-  t.graph = build_graph(t.train, t.n_users, t.n_items, 4, IiSimilarity::kUltraGcn);
-  return t;
-}
-
-// max |a - b| / max |b|: the error relative to the tensor's scale (atomics reorder the sums).
-double scaled_error(const float* a, const float* b, int64_t n) {
-  double diff = 0, scale = 1e-30;
-  for (int64_t k = 0; k < n; ++k) {
-    if (!std::isfinite(a[k])) return INFINITY;
-    diff = std::max(diff, std::fabs(double(a[k]) - double(b[k])));
-    scale = std::max(scale, std::fabs(double(b[k])));
-  }
-  return diff / scale;
-}
+Toy make_toy(unsigned seed) { return test::make_toy(seed, 90, 70); }
 
 TEST(GpuKernels, NegativesAreTheCpuDraws) {
   SKIP_WITHOUT_GPU();

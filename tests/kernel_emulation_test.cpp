@@ -17,6 +17,7 @@
 #include "painvrl/math/adam.h"
 #include "painvrl/math/sampling.h"
 #include "painvrl/model.h"
+#include "toy_problem.h"
 
 // The kernels under test, after every other header (the emulation defines CUDA's keywords).
 #define PAINVRL_KERNEL_EMULATION 1
@@ -29,15 +30,7 @@ namespace {
 
 namespace k = cuda_emulated;
 
-double scaled_error(const float* a, const float* b, int64_t n) {
-  double diff = 0, scale = 1e-30;
-  for (int64_t i = 0; i < n; ++i) {
-    if (!std::isfinite(a[i])) return INFINITY;
-    diff = std::max(diff, std::fabs(double(a[i]) - double(b[i])));
-    scale = std::max(scale, std::fabs(double(b[i])));
-  }
-  return diff / scale;
-}
+using test::scaled_error;
 
 TEST(EmulatedKernels, FusedLossAndGradientEqualTheCpu) {
   for (unsigned seed : {1u, 2u}) {
