@@ -25,20 +25,7 @@ namespace {
 using test::make_toy;
 using test::Toy;
 
-Config toy_config(unsigned seed, bool touched) {
-  Config c;
-  c.seed = seed;
-  c.dim = 8;
-  c.negatives = 7;
-  c.batch_size = 64;
-  c.kappa = 0.5;
-  c.gamma_emb = 1e-3;
-  c.gamma_w = 1e-2;
-  c.l2 = touched ? "touched" : "full";
-  c.lr = 1e-2;
-  c.init_std = 0.1;
-  return c;
-}
+Config toy_config(unsigned seed, bool touched) { return test::toy_config(seed, touched, 8); }
 
 std::vector<float> train_with_threads(const Config& c, const Toy& t, bool content, int threads,
                                       const std::vector<float>* start = nullptr,

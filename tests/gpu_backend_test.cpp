@@ -119,20 +119,7 @@ TEST(GpuKernels, FusedLossAndGradientEqualTheCpu) {
   }
 }
 
-Config toy_config(unsigned seed) {
-  Config c;
-  c.seed = seed;
-  c.dim = 16;
-  c.negatives = 7;
-  c.batch_size = 64;
-  c.kappa = 0.5;
-  c.gamma_emb = 1e-3;
-  c.gamma_w = 1e-2;
-  c.l2 = "full";
-  c.lr = 1e-2;
-  c.init_std = 0.1;
-  return c;
-}
+Config toy_config(unsigned seed) { return test::toy_config(seed, false, 16); }
 
 TEST(GpuBackend, EpochsGiveTheCpuLossesParametersAndScores) {
   SKIP_WITHOUT_GPU();

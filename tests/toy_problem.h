@@ -1,12 +1,13 @@
 // A small random training problem shared by the backend tests (CPU, GPU): users with 3 to 8
-// random items each, Gaussian item features, the UltraGCN graph with 4 neighbours per item; and
-// the error measure the GPU comparisons use.
+// random items each, Gaussian item features, the UltraGCN graph with 4 neighbours per item, its
+// training settings; and the error measure the GPU comparisons use.
 #pragma once
 #include <algorithm>
 #include <cmath>
 #include <random>
 #include <vector>
 
+#include "painvrl/config.h"
 #include "painvrl/dataset.h"
 #include "painvrl/graph.h"
 
@@ -35,6 +36,23 @@ inline Toy make_toy(unsigned seed, int32_t n_users = 70, int32_t n_items = 55) {
   for (float& x : t.features) x = nd(rng);
   t.graph = build_graph(t.train, t.n_users, t.n_items, 4, IiSimilarity::kUltraGcn);
   return t;
+}
+
+// Training settings for the toy: every loss term on (kappa, both L2 weights), a learning rate
+// large enough that a few epochs move every parameter.
+inline Config toy_config(unsigned seed, bool l2_touched, int dim) {
+  Config c;
+  c.seed = seed;
+  c.dim = dim;
+  c.negatives = 7;
+  c.batch_size = 64;
+  c.kappa = 0.5;
+  c.gamma_emb = 1e-3;
+  c.gamma_w = 1e-2;
+  c.l2 = l2_touched ? "touched" : "full";
+  c.lr = 1e-2;
+  c.init_std = 0.1;
+  return c;
 }
 
 // max |a - b| / max |b| over n values (infinite if a holds a non-finite value): the error
