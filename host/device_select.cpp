@@ -1,13 +1,18 @@
-// Device selection (include/painvrl/device_select.h). The CUDA training backend (kernels/, the
-// CUDA issue) is not written yet: the build has device discovery and the shared-math probe only,
-// so `cuda` is refused with that reason even where a GPU is present, and `auto` trains on the
-// CPU, saying which of the two reasons applies.
+// Device selection (include/painvrl/device_select.h). The CUDA backend (kernels/) trains the
+// backbone stages and scores on the GPU, but it has not yet run on one: until tools/device-check
+// has passed on an H200, `cuda` is refused even where a GPU is present unless
+// PAINVRL_UNVERIFIED_CUDA=1 asks for it (the device check's whole-run comparison does), and
+// `auto` trains on the CPU, saying which reason applies.
 #include "painvrl/device_select.h"
 
 #include <fmt/format.h>
 
+#include <cstdlib>
+#include <cstring>
+
 #include "painvrl/error.h"
 #ifdef PAINVRL_HAVE_CUDA
+#include "painvrl/cuda/backend.h"
 #include "painvrl/cuda/device.h"
 #endif
 
@@ -29,23 +34,50 @@ std::string describe_gpu() {
 #endif
 }
 
+namespace {
+bool unverified_cuda_allowed() {
+  const char* v = std::getenv("PAINVRL_UNVERIFIED_CUDA");
+  return v && std::strcmp(v, "1") == 0;
+}
+}  // namespace
+
 std::string resolve_device(const std::string& device) {
   if (device == "cpu") return "cpu";
   const bool gpu = usable_gpu_count() > 0;
   const std::string found = describe_gpu();
   if (device == "cuda") {
     if (!gpu) input_error("--device cuda: no usable GPU was found ({})", found);
-    input_error(
-        "--device cuda: {} is usable, but the CUDA training backend is not implemented yet; use "
-        "--device cpu",
-        found);
+    if (!unverified_cuda_allowed()) {
+      input_error(
+          "--device cuda: {} is usable, but the CUDA backend has not yet passed its device check "
+          "(tools/device-check); use --device cpu, or set PAINVRL_UNVERIFIED_CUDA=1 to use it "
+          "anyway",
+          found);
+    }
+    log_warn(fmt::format(
+        "--device cuda on {}: the CUDA backend has not yet passed its device check; the "
+        "backbone stages train and score on the GPU, HIM's projection models and the mask "
+        "generation run on the CPU",
+        found));
+    return "cuda";
   }
   // auto
-  log_info(gpu ? fmt::format("device auto: {} found, but the CUDA training backend is not "
-                             "implemented yet; training on the CPU",
+  log_info(gpu ? fmt::format("device auto: {} found, but the CUDA backend has not yet passed its "
+                             "device check; training on the CPU",
                              found)
                : fmt::format("device auto: no usable GPU ({}); training on the CPU", found));
   return "cpu";
+}
+
+std::unique_ptr<Backend> make_backend(const std::string& device) {
+  if (device == "cuda") {
+#ifdef PAINVRL_HAVE_CUDA
+    return cuda::make_cuda_backend();
+#else
+    input_error("--device cuda: {}", describe_gpu());
+#endif
+  }
+  return make_cpu_backend();
 }
 
 }  // namespace painvrl

@@ -189,7 +189,7 @@ std::unique_ptr<Backend> train_fixed(const Config& c, const Graph& graph, const 
                                      bool content, uint32_t stage, int epochs,
                                      const std::string& label, const std::vector<float>* start,
                                      uint8_t frozen, const StageCheckpoints* sc) {
-  std::unique_ptr<Backend> backend = make_cpu_backend();
+  std::unique_ptr<Backend> backend = make_backend(c.device);
   TrainSetup setup = make_train_setup(c, graph.n_users, graph.n_items, feat_dim, content, stage);
   setup.frozen = frozen;
   backend->setup(setup, graph, features);
@@ -303,7 +303,7 @@ SelectionResult train_with_selection(const Config& c, const Evaluator& eval,
                                      std::ostream& metrics_out, const StageCheckpoints* sc) {
   const Dataset& data = eval.data;
   const bool has_valid = data.valid.size() > 0;
-  std::unique_ptr<Backend> backend = make_cpu_backend();
+  std::unique_ptr<Backend> backend = make_backend(c.device);
   const TrainSetup setup =
       make_train_setup(c, data.n_users, data.n_items, data.feature_dim, content, stage);
   backend->setup(setup, eval.graph, features);
@@ -409,6 +409,12 @@ void execute_run(const Config& config, const std::string& data_dir, const std::s
   if (config.threads > 0) omp_set_num_threads(config.threads);
   if (dir.empty()) input_error("--out: a run directory is required");
   const std::string device = resolve_device(config.device);
+  if (device == "cuda" && config.l2 == "touched") {
+    input_error("l2 = \"touched\": the CUDA backend implements l2 = \"full\" only");
+  }
+  if (device == "cuda" && config.dim > 256) {
+    input_error("dim = {}: the CUDA backend supports dim <= 256", config.dim);
+  }
 
   // 1. Load and check everything before writing anything.
   const std::string& m = config.method;
@@ -492,6 +498,10 @@ void execute_run(const Config& config, const std::string& data_dir, const std::s
   }
   if (from) summary["resumed_from"] = from->position.describe();
 
+  // The stages below build their backends from run_config.device: the resolved device. (The
+  // saved config keeps what was asked for, so that a resumed run resolves it again.)
+  Config run_config = config;
+  run_config.device = device;
   SelectionResult res;
   if (m == "mostpop") {
     const ScoreFn pop = most_popular_scorer(graph.item_degree);
@@ -509,10 +519,10 @@ void execute_run(const Config& config, const std::string& data_dir, const std::s
     sc.store = &store;
     sc.phase = "baseline";
     sc.resume = from;
-    res = train_with_selection(config, eval, data.features, content, stage_id::kBaseline, "",
+    res = train_with_selection(run_config, eval, data.features, content, stage_id::kBaseline, "",
                                metrics_out, &sc);
   } else {
-    res = run_invariant_pipeline(config, eval, dir, metrics_out, trace, summary, &store, from);
+    res = run_invariant_pipeline(run_config, eval, dir, metrics_out, trace, summary, &store, from);
   }
 
   // 3. The outputs: the best-validation model's parameters and the summary (its presence marks
