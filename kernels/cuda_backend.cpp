@@ -128,15 +128,41 @@ struct StepBuffers {
 
 // X (n_items, D) = F (n_items, d) W^T + b into x with row stride `ldx` (D, or 2D when writing the
 // right half of the scoring rows).
+// The content projection of `width` outputs (D, or E * D for HIM's models side by side):
+// X (n_items, width; row stride ldx) = F (n_items, d) W^T + b, with W (width, d) and b (width,).
+void project(const StreamContext& ctx, const float* w, const float* b, int32_t width,
+             int32_t n_items, int64_t feat_dim, const float* features, float* x, int64_t ldx) {
+  PAINVRL_CUDA_CHECK(launch_broadcast_rows(b, width, n_items, ldx, x, ctx.stream()));
+  if (feat_dim == 0) return;
+  const float one = 1.f;
+  // Column-major: X^T (width x n_items, ld ldx) += W (d x width as stored, transposed) * F^T.
+  PAINVRL_CUBLAS_CHECK(cublasSgemm(ctx.cublas(), CUBLAS_OP_T, CUBLAS_OP_N, width, n_items,
+                                   int(feat_dim), &one, w, int(feat_dim), features, int(feat_dim),
+                                   &one, x, int(ldx)));
+}
+
+// Its backward: dW (width, d) += dX^T F and db (width) += sum_j dX[j], with dX (n_items, width).
+void project_backward(const StreamContext& ctx, const float* grad_x, int32_t width, int32_t n_items,
+                      int64_t feat_dim, const float* features, const float* ones, float* grad_w,
+                      float* grad_b) {
+  const float one = 1.f;
+  if (feat_dim > 0) {
+    // Column-major: dW^T (d x width) += F^T (d x n_items) * dX (n_items x width, stored as its
+    // transpose).
+    PAINVRL_CUBLAS_CHECK(cublasSgemm(ctx.cublas(), CUBLAS_OP_N, CUBLAS_OP_T, int(feat_dim), width,
+                                     n_items, &one, features, int(feat_dim), grad_x, width, &one,
+                                     grad_w, int(feat_dim)));
+  }
+  // db += dX^T 1: column-major dX^T (width x n_items) times ones (n_items).
+  PAINVRL_CUBLAS_CHECK(cublasSgemv(ctx.cublas(), CUBLAS_OP_N, width, n_items, &one, grad_x, width,
+                                   ones, 1, &one, grad_b, 1));
+}
+
+// X (n_items, D) of the model's own W, b, into x with row stride ldx (D, or 2D when writing the
+// right half of the scoring rows).
 void project_items(const StreamContext& ctx, const ParamLayout& L, const float* params,
                    const float* features, float* x, int64_t ldx) {
-  PAINVRL_CUDA_CHECK(launch_broadcast_rows(params + L.b, L.dim, L.n_items, ldx, x, ctx.stream()));
-  if (L.feat_dim == 0) return;
-  const float one = 1.f;
-  // Column-major: X^T (D x n_items, ld ldx) += W (d x D as stored, transposed) * F^T (d x n_items).
-  PAINVRL_CUBLAS_CHECK(cublasSgemm(ctx.cublas(), CUBLAS_OP_T, CUBLAS_OP_N, L.dim, L.n_items,
-                                   int(L.feat_dim), &one, params + L.w, int(L.feat_dim), features,
-                                   int(L.feat_dim), &one, x, int(ldx)));
+  project(ctx, params + L.w, params + L.b, L.dim, L.n_items, L.feat_dim, features, x, ldx);
 }
 
 struct DeviceBatch {
@@ -148,20 +174,12 @@ struct DeviceBatch {
 // Enqueues X, the fused kernel and dW, db for one batch (its negatives already in sb.negatives);
 // grad must hold zeros (or what the step adds to) for the tables this writes. Returns the number
 // of (main, item-item) pairs the kernel wrote into sb.row_loss.
-int64_t enqueue_loss_grad(const StreamContext& ctx, const ParamLayout& L, const LossSettings& S,
-                          const DeviceProblem& P, StepBuffers& sb, const float* params, float* grad,
-                          const DeviceBatch& batch, int32_t n_negatives, const int* halt) {
-  const int32_t D = L.dim;
-  if (L.content) {
-    project_items(ctx, L, params, P.features.data(), sb.x.data(), D);
-    sb.grad_x.zero(int64_t(L.n_items) * D, ctx.stream());
-  }
+// The fused kernel's arguments that do not depend on which tables it reads and writes: the
+// graph, the batch (negatives in sb.negatives), the loss weights, the term chunks, the output.
+FusedLossArgs batch_args(const LossSettings& S, const DeviceProblem& P, StepBuffers& sb,
+                         int32_t dim, const DeviceBatch& batch, int32_t n_negatives) {
   FusedLossArgs a;
-  a.dim = D;
-  a.pt = params + L.pt;
-  a.pf = L.content ? params + L.pf : nullptr;
-  a.t = params + L.t;
-  a.x = L.content ? sb.x.data() : nullptr;
+  a.dim = dim;
   a.beta_user = P.beta_user.data();
   a.beta_item = P.beta_item.data();
   a.ii_neighbors = P.ii_neighbors.data();
@@ -179,26 +197,35 @@ int64_t enqueue_loss_grad(const StreamContext& ctx, const ParamLayout& L, const 
   a.w4 = float(S.w4);
   a.neg_scale = n_negatives > 0 ? float(S.neg_weight / n_negatives) : 0.f;
   a.kappa = float(S.kappa);
+  a.term_chunks = fused_loss_term_chunks(batch.rows, 1 + n_negatives + a.k_used);
+  a.row_loss = sb.row_loss.data();
+  return a;
+}
+
+int64_t enqueue_loss_grad(const StreamContext& ctx, const ParamLayout& L, const LossSettings& S,
+                          const DeviceProblem& P, StepBuffers& sb, const float* params, float* grad,
+                          const DeviceBatch& batch, int32_t n_negatives, const int* halt) {
+  const int32_t D = L.dim;
+  if (L.content) {
+    project_items(ctx, L, params, P.features.data(), sb.x.data(), D);
+    sb.grad_x.zero(int64_t(L.n_items) * D, ctx.stream());
+  }
+  FusedLossArgs a = batch_args(S, P, sb, D, batch, n_negatives);
+  a.pt = params + L.pt;
+  a.pf = L.content ? params + L.pf : nullptr;
+  a.t = params + L.t;
+  a.x = L.content ? sb.x.data() : nullptr;
   a.grad_pt = grad + L.pt;
   a.grad_pf = L.content ? grad + L.pf : nullptr;
   a.grad_t = grad + L.t;
   a.grad_x = L.content ? sb.grad_x.data() : nullptr;
-  a.term_chunks = fused_loss_term_chunks(batch.rows, 1 + n_negatives + a.k_used);
-  a.row_loss = sb.row_loss.data();
   a.halt = halt;
   PAINVRL_CUDA_CHECK(launch_fused_ultragcn_loss(a, ctx.stream()));
   const int64_t entries = batch.rows * a.term_chunks;
-  if (!L.content) return entries;
-  const float one = 1.f;
-  if (L.feat_dim > 0) {
-    // Column-major: dW^T (d x D) += F^T (d x n_items) * dX (n_items x D, stored as D x n_items).
-    PAINVRL_CUBLAS_CHECK(cublasSgemm(ctx.cublas(), CUBLAS_OP_N, CUBLAS_OP_T, int(L.feat_dim), D,
-                                     L.n_items, &one, P.features.data(), int(L.feat_dim),
-                                     sb.grad_x.data(), D, &one, grad + L.w, int(L.feat_dim)));
+  if (L.content) {
+    project_backward(ctx, sb.grad_x.data(), D, L.n_items, L.feat_dim, P.features.data(),
+                     sb.ones.data(), grad + L.w, grad + L.b);
   }
-  // db (D) += dX^T 1: column-major dX^T (D x n_items) times ones.
-  PAINVRL_CUBLAS_CHECK(cublasSgemv(ctx.cublas(), CUBLAS_OP_N, D, L.n_items, &one, sb.grad_x.data(),
-                                   D, sb.ones.data(), 1, &one, grad + L.b, 1));
   return entries;
 }
 
@@ -472,6 +499,18 @@ int64_t backend_device_bytes(const TrainSetup& setup, int32_t ii_k, int64_t n_pa
   return 4 * floats + cublas_workspace;
 }
 
+namespace {
+void upload_loss_problem(const LossProblem<float>& problem, int32_t n_users, int32_t n_items,
+                         int64_t feat_dim, DeviceProblem& P, cudaStream_t s) {
+  P.beta_user.upload(problem.beta_user, n_users, s);
+  P.beta_item.upload(problem.beta_item, n_items, s);
+  P.ii_k = problem.ii_k;
+  P.ii_neighbors.upload(problem.ii_neighbors, int64_t(n_items) * problem.ii_k, s);
+  P.ii_weights.upload(problem.ii_weights, int64_t(n_items) * problem.ii_k, s);
+  if (feat_dim > 0) P.features.upload(problem.features, int64_t(n_items) * feat_dim, s);
+}
+}  // namespace
+
 LossTerms<float> loss_grad_on_device(const ParamLayout& L, const float* params,
                                      const LossProblem<float>& problem, const Batch& batch,
                                      const LossSettings& settings, float* grad) {
@@ -484,12 +523,7 @@ LossTerms<float> loss_grad_on_device(const ParamLayout& L, const float* params,
   StreamContext ctx;
   const cudaStream_t s = ctx.stream();
   DeviceProblem P;
-  P.beta_user.upload(problem.beta_user, L.n_users, s);
-  P.beta_item.upload(problem.beta_item, L.n_items, s);
-  P.ii_k = problem.ii_k;
-  P.ii_neighbors.upload(problem.ii_neighbors, int64_t(L.n_items) * problem.ii_k, s);
-  P.ii_weights.upload(problem.ii_weights, int64_t(L.n_items) * problem.ii_k, s);
-  if (L.content) P.features.upload(problem.features, int64_t(L.n_items) * L.feat_dim, s);
+  upload_loss_problem(problem, L.n_users, L.n_items, L.content ? L.feat_dim : 0, P, s);
   StepBuffers sb;
   size_step_buffers(L, batch.size, batch.n_negatives, sb, s);
   sb.negatives.upload(batch.negatives, batch.size * batch.n_negatives, s);
@@ -517,6 +551,68 @@ LossTerms<float> loss_grad_on_device(const ParamLayout& L, const float* params,
   out.item_item = float(item_item);
   out.total = float(main + settings.kappa * item_item);
   return out;
+}
+
+void env_projection_loss_grad_on_device(const cpu::EnvModelsView& m,
+                                        const LossProblem<float>& problem,
+                                        const cpu::EnvBatch& batch, const LossSettings& settings,
+                                        double* env_loss, float* grad_w_all, float* grad_b_all) {
+  const int32_t D = m.dim, E = m.envs;
+  const int32_t width = E * D;
+  if (D > kFusedLossMaxDim) {
+    throw std::invalid_argument(fmt::format("dim {} > {}", D, kFusedLossMaxDim));
+  }
+  StreamContext ctx;
+  const cudaStream_t s = ctx.stream();
+  DeviceProblem P;
+  upload_loss_problem(problem, m.n_users, m.n_items, m.feat_dim, P, s);
+  DeviceBuffer<float> pt, pf, t, w_all, b_all, x, grad_x, grad_w, grad_b, ones;
+  pt.upload(m.pt, int64_t(m.n_users) * D, s);
+  pf.upload(m.pf, int64_t(m.n_users) * D, s);
+  t.upload(m.t, int64_t(m.n_items) * D, s);
+  w_all.upload(m.w_all, int64_t(width) * m.feat_dim, s);
+  b_all.upload(m.b_all, width, s);
+  x.reserve(int64_t(m.n_items) * width);
+  grad_x.reserve(int64_t(m.n_items) * width);
+  grad_x.zero(int64_t(m.n_items) * width, s);
+  grad_w.reserve(int64_t(width) * m.feat_dim);
+  grad_w.zero(int64_t(width) * m.feat_dim, s);
+  grad_b.reserve(width);
+  grad_b.zero(width, s);
+  ones.upload(std::vector<float>(size_t(m.n_items), 1.f), s);
+  StepBuffers sb;
+  sb.row_loss.reserve(2 * (4096 + batch.size));
+  sb.negatives.upload(batch.negatives, batch.size * batch.n_negatives, s);
+  DeviceBuffer<int32_t> users, items, envs;
+  users.upload(batch.users, batch.size, s);
+  items.upload(batch.items, batch.size, s);
+  envs.upload(batch.envs, batch.size, s);
+  // X_all (n_items, E * D) = F W_all^T + b_all; Pt, Pf, T frozen: only dX_all is accumulated.
+  project(ctx, w_all.data(), b_all.data(), width, m.n_items, m.feat_dim, P.features.data(),
+          x.data(), width);
+  FusedLossArgs a = batch_args(
+      settings, P, sb, D, DeviceBatch{users.data(), items.data(), batch.size}, batch.n_negatives);
+  a.pt = pt.data();
+  a.pf = pf.data();
+  a.t = t.data();
+  a.x = x.data();
+  a.row_env = envs.data();
+  a.x_stride = width;
+  a.grad_x = grad_x.data();
+  PAINVRL_CUDA_CHECK(launch_fused_ultragcn_loss(a, s));
+  project_backward(ctx, grad_x.data(), width, m.n_items, m.feat_dim, P.features.data(), ones.data(),
+                   grad_w.data(), grad_b.data());
+  const int64_t entries = batch.size * a.term_chunks;
+  std::vector<float> row_loss(size_t(2 * entries));
+  sb.row_loss.download(row_loss.data(), 2 * entries, s);
+  grad_w.download(grad_w_all, int64_t(width) * m.feat_dim, s);
+  grad_b.download(grad_b_all, width, s);
+  ctx.sync();
+  for (int32_t e = 0; e < E; ++e) env_loss[e] = 0;
+  for (int64_t k = 0; k < entries; ++k) {
+    const int32_t e = batch.envs[k / a.term_chunks];
+    env_loss[e] += double(row_loss[size_t(2 * k)]) + settings.kappa * row_loss[size_t(2 * k + 1)];
+  }
 }
 
 std::vector<int32_t> negatives_on_device(math::PhiloxKey key, uint32_t epoch, uint32_t step,

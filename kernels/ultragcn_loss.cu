@@ -5,7 +5,9 @@
 // registers; for each of its terms the warp reads the item rows T_j (and X_j = W f_j + b),
 // reduces the dot products by shuffles, evaluates the term's loss and dL/ds with math::bce_term,
 // adds dL/ds * T_j into the user gradient in registers and dL/ds * Pt_u into dT_j by atomics
-// (likewise the content branch into dX_j). The user gradient is added once per warp.
+// (likewise the content branch into dX_j). The user gradient is added once per warp. HIM's E
+// environment models run in the same launch: row r reads and writes block row_env[r] of X and
+// dX, which hold the models side by side (E * D wide), with the frozen tables' gradients off.
 // Bytes per row (float32, C = 1 with the ID-only model, 2 with content, terms = 1 + N + K):
 //   read  4 D C (user) + terms 4 D C (item rows),
 //   atomics terms 4 D C (each a read-modify-write in L2) + 4 D C (user),
@@ -49,7 +51,11 @@ __global__ void __launch_bounds__(kWarpsPerBlock* kWarp)
   const int32_t end_term = int32_t(int64_t(terms) * (chunk + 1) / a.term_chunks);
   const int32_t u = a.users[row];
   const int32_t i = a.items[row];
-  const bool grads = a.grad_pt != nullptr;
+  const bool grads = a.grad_pt || a.grad_pf || a.grad_t || a.grad_x;
+  // HIM's batched environment models: row r scores with the content block of its environment,
+  // X[j][e * D .. e * D + D) of rows x_stride wide.
+  const int64_t x_stride = a.x_stride > 0 ? a.x_stride : D;
+  const int64_t x_offset = a.row_env ? int64_t(a.row_env[row]) * D : 0;
 
   float pt[kColsPerLane], pf[kColsPerLane];            // this lane's columns of Pt_u, Pf_u
   float grad_pt[kColsPerLane], grad_pf[kColsPerLane];  // of dL/dPt_u, dL/dPf_u
@@ -85,7 +91,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock* kWarp)
     for (int k = 0; k < kColsPerLane; ++k) {
       const int32_t c = lane + k * kWarp;
       t_row[k] = c < D ? a.t[int64_t(j) * D + c] : 0.f;
-      x_row[k] = kContent && c < D ? a.x[int64_t(j) * D + c] : 0.f;
+      x_row[k] = kContent && c < D ? a.x[int64_t(j) * x_stride + x_offset + c] : 0.f;
       partial += pt[k] * t_row[k];
       if (kContent) partial += pf[k] * x_row[k];
     }
@@ -104,10 +110,10 @@ __global__ void __launch_bounds__(kWarpsPerBlock* kWarp)
       const int32_t c = lane + k * kWarp;
       if (c >= D) break;
       grad_pt[k] += coef * t_row[k];
-      atomicAdd(a.grad_t + int64_t(j) * D + c, coef * pt[k]);
+      if (a.grad_t) atomicAdd(a.grad_t + int64_t(j) * D + c, coef * pt[k]);
       if (kContent) {
         grad_pf[k] += coef * x_row[k];
-        atomicAdd(a.grad_x + int64_t(j) * D + c, coef * pf[k]);
+        if (a.grad_x) atomicAdd(a.grad_x + int64_t(j) * x_stride + x_offset + c, coef * pf[k]);
       }
     }
   }
@@ -116,8 +122,8 @@ __global__ void __launch_bounds__(kWarpsPerBlock* kWarp)
     for (int k = 0; k < kColsPerLane; ++k) {
       const int32_t c = lane + k * kWarp;
       if (c >= D) break;
-      atomicAdd(a.grad_pt + int64_t(u) * D + c, grad_pt[k]);
-      if (kContent) atomicAdd(a.grad_pf + int64_t(u) * D + c, grad_pf[k]);
+      if (a.grad_pt) atomicAdd(a.grad_pt + int64_t(u) * D + c, grad_pt[k]);
+      if (kContent && a.grad_pf) atomicAdd(a.grad_pf + int64_t(u) * D + c, grad_pf[k]);
     }
   }
   if (lane == 0) {
@@ -143,7 +149,9 @@ __global__ void broadcast_rows_kernel(const float* __restrict__ vec /* (D,) */, 
 cudaError_t launch_fused_ultragcn_loss(const FusedLossArgs& a, cudaStream_t stream) {
   if (a.rows <= 0) return cudaSuccess;
   if (a.dim <= 0 || a.dim > kFusedLossMaxDim) return cudaErrorInvalidValue;
-  if (a.grad_pt && (!a.grad_t || (a.x && (!a.grad_pf || !a.grad_x)))) return cudaErrorInvalidValue;
+  if ((a.grad_pf || a.grad_x) && !a.x) return cudaErrorInvalidValue;  // content gradients only
+  if (a.x_stride != 0 && a.x_stride < a.dim) return cudaErrorInvalidValue;
+  if (a.row_env && (!a.x || a.x_stride == 0)) return cudaErrorInvalidValue;
   if (!a.row_loss || a.term_chunks < 1) return cudaErrorInvalidValue;
   const int64_t warps = a.rows * a.term_chunks;
   const int64_t blocks = (warps + kWarpsPerBlock - 1) / kWarpsPerBlock;

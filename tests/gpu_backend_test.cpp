@@ -2,7 +2,8 @@
 // usable device): the device's negatives are the CPU's draws bit for bit; the fused loss kernel
 // with the projection and dW, db GEMMs gives the CPU's loss and gradient to fp32 rounding
 // (atomics add in another order) for the ID-only and content models, with and without item
-// neighbours, on several seeds with fresh inputs and NaN-poisoned outputs; whole epochs of the
+// neighbours, on several seeds with fresh inputs and NaN-poisoned outputs; HIM's environment
+// models in one launch give the CPU's per-environment losses and dW, db; whole epochs of the
 // backend give the CPU's losses, parameters and scores (more users than one scoring block);
 // frozen tensors stay as they were and the rest trains as on the CPU; an epoch stopped after a
 // few steps and continued ends as an uninterrupted one; a non-finite loss stops at the CPU's
@@ -116,6 +117,63 @@ TEST(GpuKernels, FusedLossAndGradientEqualTheCpu) {
         }
       }
     }
+  }
+}
+
+TEST(GpuKernels, EnvironmentModelsEqualTheCpu) {
+  SKIP_WITHOUT_GPU();
+  for (unsigned seed : {1u, 2u}) {
+    const Toy toy = make_toy(seed);
+    const int32_t D = 32, E = 4, N = 5;
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> nd(0.f, 0.3f);
+    std::vector<float> pt(size_t(toy.n_users) * D), pf(pt.size()), t(size_t(toy.n_items) * D),
+        w_all(size_t(E * D * toy.d)), b_all(size_t(E * D));
+    for (auto* v : {&pt, &pf, &t, &w_all, &b_all})
+      for (float& x : *v) x = nd(rng);
+    const int64_t B = 200;
+    std::vector<int32_t> users(B), items(B), envs(B), negs(size_t(B * N));
+    for (int64_t r = 0; r < B; ++r) {
+      const size_t p = rng() % toy.train.size();
+      users[size_t(r)] = toy.train.user[p];
+      items[size_t(r)] = toy.train.item[p];
+      envs[size_t(r)] = int32_t(rng() % E);
+    }
+    for (int32_t& j : negs) j = int32_t(rng() % toy.n_items);
+    cpu::EnvModelsView m;
+    m.n_users = toy.n_users;
+    m.n_items = toy.n_items;
+    m.dim = D;
+    m.envs = E;
+    m.feat_dim = toy.d;
+    m.pt = pt.data();
+    m.pf = pf.data();
+    m.t = t.data();
+    m.w_all = w_all.data();
+    m.b_all = b_all.data();
+    LossSettings S;
+    S.w2 = S.w4 = 1.0;
+    S.neg_weight = 10;
+    S.kappa = 0.5;
+    const LossProblem<float> problem{toy.graph.beta_user.data(),
+                                     toy.graph.beta_item.data(),
+                                     toy.graph.ii_neighbors.data(),
+                                     toy.graph.ii_weights.data(),
+                                     toy.graph.ii_k,
+                                     toy.features.data()};
+    const cpu::EnvBatch batch{users.data(), items.data(), envs.data(), negs.data(), B, N};
+    std::vector<double> want_loss(E), got_loss(E, std::nan(""));
+    std::vector<float> want_w(w_all.size()), want_b(b_all.size());
+    std::vector<float> got_w(w_all.size(), std::nanf("")), got_b(b_all.size(), std::nanf(""));
+    cpu::LossWorkspace<float> ws;
+    cpu::env_projection_loss_grad(m, problem, batch, S, want_loss.data(), want_w.data(),
+                                  want_b.data(), ws);
+    cuda::env_projection_loss_grad_on_device(m, problem, batch, S, got_loss.data(), got_w.data(),
+                                             got_b.data());
+    for (int32_t e = 0; e < E; ++e)
+      EXPECT_NEAR(got_loss[e], want_loss[e], 1e-5 * std::fabs(want_loss[e])) << e;
+    EXPECT_LT(scaled_error(got_w.data(), want_w.data(), int64_t(want_w.size())), 1e-5);
+    EXPECT_LT(scaled_error(got_b.data(), want_b.data(), int64_t(want_b.size())), 1e-5);
   }
 }
 

@@ -170,8 +170,105 @@ TEST(EmulatedKernels, FusedLossRefusesWhatItCannotDo) {
   EXPECT_EQ(k::launch_fused_ultragcn_loss(a, nullptr), cudaErrorInvalidValue);
   a.dim = 8;
   std::vector<float> g(8);
-  a.grad_pt = g.data();  // gradients asked for without dT
+  a.grad_x = g.data();  // a content gradient without the content rows
   EXPECT_EQ(k::launch_fused_ultragcn_loss(a, nullptr), cudaErrorInvalidValue);
+  a.x = g.data();
+  a.x_stride = 4;  // narrower than D
+  EXPECT_EQ(k::launch_fused_ultragcn_loss(a, nullptr), cudaErrorInvalidValue);
+  a.x_stride = 0;
+  const int32_t env = 0;
+  a.row_env = &env;  // environments without the stride of their side-by-side blocks
+  EXPECT_EQ(k::launch_fused_ultragcn_loss(a, nullptr), cudaErrorInvalidValue);
+}
+
+// HIM's E environment models in one launch (row_env, x of width E * D, Pt, Pf, T frozen): each
+// environment's loss and dX_all equal cpu::env_projection_loss_grad's.
+TEST(EmulatedKernels, EnvironmentModelsInOneLaunchEqualTheCpu) {
+  for (unsigned seed : {4u, 5u}) {
+    const int32_t U = 30, I = 25, D = 40, E = 3, K = 3, N = 4;
+    const int64_t d = 7, B = 29;
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> nd(0.f, 0.4f);
+    std::uniform_real_distribution<float> uni(0.05f, 1.5f);
+    std::vector<float> pt(size_t(U * D)), pf(size_t(U * D)), t(size_t(I * D)),
+        w_all(size_t(E * D * d)), b_all(size_t(E * D)), features(size_t(I * d)), beta_u(U),
+        beta_i(I), ii_w(size_t(I * K));
+    for (auto* v : {&pt, &pf, &t, &w_all, &b_all, &features})
+      for (float& x : *v) x = nd(rng);
+    for (float& x : beta_u) x = uni(rng);
+    for (float& x : beta_i) x = uni(rng);
+    for (float& x : ii_w) x = uni(rng);
+    std::vector<int32_t> ii_n(size_t(I * K)), users(B), items(B), envs(B), negs(size_t(B * N));
+    for (int32_t& x : ii_n) x = int32_t(rng() % I);
+    for (int32_t& x : users) x = int32_t(rng() % U);
+    for (int32_t& x : items) x = int32_t(rng() % I);
+    for (int32_t& x : envs) x = int32_t(rng() % E);
+    for (int32_t& x : negs) x = int32_t(rng() % I);
+    LossSettings S;
+    S.w1 = 0.2;
+    S.w2 = 1.0;
+    S.w3 = 0.1;
+    S.w4 = 0.8;
+    S.neg_weight = 3;
+    S.kappa = 0.6;
+    const LossProblem<float> problem{beta_u.data(),  beta_i.data(), ii_n.data(), ii_w.data(), K,
+                                     features.data()};
+    cpu::EnvModelsView m;
+    m.n_users = U;
+    m.n_items = I;
+    m.dim = D;
+    m.envs = E;
+    m.feat_dim = d;
+    m.pt = pt.data();
+    m.pf = pf.data();
+    m.t = t.data();
+    m.w_all = w_all.data();
+    m.b_all = b_all.data();
+    const cpu::EnvBatch batch{users.data(), items.data(), envs.data(), negs.data(), B, N};
+    std::vector<double> want_loss(E);
+    std::vector<float> gw(size_t(E * D * d)), gb(size_t(E * D));
+    cpu::LossWorkspace<float> ws;
+    cpu::env_projection_loss_grad(m, problem, batch, S, want_loss.data(), gw.data(), gb.data(), ws);
+    const std::vector<float> x = ws.item_vec;  // X_all (I, E * D), as the CPU formed it
+    std::vector<float> grad_x(x.size(), 0.f), row_loss(size_t(2 * B * 2), std::nanf(""));
+    k::FusedLossArgs a;
+    a.dim = D;
+    a.pt = pt.data();
+    a.pf = pf.data();
+    a.t = t.data();
+    a.x = x.data();
+    a.row_env = envs.data();
+    a.x_stride = E * D;
+    a.beta_user = beta_u.data();
+    a.beta_item = beta_i.data();
+    a.ii_neighbors = ii_n.data();
+    a.ii_weights = ii_w.data();
+    a.ii_k = K;
+    a.k_used = K;
+    a.users = users.data();
+    a.items = items.data();
+    a.negatives = negs.data();
+    a.rows = B;
+    a.n_negatives = N;
+    a.w1 = float(S.w1);
+    a.w2 = float(S.w2);
+    a.w3 = float(S.w3);
+    a.w4 = float(S.w4);
+    a.neg_scale = float(S.neg_weight / N);
+    a.kappa = float(S.kappa);
+    a.grad_x = grad_x.data();
+    a.term_chunks = 2;
+    a.row_loss = row_loss.data();
+    ASSERT_EQ(k::launch_fused_ultragcn_loss(a, nullptr), cudaSuccess);
+    std::vector<double> got_loss(E, 0.0);
+    for (int64_t w = 0; w < 2 * B; ++w) {
+      got_loss[size_t(envs[size_t(w / 2)])] +=
+          double(row_loss[size_t(2 * w)]) + S.kappa * row_loss[size_t(2 * w + 1)];
+    }
+    for (int32_t e = 0; e < E; ++e)
+      EXPECT_NEAR(got_loss[e], want_loss[e], 1e-5 * std::fabs(want_loss[e])) << "env " << e;
+    EXPECT_LT(scaled_error(grad_x.data(), ws.item_vec_grad.data(), int64_t(x.size())), 1e-5);
+  }
 }
 
 TEST(EmulatedKernels, TermChunksFillTheGpuWithinTheLossBuffer) {

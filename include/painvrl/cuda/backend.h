@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "painvrl/backend.h"
+#include "painvrl/cpu/ultragcn_loss.h"
 #include "painvrl/math/philox.h"
 #include "painvrl/model.h"
 
@@ -35,6 +36,15 @@ int64_t backend_device_bytes(const TrainSetup& setup, int32_t ii_k, int64_t n_pa
 LossTerms<float> loss_grad_on_device(const ParamLayout& layout, const float* params,
                                      const LossProblem<float>& problem, const Batch& batch,
                                      const LossSettings& settings, float* grad);
+
+// HIM's E environment models (cpu::env_projection_loss_grad's problem) evaluated on the device
+// in one fused launch (row_env, x of width E * D): per environment the data loss of its rows in
+// env_loss (E,), and grad_w_all (E * D, d), grad_b_all (E * D,) overwritten. For tests; the
+// trainer's HIM does not call it yet.
+void env_projection_loss_grad_on_device(const cpu::EnvModelsView& models,
+                                        const LossProblem<float>& problem,
+                                        const cpu::EnvBatch& batch, const LossSettings& settings,
+                                        double* env_loss, float* grad_w_all, float* grad_b_all);
 
 // negatives (rows, N) drawn on the device (launch_sample_negatives), copied back; for tests.
 std::vector<int32_t> negatives_on_device(math::PhiloxKey key, uint32_t epoch, uint32_t step,

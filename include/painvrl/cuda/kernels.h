@@ -59,10 +59,15 @@ struct FusedLossArgs {
   float w1 = 1, w2 = 0, w3 = 1, w4 = 0;
   float neg_scale = 1;  // neg_weight / N
   float kappa = 0;
-  float* grad_pt = nullptr;   // (n_users, D) added to; null: no gradients at all
-  float* grad_pf = nullptr;   // (n_users, D) added to (content)
-  float* grad_t = nullptr;    // (n_items, D) added to
-  float* grad_x = nullptr;    // (n_items, D) added to (content)
+  // HIM's E environment models in one launch: x (n_items, x_stride = E * D) holds every model's
+  // W_e f_j + b_e side by side and row r uses block row_env[r]; grad_x has x's shape.
+  const int32_t* row_env = nullptr;  // (rows,) or null: one model
+  int32_t x_stride = 0;              // row stride of x and grad_x; 0: D
+  // Gradients, each added to where its pointer is set (a frozen table's stays null).
+  float* grad_pt = nullptr;   // (n_users, D)
+  float* grad_pf = nullptr;   // (n_users, D) (content)
+  float* grad_t = nullptr;    // (n_items, D)
+  float* grad_x = nullptr;    // (n_items, x_stride) (content)
   int32_t term_chunks = 1;    // warps per row
   float* row_loss = nullptr;  // (rows * term_chunks, 2) written: main, item-item (unweighted)
   const int* halt = nullptr;  // optional device flag: nonzero, the kernel does nothing
