@@ -1,5 +1,6 @@
 // Device selection (include/painvrl/device_select.h). The CUDA backend (kernels/) trains the
-// backbone stages and scores on the GPU, but it has not yet run on one: until tools/device-check
+// backbone stages and HIM's environment models and scores on the GPU, but it has not yet run on
+// one: until tools/device-check
 // has passed on an H200, `cuda` is refused even where a GPU is present unless
 // PAINVRL_UNVERIFIED_CUDA=1 asks for it (the device check's whole-run comparison does), and
 // `auto` trains on the CPU, saying which reason applies.
@@ -56,8 +57,8 @@ std::string resolve_device(const std::string& device) {
     }
     log_warn(fmt::format(
         "--device cuda on {}: the CUDA backend has not yet passed its device check; the "
-        "backbone stages train and score on the GPU, HIM's projection models and the mask "
-        "generation run on the CPU",
+        "backbone stages and HIM's environment models train on the GPU, the mask generation "
+        "and the ranking run on the CPU",
         found));
     return "cuda";
   }

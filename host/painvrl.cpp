@@ -32,6 +32,9 @@
 #include <numeric>
 #include <stdexcept>
 
+#ifdef PAINVRL_HAVE_CUDA
+#include "painvrl/cuda/backend.h"
+#endif
 #include "painvrl/checkpoint.h"
 #include "painvrl/cpu/ultragcn_loss.h"
 #include "painvrl/error.h"
@@ -354,8 +357,14 @@ std::vector<int32_t> identify_environments(const Config& c, const Graph& graph,
       std::vector<uint32_t> stages;
       for (int64_t p = 0; p < P; ++p) mine[env[p]].push(pairs.user[p], pairs.item[p]);
       for (int e = 0; e < envs; ++e) stages.push_back(stage_id::him_model(outer, round, e));
-      const std::vector<float> wb = train_env_models_projection(c, graph, mine, psi, feat_dim,
-                                                                *backbone, stages, c.him_epochs);
+      const std::vector<float> wb =
+#ifdef PAINVRL_HAVE_CUDA
+          c.device == "cuda" ? cuda::train_env_models_projection_on_device(
+                                   c, graph, mine, psi, feat_dim, *backbone, stages, c.him_epochs)
+                             :
+#endif
+                             train_env_models_projection(c, graph, mine, psi, feat_dim, *backbone,
+                                                         stages, c.him_epochs);
       const ParamLayout bl = ParamLayout::make(graph.n_users, graph.n_items, c.dim, feat_dim, true);
       const cpu::EnvModelsView view{graph.n_users,
                                     graph.n_items,

@@ -86,6 +86,43 @@ __global__ void __launch_bounds__(kStepEndThreads) step_end_kernel(const StepEnd
   acc.pairs += a.pairs;
 }
 
+__global__ void __launch_bounds__(kAdamThreads) env_adam_kernel(const EnvAdamArgs a) {
+  if (a.halt && *a.halt) return;
+  const int64_t w_total = int64_t(a.envs) * a.w_size;
+  const int64_t n = w_total + int64_t(a.envs) * a.dim;
+  for (int64_t k = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; k < n;
+       k += int64_t(gridDim.x) * blockDim.x) {
+    const int e = int(k < w_total ? k / a.w_size : (k - w_total) / a.dim);
+    const float g = a.grad[k];
+    a.grad[k] = 0.f;
+    if (!a.active[e]) continue;
+    float p = a.params[k], m = a.m[k], v = a.v[k];
+    math::adam_update(p, m, v, g, a.l2_coef, a.steps[e]);
+    a.params[k] = p;
+    a.m[k] = m;
+    a.v[k] = v;
+  }
+}
+
+__global__ void __launch_bounds__(kStepEndThreads) env_step_end_kernel(const EnvStepEndArgs a) {
+  if (*a.halt) return;
+  double sum = 0;
+  for (int64_t r = threadIdx.x; r < a.entries; r += blockDim.x) {
+    sum += double(a.row_loss[2 * r]) + double(a.kappa) * double(a.row_loss[2 * r + 1]);
+  }
+  using Reduce = cub::BlockReduce<double, kStepEndThreads>;
+  __shared__ typename Reduce::TempStorage storage;
+  sum = Reduce(storage).Sum(sum);
+  if (threadIdx.x != 0) return;
+  const double total = *a.epoch_loss + sum;
+  if (!isfinite(total)) {
+    *a.halt = 1;
+    *a.halt_step = a.step;
+    return;
+  }
+  *a.epoch_loss = total;
+}
+
 __global__ void gather_user_rows_kernel(const float* __restrict__ pt, const float* __restrict__ pf,
                                         int32_t dim, const int32_t* __restrict__ users,
                                         int64_t count, float* __restrict__ out /* (count, W) */) {
@@ -129,6 +166,18 @@ cudaError_t launch_adam(const AdamArgs& a, cudaStream_t stream) {
 cudaError_t launch_step_end(const StepEndArgs& a, cudaStream_t stream) {
   if (!a.acc || !a.halt || !a.row_loss || !a.block_sums) return cudaErrorInvalidValue;
   PAINVRL_LAUNCH(step_end_kernel, 1, kStepEndThreads, stream, a);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_env_adam(const EnvAdamArgs& a, cudaStream_t stream) {
+  if (!a.steps || !a.active || a.envs <= 0 || a.dim <= 0) return cudaErrorInvalidValue;
+  PAINVRL_LAUNCH(env_adam_kernel, kAdamBlocks, kAdamThreads, stream, a);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_env_step_end(const EnvStepEndArgs& a, cudaStream_t stream) {
+  if (!a.row_loss || !a.epoch_loss || !a.halt || !a.halt_step) return cudaErrorInvalidValue;
+  PAINVRL_LAUNCH(env_step_end_kernel, 1, kStepEndThreads, stream, a);
   return cudaGetLastError();
 }
 

@@ -12,9 +12,13 @@
 #include <stdexcept>
 #include <vector>
 
+#include "painvrl/checkpoint.h"
+#include "painvrl/config.h"
 #include "painvrl/cuda/backend.h"
 #include "painvrl/cuda/kernels.h"
 #include "painvrl/math/sampling.h"
+#include "painvrl/signals.h"
+#include "painvrl/stages.h"
 
 namespace painvrl::cuda {
 namespace {
@@ -613,6 +617,171 @@ void env_projection_loss_grad_on_device(const cpu::EnvModelsView& m,
     const int32_t e = batch.envs[k / a.term_chunks];
     env_loss[e] += double(row_loss[size_t(2 * k)]) + settings.kappa * row_loss[size_t(2 * k + 1)];
   }
+}
+
+std::vector<float> train_env_models_projection_on_device(
+    const Config& c, const Graph& graph, const std::vector<PairList>& env_pairs,
+    const std::vector<float>& psi, int64_t feat_dim, const std::vector<float>& backbone,
+    const std::vector<uint32_t>& stages, int epochs) {
+  const int32_t E = int32_t(env_pairs.size());
+  const ParamLayout bl = ParamLayout::make(graph.n_users, graph.n_items, c.dim, feat_dim, true);
+  if (int64_t(backbone.size()) != bl.total || int32_t(stages.size()) != E) {
+    throw std::logic_error(
+        "train_env_models_projection_on_device: backbone or stages do not match");
+  }
+  const int32_t D = c.dim;
+  if (D > kFusedLossMaxDim) {
+    throw std::invalid_argument(fmt::format("dim {} > {}", D, kFusedLossMaxDim));
+  }
+  const int32_t width = E * D;
+  const int64_t wsize = int64_t(D) * feat_dim;  // one model's W
+  // params: W_all (E D, d), then b_all (E D); every model starts from the backbone's W, b.
+  std::vector<float> params(size_t(E) * size_t(wsize + D));
+  for (int32_t e = 0; e < E; ++e) {
+    std::copy(backbone.begin() + bl.w, backbone.begin() + bl.b, params.begin() + e * wsize);
+    std::copy(backbone.begin() + bl.b, backbone.begin() + bl.total,
+              params.begin() + E * wsize + e * D);
+  }
+  const int64_t n = int64_t(params.size());
+  StreamContext ctx;
+  const cudaStream_t s = ctx.stream();
+  DeviceProblem P;
+  upload_problem(graph, &psi, P, s);
+  DeviceBuffer<float> d_backbone, d_params, d_m, d_v, d_grad, x, grad_x, ones;
+  d_backbone.upload(backbone, s);
+  d_params.upload(params, s);
+  for (DeviceBuffer<float>* buf : {&d_m, &d_v, &d_grad}) {
+    buf->reserve(n);
+    buf->zero(n, s);
+  }
+  x.reserve(int64_t(graph.n_items) * width);
+  grad_x.reserve(int64_t(graph.n_items) * width);
+  ones.upload(std::vector<float>(size_t(graph.n_items), 1.f), s);
+  std::vector<math::PhiloxKey> neg_keys;
+  for (uint32_t stage : stages) {
+    neg_keys.push_back(math::make_key(c.seed, math::stream_id(math::RngStream::kNegative, stage)));
+  }
+  DeviceBuffer<math::PhiloxKey> d_keys;
+  d_keys.upload(neg_keys, s);
+  const TrainSetup ts = make_train_setup(c, graph.n_users, graph.n_items, feat_dim, true, 0);
+  const int32_t B = c.batch_size, N = c.negatives;
+  StepBuffers sb;
+  sb.row_loss.reserve(2 * (4096 + int64_t(E) * B));
+  sb.negatives.reserve(int64_t(E) * B * std::max(N, 1));
+  DeviceBuffer<double> epoch_loss;
+  DeviceBuffer<int> halt;
+  DeviceBuffer<long long> halt_step;
+  epoch_loss.reserve(1);
+  halt.reserve(1);
+  halt_step.reserve(1);
+  DeviceBuffer<int32_t> d_users, d_items, d_envs, d_index;
+  DeviceBuffer<math::AdamStep> d_steps;
+  DeviceBuffer<uint8_t> d_active;
+  std::vector<long long> adam_t(static_cast<size_t>(E), 0);
+  std::vector<PairList> shuffled(static_cast<size_t>(E));
+  for (int epoch = 0; epoch < epochs; ++epoch) {
+    // The epoch's rows, step by step: batch `step` of every model that still has one, model by
+    // model (the CPU's order), with each row's model and its index in that model's batch; and
+    // each step's Adam step per model (a model counts only the steps it takes part in).
+    int64_t max_steps = 0;
+    for (int32_t e = 0; e < E; ++e) {
+      shuffle_pairs(env_pairs[e], shuffled[e], c.seed, stages[e], uint32_t(epoch));
+      max_steps = std::max<int64_t>(max_steps, (int64_t(shuffled[e].size()) + B - 1) / B);
+    }
+    std::vector<int32_t> users, items, envs, index;
+    std::vector<int64_t> offsets = {0};
+    std::vector<math::AdamStep> steps(size_t(max_steps * E));
+    std::vector<uint8_t> active(size_t(max_steps * E), 0);
+    for (int64_t step = 0; step < max_steps; ++step) {
+      for (int32_t e = 0; e < E; ++e) {
+        const int64_t begin = step * B, size = int64_t(shuffled[e].size());
+        if (begin >= size) continue;
+        active[size_t(step * E + e)] = 1;
+        steps[size_t(step * E + e)] =
+            math::make_adam_step(float(c.lr), float(c.adam_beta1), float(c.adam_beta2),
+                                 float(c.adam_eps), ++adam_t[size_t(e)]);
+        for (int64_t p = begin; p < std::min(size, begin + B); ++p) {
+          users.push_back(shuffled[e].user[p]);
+          items.push_back(shuffled[e].item[p]);
+          envs.push_back(e);
+          index.push_back(int32_t(p - begin));
+        }
+      }
+      offsets.push_back(int64_t(users.size()));
+    }
+    d_users.upload(users, s);
+    d_items.upload(items, s);
+    d_envs.upload(envs, s);
+    d_index.upload(index, s);
+    d_steps.upload(steps, s);
+    d_active.upload(active, s);
+    epoch_loss.zero(1, s);
+    halt.zero(1, s);
+    for (int64_t step = 0; step < max_steps; ++step) {
+      if (stop_requested()) {  // HIM keeps no checkpoint of its own: it restarts on resume
+        throw Interrupted(fmt::format(
+            "stopped by signal {} in environment identification (HIM epoch {} step {}); resuming "
+            "restarts it from the checkpoint at its start",
+            stop_signal().load(), epoch, step));
+      }
+      const int64_t first = offsets[size_t(step)], rows = offsets[size_t(step + 1)] - first;
+      PAINVRL_CUDA_CHECK(launch_sample_negatives_rows(
+          d_keys.data(), d_envs.data() + first, d_index.data() + first, uint32_t(epoch),
+          uint32_t(step), rows, N, uint32_t(graph.n_items), sb.negatives.data(), s));
+      project(ctx, d_params.data(), d_params.data() + E * wsize, width, graph.n_items, feat_dim,
+              P.features.data(), x.data(), width);
+      grad_x.zero(int64_t(graph.n_items) * width, s);
+      FusedLossArgs a = batch_args(
+          ts.loss, P, sb, D, DeviceBatch{d_users.data() + first, d_items.data() + first, rows}, N);
+      a.pt = d_backbone.data() + bl.pt;
+      a.pf = d_backbone.data() + bl.pf;
+      a.t = d_backbone.data() + bl.t;
+      a.x = x.data();
+      a.row_env = d_envs.data() + first;
+      a.x_stride = width;
+      a.grad_x = grad_x.data();
+      a.halt = halt.data();
+      PAINVRL_CUDA_CHECK(launch_fused_ultragcn_loss(a, s));
+      project_backward(ctx, grad_x.data(), width, graph.n_items, feat_dim, P.features.data(),
+                       ones.data(), d_grad.data(), d_grad.data() + E * wsize);
+      // The loss is checked before the update, as on the CPU: a diverged step is not applied.
+      EnvStepEndArgs end;
+      end.row_loss = sb.row_loss.data();
+      end.entries = rows * a.term_chunks;
+      end.kappa = float(ts.loss.kappa);
+      end.step = step;
+      end.epoch_loss = epoch_loss.data();
+      end.halt = halt.data();
+      end.halt_step = halt_step.data();
+      PAINVRL_CUDA_CHECK(launch_env_step_end(end, s));
+      EnvAdamArgs adam;
+      adam.params = d_params.data();
+      adam.m = d_m.data();
+      adam.v = d_v.data();
+      adam.grad = d_grad.data();
+      adam.envs = E;
+      adam.dim = D;
+      adam.w_size = wsize;
+      adam.steps = d_steps.data() + step * E;
+      adam.active = d_active.data() + step * E;
+      adam.l2_coef = float(2 * c.gamma_w);
+      adam.halt = halt.data();
+      PAINVRL_CUDA_CHECK(launch_env_adam(adam, s));
+    }
+    int halted = 0;
+    long long at_step = 0;
+    halt.download(&halted, 1, s);
+    halt_step.download(&at_step, 1, s);
+    ctx.sync();
+    if (halted) {
+      throw Diverged(fmt::format(
+          "HIM environment models, epoch {} step {}: the training loss is not finite; lower lr",
+          epoch, at_step));
+    }
+  }
+  d_params.download(params.data(), n, s);
+  ctx.sync();
+  return params;
 }
 
 std::vector<int32_t> negatives_on_device(math::PhiloxKey key, uint32_t epoch, uint32_t step,

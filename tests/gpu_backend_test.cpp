@@ -177,6 +177,31 @@ TEST(GpuKernels, EnvironmentModelsEqualTheCpu) {
   }
 }
 
+TEST(GpuKernels, EnvironmentModelTrainingEqualsTheCpu) {
+  SKIP_WITHOUT_GPU();
+  for (unsigned seed : {1u, 3u}) {
+    const Toy toy = make_toy(seed);
+    Config c = test::toy_config(seed, false, 16);
+    const ParamLayout bl = ParamLayout::make(toy.n_users, toy.n_items, c.dim, toy.d, true);
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> nd(0.f, 0.3f);
+    std::vector<float> backbone(size_t(bl.total));
+    for (float& x : backbone) x = nd(rng);
+    // Three models of unequal sizes: the smaller ones run out of batches first.
+    std::vector<PairList> env_pairs(3);
+    for (size_t p = 0; p < toy.train.size(); ++p) {
+      env_pairs[p % 7 < 4 ? 0 : p % 7 < 6 ? 1 : 2].push(toy.train.user[p], toy.train.item[p]);
+    }
+    const std::vector<uint32_t> stages = {11, 12, 13};
+    const std::vector<float> want = train_env_models_projection(
+        c, toy.graph, env_pairs, toy.features, toy.d, backbone, stages, 2);
+    const std::vector<float> got = cuda::train_env_models_projection_on_device(
+        c, toy.graph, env_pairs, toy.features, toy.d, backbone, stages, 2);
+    ASSERT_EQ(got.size(), want.size());
+    EXPECT_LT(scaled_error(got.data(), want.data(), int64_t(want.size())), 1e-4) << seed;
+  }
+}
+
 Config toy_config(unsigned seed) { return test::toy_config(seed, false, 16); }
 
 TEST(GpuBackend, EpochsGiveTheCpuLossesParametersAndScores) {

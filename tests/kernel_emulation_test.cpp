@@ -393,6 +393,89 @@ TEST(EmulatedKernels, AdamStepEndAndHaltMatchTheCpuOptimizer) {
   EXPECT_EQ(gd, std::vector<float>(size_t(n), 1.f));
 }
 
+// HIM's pieces: negatives keyed per model, Adam per model (own step counts, only active models),
+// and the step end that checks the loss before the update.
+TEST(EmulatedKernels, EnvironmentNegativesAdamAndStepEnd) {
+  const std::vector<math::PhiloxKey> keys = {
+      math::make_key(9, math::stream_id(math::RngStream::kNegative, 5)),
+      math::make_key(9, math::stream_id(math::RngStream::kNegative, 6))};
+  const std::vector<int32_t> row_key = {0, 0, 1, 1, 1}, row_index = {0, 1, 0, 1, 2};
+  const int32_t N = 6;
+  std::vector<int32_t> got(row_key.size() * N, -1), want(got.size(), -2);
+  ASSERT_EQ(k::launch_sample_negatives_rows(keys.data(), row_key.data(), row_index.data(), 3, 8,
+                                            int64_t(row_key.size()), N, 500, got.data(), nullptr),
+            cudaSuccess);
+  for (size_t r = 0; r < row_key.size(); ++r) {
+    math::negative_row(keys[size_t(row_key[r])], 3, 8, uint32_t(row_index[r]), N, 500,
+                       want.data() + r * N);
+  }
+  EXPECT_EQ(got, want);
+
+  const int32_t E = 3, D = 4;
+  const int64_t wsize = 10, n = E * (wsize + D);
+  std::mt19937 rng(2);
+  std::normal_distribution<float> nd(0.f, 0.5f);
+  std::vector<float> p(n), m(n), v(n), g(n);
+  for (int64_t i = 0; i < n; ++i) {
+    p[i] = nd(rng);
+    m[i] = 0.1f * nd(rng);
+    v[i] = std::fabs(nd(rng));
+    g[i] = nd(rng);
+  }
+  const std::vector<math::AdamStep> steps = {math::make_adam_step(0.01f, 0.9f, 0.999f, 1e-8f, 2),
+                                             math::make_adam_step(0.01f, 0.9f, 0.999f, 1e-8f, 5),
+                                             math::make_adam_step(0.01f, 0.9f, 0.999f, 1e-8f, 1)};
+  const std::vector<uint8_t> active = {1, 0, 1};
+  std::vector<float> pd = p, md = m, vd = v, gd = g;
+  k::EnvAdamArgs a;
+  a.params = pd.data();
+  a.m = md.data();
+  a.v = vd.data();
+  a.grad = gd.data();
+  a.envs = E;
+  a.dim = D;
+  a.w_size = wsize;
+  a.steps = steps.data();
+  a.active = active.data();
+  a.l2_coef = 0.2f;
+  ASSERT_EQ(k::launch_env_adam(a, nullptr), cudaSuccess);
+  for (int64_t i = 0; i < n; ++i) {
+    const int e = int(i < E * wsize ? i / wsize : (i - E * wsize) / D);
+    float pi = p[i], mi = m[i], vi = v[i];
+    if (active[size_t(e)]) math::adam_update(pi, mi, vi, g[i], 0.2f, steps[size_t(e)]);
+    EXPECT_EQ(pd[i], pi) << i;
+    EXPECT_EQ(md[i], mi) << i;
+    EXPECT_EQ(vd[i], vi) << i;
+    EXPECT_EQ(gd[i], 0.f) << i;
+  }
+
+  std::vector<float> row_loss = {1.f, 2.f, 0.5f, 4.f};  // two entries: (main, item-item)
+  double epoch_loss = 10;
+  int halt = 0;
+  long long halt_step = -1;
+  k::EnvStepEndArgs e;
+  e.row_loss = row_loss.data();
+  e.entries = 2;
+  e.kappa = 0.5f;
+  e.step = 7;
+  e.epoch_loss = &epoch_loss;
+  e.halt = &halt;
+  e.halt_step = &halt_step;
+  ASSERT_EQ(k::launch_env_step_end(e, nullptr), cudaSuccess);
+  EXPECT_DOUBLE_EQ(epoch_loss, 10 + 1 + 0.5 * 2 + 0.5 + 0.5 * 4);
+  EXPECT_EQ(halt, 0);
+  row_loss[3] = NAN;
+  ASSERT_EQ(k::launch_env_step_end(e, nullptr), cudaSuccess);
+  EXPECT_EQ(halt, 1);
+  EXPECT_EQ(halt_step, 7);
+  EXPECT_DOUBLE_EQ(epoch_loss, 14.5);  // unchanged
+  std::fill(gd.begin(), gd.end(), 1.f);
+  const std::vector<float> before = pd;
+  a.halt = &halt;
+  ASSERT_EQ(k::launch_env_adam(a, nullptr), cudaSuccess);
+  EXPECT_EQ(pd, before);
+}
+
 TEST(EmulatedKernels, ScoringKernelsEqualHostDotProducts) {
   std::mt19937 rng(8);
   std::normal_distribution<float> nd(0.f, 1.f);

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "painvrl/backend.h"
+#include "painvrl/config.h"
 #include "painvrl/cpu/ultragcn_loss.h"
 #include "painvrl/math/philox.h"
 #include "painvrl/model.h"
@@ -45,6 +46,15 @@ void env_projection_loss_grad_on_device(const cpu::EnvModelsView& models,
                                         const LossProblem<float>& problem,
                                         const cpu::EnvBatch& batch, const LossSettings& settings,
                                         double* env_loss, float* grad_w_all, float* grad_b_all);
+
+// HIM's E environment models trained on the device: what train_env_models_projection
+// (stages.h) computes on the CPU, step for step (the same rows, negatives and Adam steps per
+// model, the loss checked before each update), returning W_all (E D, d) then b_all (E D). Throws
+// Interrupted on a stop request and Diverged on a non-finite loss, as the CPU version does.
+std::vector<float> train_env_models_projection_on_device(
+    const Config& c, const Graph& graph, const std::vector<PairList>& env_pairs,
+    const std::vector<float>& psi, int64_t feat_dim, const std::vector<float>& backbone,
+    const std::vector<uint32_t>& stages, int epochs);
 
 // negatives (rows, N) drawn on the device (launch_sample_negatives), copied back; for tests.
 std::vector<int32_t> negatives_on_device(math::PhiloxKey key, uint32_t epoch, uint32_t step,

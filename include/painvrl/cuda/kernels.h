@@ -28,6 +28,13 @@ cudaError_t launch_sample_negatives(math::PhiloxKey key, uint32_t epoch, uint32_
                                     int64_t rows, int32_t n_negatives, uint32_t n_items,
                                     int32_t* negatives, cudaStream_t stream);
 
+// The same for rows of several models in one batch (HIM's environment models): row r draws with
+// keys[row_key[r]] as row row_index[r] of that model's own batch (kernels/sampling.cu).
+cudaError_t launch_sample_negatives_rows(const math::PhiloxKey* keys, const int32_t* row_key,
+                                         const int32_t* row_index, uint32_t epoch, uint32_t step,
+                                         int64_t rows, int32_t n_negatives, uint32_t n_items,
+                                         int32_t* negatives, cudaStream_t stream);
+
 // rows (n_rows, width)[r][offset + c] = vec[c] for c < D: the bias under W f_i before the GEMM adds
 // F W^T (kernels/ultragcn_loss.cu).
 cudaError_t launch_broadcast_rows(const float* vec, int32_t dim, int64_t n_rows, int64_t width,
@@ -100,6 +107,38 @@ struct AdamArgs {
 };
 constexpr int kAdamBlocks = 1024;
 cudaError_t launch_adam(const AdamArgs& args, cudaStream_t stream);
+
+// Adam for HIM's E environment models (kernels/adam.cu): params = [W_all (E, w_size) | b_all
+// (E, D)]; element k belongs to model e = k / w_size (W) or (k - E w_size) / D (b); only models
+// with active[e] take their step steps[e] (each model counts its own), with the L2 gradient
+// l2_coef * theta fused; every gradient is zeroed.
+struct EnvAdamArgs {
+  float* params = nullptr;  // (E * (w_size + D),)
+  float* m = nullptr;
+  float* v = nullptr;
+  float* grad = nullptr;
+  int32_t envs = 0, dim = 0;
+  int64_t w_size = 0;                     // D * d
+  const math::AdamStep* steps = nullptr;  // (E,)
+  const uint8_t* active = nullptr;        // (E,)
+  float l2_coef = 0;
+  const int* halt = nullptr;
+};
+cudaError_t launch_env_adam(const EnvAdamArgs& args, cudaStream_t stream);
+
+// Ends a HIM step (kernels/adam.cu): adds the step's loss, sum of main + kappa * item-item over
+// the fused launch's entries, to *epoch_loss, or sets *halt and *halt_step = step when it (or the
+// epoch's sum) is not finite.
+struct EnvStepEndArgs {
+  const float* row_loss = nullptr;  // (entries, 2)
+  int64_t entries = 0;
+  float kappa = 0;
+  int64_t step = 0;
+  double* epoch_loss = nullptr;    // device
+  int* halt = nullptr;             // device
+  long long* halt_step = nullptr;  // device
+};
+cudaError_t launch_env_step_end(const EnvStepEndArgs& args, cudaStream_t stream);
 
 // Ends a step on the device (kernels/adam.cu): sums the rows' losses and the L2 block sums in a
 // fixed order, forms the step's total, and either adds it to the epoch accumulators or, when it
