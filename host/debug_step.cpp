@@ -23,8 +23,12 @@ std::vector<float> to_float(const std::vector<double>& v) {
 }
 }  // namespace
 
-void run_debug_step(const Config& c, const std::string& data_dir, const std::string& out_dir,
+void run_debug_step(const Config& asked, const std::string& data_dir, const std::string& out_dir,
                     bool random_mask, bool in_double) {
+  // Always on the CPU: the CUDA backend has not passed its device check, and only `train`
+  // resolves --device (with its PAINVRL_UNVERIFIED_CUDA gate).
+  Config c = asked;
+  c.device = "cpu";
   validate(c);
   namespace fs = std::filesystem;
   if (out_dir.empty()) input_error("--out: a dump directory is required");

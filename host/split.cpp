@@ -86,9 +86,13 @@ void write_split_dataset(const std::string& dir, const Dataset& src, const PairL
 
 }  // namespace
 
-void run_split(const Config& c, const std::string& data_dir, const std::string& out_dir,
+void run_split(const Config& asked, const std::string& data_dir, const std::string& out_dir,
                const std::string& protocol, const std::string& env_source, double cold_fraction,
                int test_env) {
+  // Always on the CPU: the CUDA backend has not passed its device check, and only `train`
+  // resolves --device (with its PAINVRL_UNVERIFIED_CUDA gate).
+  Config c = asked;
+  c.device = "cpu";
   validate(c);
   if (protocol != "ood" && protocol != "cold") {
     input_error("--protocol: expected ood or cold, got `{}`", protocol);
