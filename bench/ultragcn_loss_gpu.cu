@@ -260,30 +260,22 @@ int main(int argc, char** argv) {
     CHECK(cudaMalloc(&d_row_loss, sizeof(float) * 2 * loss_entries));
     CHECK(cudaMalloc(&d_coef, sizeof(float) * size_t(s.batch) * T));
     CHECK(cudaMalloc(&d_term_item, sizeof(int32_t) * size_t(s.batch) * T));
+    // The loss settings of both the GPU variants and the CPU reference below.
+    LossSettings S;
+    S.w1 = 1e-6;
+    S.w2 = 1;
+    S.w3 = 1e-6;
+    S.w4 = 1;
+    S.neg_weight = 300;
+    S.kappa = 2.5;
     auto args_for = [&](int b) {
-      cuda::FusedLossArgs a;
-      a.dim = D;
+      cuda::FusedLossArgs a =
+          cuda::fused_loss_args(S, D, d_bu, d_bi, d_in, d_iw, s.ii_k, d_users[b], d_items[b],
+                                d_negs[b], s.batch, s.negatives);
       a.pt = d_params + L.pt;
       a.pf = s.content ? d_params + L.pf : nullptr;
       a.t = d_params + L.t;
       a.x = d_x;
-      a.beta_user = d_bu;
-      a.beta_item = d_bi;
-      a.ii_neighbors = d_in;
-      a.ii_weights = d_iw;
-      a.ii_k = s.ii_k;
-      a.k_used = s.ii_k;
-      a.users = d_users[b];
-      a.items = d_items[b];
-      a.negatives = d_negs[b];
-      a.rows = s.batch;
-      a.n_negatives = s.negatives;
-      a.w1 = 1e-6f;
-      a.w2 = 1.f;
-      a.w3 = 1e-6f;
-      a.w4 = 1.f;
-      a.neg_scale = 300.f / float(s.negatives);
-      a.kappa = 2.5f;
       a.grad_pt = d_grad + L.pt;
       a.grad_pf = s.content ? d_grad + L.pf : nullptr;
       a.grad_t = d_grad + L.t;
@@ -324,13 +316,6 @@ int main(int argc, char** argv) {
         if (s.content) ref_params[size_t(Lc.t) + size_t(j) * Dc + D + c] = p.x[size_t(j) * D + c];
       }
     }
-    LossSettings S;
-    S.w1 = 1e-6;
-    S.w2 = 1;
-    S.w3 = 1e-6;
-    S.w4 = 1;
-    S.neg_weight = 300;
-    S.kappa = 2.5;
     LossProblem<float> lp{p.beta_u.data(), p.beta_i.data(), p.ii_n.data(),
                           p.ii_w.data(),   s.ii_k,          nullptr};
     const Batch batch{p.users[0].data(), p.items[0].data(), p.negs[0].data(), s.batch, s.negatives};

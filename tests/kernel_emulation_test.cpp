@@ -94,30 +94,14 @@ TEST(EmulatedKernels, FusedLossAndGradientEqualTheCpu) {
           const int32_t chunks = D == 64 ? 3 : 1;  // 3 warps per row: 9 or 12 terms in 3 chunks
           std::vector<float> grad(size_t(L.total), 0.f),
               row_loss(size_t(2 * B * chunks), std::nanf(""));
-          k::FusedLossArgs a;
+          k::FusedLossArgs a =
+              k::fused_loss_args(S, D, beta_u.data(), beta_i.data(), ii_n.data(), ii_w.data(), K,
+                                 users.data(), items.data(), negs.data(), B, N);
           a.term_chunks = chunks;
-          a.dim = D;
           a.pt = params.data() + L.pt;
           a.pf = content ? params.data() + L.pf : nullptr;
           a.t = params.data() + L.t;
           a.x = content ? x.data() : nullptr;
-          a.beta_user = beta_u.data();
-          a.beta_item = beta_i.data();
-          a.ii_neighbors = ii_n.data();
-          a.ii_weights = ii_w.data();
-          a.ii_k = K;
-          a.k_used = kappa != 0 ? K : 0;
-          a.users = users.data();
-          a.items = items.data();
-          a.negatives = negs.data();
-          a.rows = B;
-          a.n_negatives = N;
-          a.w1 = float(S.w1);
-          a.w2 = float(S.w2);
-          a.w3 = float(S.w3);
-          a.w4 = float(S.w4);
-          a.neg_scale = float(S.neg_weight / N);
-          a.kappa = float(kappa);
           a.grad_pt = grad.data() + L.pt;
           a.grad_pf = content ? grad.data() + L.pf : nullptr;
           a.grad_t = grad.data() + L.t;
@@ -231,31 +215,15 @@ TEST(EmulatedKernels, EnvironmentModelsInOneLaunchEqualTheCpu) {
     cpu::env_projection_loss_grad(m, problem, batch, S, want_loss.data(), gw.data(), gb.data(), ws);
     const std::vector<float> x = ws.item_vec;  // X_all (I, E * D), as the CPU formed it
     std::vector<float> grad_x(x.size(), 0.f), row_loss(size_t(2 * B * 2), std::nanf(""));
-    k::FusedLossArgs a;
-    a.dim = D;
+    k::FusedLossArgs a =
+        k::fused_loss_args(S, D, beta_u.data(), beta_i.data(), ii_n.data(), ii_w.data(), K,
+                           users.data(), items.data(), negs.data(), B, N);
     a.pt = pt.data();
     a.pf = pf.data();
     a.t = t.data();
     a.x = x.data();
     a.row_env = envs.data();
     a.x_stride = E * D;
-    a.beta_user = beta_u.data();
-    a.beta_item = beta_i.data();
-    a.ii_neighbors = ii_n.data();
-    a.ii_weights = ii_w.data();
-    a.ii_k = K;
-    a.k_used = K;
-    a.users = users.data();
-    a.items = items.data();
-    a.negatives = negs.data();
-    a.rows = B;
-    a.n_negatives = N;
-    a.w1 = float(S.w1);
-    a.w2 = float(S.w2);
-    a.w3 = float(S.w3);
-    a.w4 = float(S.w4);
-    a.neg_scale = float(S.neg_weight / N);
-    a.kappa = float(S.kappa);
     a.grad_x = grad_x.data();
     a.term_chunks = 2;
     a.row_loss = row_loss.data();

@@ -19,6 +19,7 @@
 
 #include "painvrl/math/adam.h"
 #include "painvrl/math/philox.h"
+#include "painvrl/model.h"
 
 namespace painvrl::PAINVRL_KERNEL_NS {
 
@@ -80,6 +81,39 @@ struct FusedLossArgs {
   const int* halt = nullptr;  // optional device flag: nonzero, the kernel does nothing
 };
 constexpr int32_t kFusedLossMaxDim = 256;
+// Warps per row for a batch (below).
+inline int32_t fused_loss_term_chunks(int64_t rows, int32_t terms);
+
+// The arguments that come from the loss settings, the item graph and the batch: the term weights
+// (neg_scale = neg_weight / N), the neighbours used (none when kappa = 0) and the term chunks.
+// The caller sets the tables it reads (pt, pf, t, x), the gradients and row_loss.
+inline FusedLossArgs fused_loss_args(const LossSettings& S, int32_t dim, const float* beta_user,
+                                     const float* beta_item, const int32_t* ii_neighbors,
+                                     const float* ii_weights, int32_t ii_k, const int32_t* users,
+                                     const int32_t* items, const int32_t* negatives, int64_t rows,
+                                     int32_t n_negatives) {
+  FusedLossArgs a;
+  a.dim = dim;
+  a.beta_user = beta_user;
+  a.beta_item = beta_item;
+  a.ii_neighbors = ii_neighbors;
+  a.ii_weights = ii_weights;
+  a.ii_k = ii_k;
+  a.k_used = S.kappa != 0 ? ii_k : 0;
+  a.users = users;
+  a.items = items;
+  a.negatives = negatives;
+  a.rows = rows;
+  a.n_negatives = n_negatives;
+  a.w1 = float(S.w1);
+  a.w2 = float(S.w2);
+  a.w3 = float(S.w3);
+  a.w4 = float(S.w4);
+  a.neg_scale = n_negatives > 0 ? float(S.neg_weight / n_negatives) : 0.f;
+  a.kappa = float(S.kappa);
+  a.term_chunks = fused_loss_term_chunks(rows, 1 + n_negatives + a.k_used);
+  return a;
+}
 // Warps per row for a batch: enough warps to fill an H100/H200 several times over (4,096), each
 // with at least 8 terms. A starting rule, to be settled by the lab (bench/ultragcn_loss_gpu.cu).
 inline int32_t fused_loss_term_chunks(int64_t rows, int32_t terms) {
