@@ -193,6 +193,48 @@ std::vector<int32_t> environments_from_file(const std::string& path, const PairL
   return env;
 }
 
+HimEpochRows him_epoch_rows(const std::vector<PairList>& env_pairs, uint64_t seed,
+                            const std::vector<uint32_t>& stages, uint32_t epoch, int32_t batch) {
+  const int E = int(env_pairs.size());
+  std::vector<PairList> shuffled(static_cast<size_t>(E));
+  int64_t steps = 0;
+  for (int e = 0; e < E; ++e) {
+    shuffle_pairs(env_pairs[e], shuffled[e], seed, stages[e], epoch);
+    steps = std::max<int64_t>(steps, (int64_t(shuffled[e].size()) + batch - 1) / batch);
+  }
+  HimEpochRows plan;
+  plan.step_offsets = {0};
+  plan.active.assign(size_t(steps * E), 0);
+  for (int64_t step = 0; step < steps; ++step) {
+    for (int e = 0; e < E; ++e) {
+      const int64_t begin = step * batch, size = int64_t(shuffled[e].size());
+      if (begin >= size) continue;
+      plan.active[size_t(step * E + e)] = 1;
+      for (int64_t p = begin; p < std::min<int64_t>(size, begin + batch); ++p) {
+        plan.users.push_back(shuffled[e].user[p]);
+        plan.items.push_back(shuffled[e].item[p]);
+        plan.envs.push_back(e);
+        plan.index.push_back(int32_t(p - begin));
+      }
+    }
+    plan.step_offsets.push_back(int64_t(plan.users.size()));
+  }
+  return plan;
+}
+
+void him_interrupted(int epoch, int64_t step) {
+  throw Interrupted(fmt::format(
+      "stopped by signal {} in environment identification (HIM epoch {} step {}); resuming "
+      "restarts it from the checkpoint at its start",
+      stop_signal().load(), epoch, step));
+}
+
+void him_diverged(int epoch, int64_t step) {
+  throw Diverged(fmt::format(
+      "HIM environment models, epoch {} step {}: the training loss is not finite; lower lr", epoch,
+      step));
+}
+
 std::vector<float> train_env_models_projection(const Config& c, const Graph& graph,
                                                const std::vector<PairList>& env_pairs,
                                                const std::vector<float>& psi, int64_t feat_dim,
@@ -237,59 +279,36 @@ std::vector<float> train_env_models_projection(const Config& c, const Graph& gra
   for (uint32_t s : stages) {
     neg_keys.push_back(math::make_key(c.seed, math::stream_id(math::RngStream::kNegative, s)));
   }
-  std::vector<PairList> shuffled(static_cast<size_t>(E));
-  std::vector<int32_t> users, items, envs, negatives;
+  std::vector<int32_t> negatives;
   std::vector<double> env_loss(static_cast<size_t>(E));
-  std::vector<uint8_t> active(static_cast<size_t>(E));
-  std::vector<int64_t> env_first_row(static_cast<size_t>(E));
   cpu::LossWorkspace<float> ws;
   const float w_l2 = float(2 * c.gamma_w);
   for (int epoch = 0; epoch < epochs; ++epoch) {
-    int64_t max_steps = 0;
-    for (int e = 0; e < E; ++e) {
-      shuffle_pairs(env_pairs[e], shuffled[e], c.seed, stages[e], uint32_t(epoch));
-      max_steps = std::max<int64_t>(max_steps, (int64_t(shuffled[e].size()) + B - 1) / B);
-    }
+    const HimEpochRows plan = him_epoch_rows(env_pairs, c.seed, stages, uint32_t(epoch), B);
     double epoch_loss = 0;
-    for (int64_t step = 0; step < max_steps; ++step) {
-      if (stop_requested()) {  // HIM keeps no checkpoint of its own: it restarts on resume
-        throw Interrupted(fmt::format(
-            "stopped by signal {} in environment identification (HIM epoch {} step {}); resuming "
-            "restarts it from the checkpoint at its start",
-            stop_signal().load(), epoch, step));
-      }
-      // This step's rows: batch `step` of every model that still has one, model by model.
-      users.clear();
-      items.clear();
-      envs.clear();
-      for (int e = 0; e < E; ++e) {
-        const int64_t begin = step * B, P = int64_t(shuffled[e].size());
-        active[e] = begin < P;
-        env_first_row[e] = int64_t(users.size());
-        for (int64_t p = begin; p < std::min<int64_t>(P, begin + B); ++p) {
-          users.push_back(shuffled[e].user[p]);
-          items.push_back(shuffled[e].item[p]);
-          envs.push_back(e);
-        }
-      }
-      const int64_t rows = int64_t(users.size());
+    for (int64_t step = 0; step < plan.steps(); ++step) {
+      if (stop_requested()) him_interrupted(epoch, step);
+      const int64_t first = plan.step_offsets[size_t(step)];
+      const int64_t rows = plan.step_offsets[size_t(step + 1)] - first;
+      const uint8_t* active = plan.active.data() + step * E;
       negatives.resize(size_t(rows) * N);
 #pragma omp parallel for schedule(static)
-      for (int64_t r = 0; r < rows; ++r) {  // row r is row r - env_first_row[e] of e's batch
-        const int e = envs[r];
+      for (int64_t r = 0; r < rows; ++r) {  // row r is row index[r] of its model's batch
+        const int e = plan.envs[size_t(first + r)];
         math::negative_row(neg_keys[e], uint32_t(epoch), uint32_t(step),
-                           uint32_t(r - env_first_row[e]), uint32_t(N), uint32_t(graph.n_items),
-                           negatives.data() + size_t(r) * N);
+                           uint32_t(plan.index[size_t(first + r)]), uint32_t(N),
+                           uint32_t(graph.n_items), negatives.data() + size_t(r) * N);
       }
-      const cpu::EnvBatch batch{users.data(), items.data(), envs.data(), negatives.data(), rows, N};
+      const cpu::EnvBatch batch{plan.users.data() + first,
+                                plan.items.data() + first,
+                                plan.envs.data() + first,
+                                negatives.data(),
+                                rows,
+                                N};
       cpu::env_projection_loss_grad(view, problem, batch, ts.loss, env_loss.data(), grad.data(),
                                     grad.data() + size_t(E) * wsize, ws);
       for (int e = 0; e < E; ++e) epoch_loss += env_loss[e];
-      if (!std::isfinite(epoch_loss)) {
-        throw Diverged(fmt::format(
-            "HIM environment models, epoch {} step {}: the training loss is not finite; lower lr",
-            epoch, step));
-      }
+      if (!std::isfinite(epoch_loss)) him_diverged(epoch, step);
       // Adam for the models that had a batch, with the L2 gradient 2 gamma_w theta fused.
       for (int e = 0; e < E; ++e) {
         if (!active[e]) continue;

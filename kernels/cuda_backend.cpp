@@ -13,7 +13,6 @@
 #include <stdexcept>
 #include <vector>
 
-#include "painvrl/checkpoint.h"
 #include "painvrl/config.h"
 #include "painvrl/cuda/backend.h"
 #include "painvrl/cuda/kernels.h"
@@ -221,26 +220,9 @@ struct DeviceBatch {
 // graph, the batch (negatives in sb.negatives), the loss weights, the term chunks, the output.
 FusedLossArgs batch_args(const LossSettings& S, const DeviceProblem& P, StepBuffers& sb,
                          int32_t dim, const DeviceBatch& batch, int32_t n_negatives) {
-  FusedLossArgs a;
-  a.dim = dim;
-  a.beta_user = P.beta_user.data();
-  a.beta_item = P.beta_item.data();
-  a.ii_neighbors = P.ii_neighbors.data();
-  a.ii_weights = P.ii_weights.data();
-  a.ii_k = P.ii_k;
-  a.k_used = S.kappa != 0 ? P.ii_k : 0;
-  a.users = batch.users;
-  a.items = batch.items;
-  a.negatives = sb.negatives.data();
-  a.rows = batch.rows;
-  a.n_negatives = n_negatives;
-  a.w1 = float(S.w1);
-  a.w2 = float(S.w2);
-  a.w3 = float(S.w3);
-  a.w4 = float(S.w4);
-  a.neg_scale = n_negatives > 0 ? float(S.neg_weight / n_negatives) : 0.f;
-  a.kappa = float(S.kappa);
-  a.term_chunks = fused_loss_term_chunks(batch.rows, 1 + n_negatives + a.k_used);
+  FusedLossArgs a = fused_loss_args(S, dim, P.beta_user.data(), P.beta_item.data(),
+                                    P.ii_neighbors.data(), P.ii_weights.data(), P.ii_k, batch.users,
+                                    batch.items, sb.negatives.data(), batch.rows, n_negatives);
   a.row_loss = sb.row_loss.data();
   return a;
 }
@@ -272,14 +254,26 @@ int64_t enqueue_loss_grad(const StreamContext& ctx, const ParamLayout& L, const 
   return entries;
 }
 
-void upload_problem(const Graph& graph, const std::vector<float>* features, DeviceProblem& P,
-                    cudaStream_t stream) {
-  P.beta_user.upload(graph.beta_user, stream);
-  P.beta_item.upload(graph.beta_item, stream);
-  P.ii_k = graph.ii_k;
-  P.ii_neighbors.upload(graph.ii_neighbors, stream);
-  P.ii_weights.upload(graph.ii_weights, stream);
-  if (features) P.features.upload(*features, stream);
+void upload_loss_problem(const LossProblem<float>& problem, int32_t n_users, int32_t n_items,
+                         int64_t feat_dim, DeviceProblem& P, cudaStream_t s) {
+  P.beta_user.upload(problem.beta_user, n_users, s);
+  P.beta_item.upload(problem.beta_item, n_items, s);
+  P.ii_k = problem.ii_k;
+  P.ii_neighbors.upload(problem.ii_neighbors, int64_t(n_items) * problem.ii_k, s);
+  P.ii_weights.upload(problem.ii_weights, int64_t(n_items) * problem.ii_k, s);
+  if (feat_dim > 0) P.features.upload(problem.features, int64_t(n_items) * feat_dim, s);
+}
+
+// The graph (and the features, when given: d of them per item) on the device.
+void upload_problem(const Graph& graph, const std::vector<float>* features, int64_t feat_dim,
+                    DeviceProblem& P, cudaStream_t stream) {
+  const LossProblem<float> problem{graph.beta_user.data(),
+                                   graph.beta_item.data(),
+                                   graph.ii_neighbors.data(),
+                                   graph.ii_weights.data(),
+                                   graph.ii_k,
+                                   features ? features->data() : nullptr};
+  upload_loss_problem(problem, graph.n_users, graph.n_items, features ? feat_dim : 0, P, stream);
 }
 
 void size_step_buffers(const ParamLayout& L, int64_t batch, int32_t n_negatives, StepBuffers& sb,
@@ -332,7 +326,7 @@ class CudaBackend final : public Backend {
     const std::vector<float> initial = initial_parameters(setup);
     params_.upload(initial, s);
 
-    upload_problem(graph, L.content ? &features : nullptr, problem_, s);
+    upload_problem(graph, L.content ? &features : nullptr, L.feat_dim, problem_, s);
     size_step_buffers(L, setup.batch_size, setup.negatives, step_, s);
     block_sums_.reserve(2 * kAdamBlocks);
     acc_.reserve(1);
@@ -542,18 +536,6 @@ int64_t backend_device_bytes(const TrainSetup& setup, int32_t ii_k, int64_t n_pa
   return 4 * floats + cublas_workspace;
 }
 
-namespace {
-void upload_loss_problem(const LossProblem<float>& problem, int32_t n_users, int32_t n_items,
-                         int64_t feat_dim, DeviceProblem& P, cudaStream_t s) {
-  P.beta_user.upload(problem.beta_user, n_users, s);
-  P.beta_item.upload(problem.beta_item, n_items, s);
-  P.ii_k = problem.ii_k;
-  P.ii_neighbors.upload(problem.ii_neighbors, int64_t(n_items) * problem.ii_k, s);
-  P.ii_weights.upload(problem.ii_weights, int64_t(n_items) * problem.ii_k, s);
-  if (feat_dim > 0) P.features.upload(problem.features, int64_t(n_items) * feat_dim, s);
-}
-}  // namespace
-
 LossTerms<float> loss_grad_on_device(const ParamLayout& L, const float* params,
                                      const LossProblem<float>& problem, const Batch& batch,
                                      const LossSettings& settings, float* grad) {
@@ -685,7 +667,7 @@ std::vector<float> train_env_models_projection_on_device(
   StreamContext ctx;
   const cudaStream_t s = ctx.stream();
   DeviceProblem P;
-  upload_problem(graph, &psi, P, s);
+  upload_problem(graph, &psi, feat_dim, P, s);
   DeviceBuffer<float> d_backbone, d_params, d_m, d_v, d_grad, x, grad_x, ones;
   d_backbone.upload(backbone, s);
   d_params.upload(params, s);
@@ -717,53 +699,32 @@ std::vector<float> train_env_models_projection_on_device(
   DeviceBuffer<math::AdamStep> d_steps;
   DeviceBuffer<uint8_t> d_active;
   std::vector<long long> adam_t(static_cast<size_t>(E), 0);
-  std::vector<PairList> shuffled(static_cast<size_t>(E));
   for (int epoch = 0; epoch < epochs; ++epoch) {
-    // The epoch's rows, step by step: batch `step` of every model that still has one, model by
-    // model (the CPU's order), with each row's model and its index in that model's batch; and
-    // each step's Adam step per model (a model counts only the steps it takes part in).
-    int64_t max_steps = 0;
-    for (int32_t e = 0; e < E; ++e) {
-      shuffle_pairs(env_pairs[e], shuffled[e], c.seed, stages[e], uint32_t(epoch));
-      max_steps = std::max<int64_t>(max_steps, (int64_t(shuffled[e].size()) + B - 1) / B);
-    }
-    std::vector<int32_t> users, items, envs, index;
-    std::vector<int64_t> offsets = {0};
+    // The epoch's rows (the CPU's plan) and each step's Adam step per model (a model counts only
+    // the steps it takes part in), uploaded once per epoch.
+    const HimEpochRows plan = him_epoch_rows(env_pairs, c.seed, stages, uint32_t(epoch), B);
+    const int64_t max_steps = plan.steps();
     std::vector<math::AdamStep> steps(size_t(max_steps * E));
-    std::vector<uint8_t> active(size_t(max_steps * E), 0);
     for (int64_t step = 0; step < max_steps; ++step) {
       for (int32_t e = 0; e < E; ++e) {
-        const int64_t begin = step * B, size = int64_t(shuffled[e].size());
-        if (begin >= size) continue;
-        active[size_t(step * E + e)] = 1;
+        if (!plan.active[size_t(step * E + e)]) continue;
         steps[size_t(step * E + e)] =
             math::make_adam_step(float(c.lr), float(c.adam_beta1), float(c.adam_beta2),
                                  float(c.adam_eps), ++adam_t[size_t(e)]);
-        for (int64_t p = begin; p < std::min(size, begin + B); ++p) {
-          users.push_back(shuffled[e].user[p]);
-          items.push_back(shuffled[e].item[p]);
-          envs.push_back(e);
-          index.push_back(int32_t(p - begin));
-        }
       }
-      offsets.push_back(int64_t(users.size()));
     }
-    d_users.upload(users, s);
-    d_items.upload(items, s);
-    d_envs.upload(envs, s);
-    d_index.upload(index, s);
+    d_users.upload(plan.users, s);
+    d_items.upload(plan.items, s);
+    d_envs.upload(plan.envs, s);
+    d_index.upload(plan.index, s);
     d_steps.upload(steps, s);
-    d_active.upload(active, s);
+    d_active.upload(plan.active, s);
     epoch_loss.zero(1, s);
     halt.zero(1, s);
     for (int64_t step = 0; step < max_steps; ++step) {
-      if (stop_requested()) {  // HIM keeps no checkpoint of its own: it restarts on resume
-        throw Interrupted(fmt::format(
-            "stopped by signal {} in environment identification (HIM epoch {} step {}); resuming "
-            "restarts it from the checkpoint at its start",
-            stop_signal().load(), epoch, step));
-      }
-      const int64_t first = offsets[size_t(step)], rows = offsets[size_t(step + 1)] - first;
+      if (stop_requested()) him_interrupted(epoch, step);
+      const int64_t first = plan.step_offsets[size_t(step)];
+      const int64_t rows = plan.step_offsets[size_t(step + 1)] - first;
       PAINVRL_CUDA_CHECK(launch_sample_negatives_rows(
           d_keys.data(), d_envs.data() + first, d_index.data() + first, uint32_t(epoch),
           uint32_t(step), rows, N, uint32_t(graph.n_items), sb.negatives.data(), s));
@@ -812,11 +773,7 @@ std::vector<float> train_env_models_projection_on_device(
     halt.download(&halted, 1, s);
     halt_step.download(&at_step, 1, s);
     ctx.sync();
-    if (halted) {
-      throw Diverged(fmt::format(
-          "HIM environment models, epoch {} step {}: the training loss is not finite; lower lr",
-          epoch, at_step));
-    }
+    if (halted) him_diverged(epoch, at_step);
   }
   d_params.download(params.data(), n, s);
   ctx.sync();

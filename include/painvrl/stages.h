@@ -130,6 +130,23 @@ std::vector<float> train_env_models_projection(const Config& c, const Graph& gra
                                                const std::vector<float>& backbone,
                                                const std::vector<uint32_t>& stages, int epochs);
 
+// One epoch of HIM's E models trained together (CPU and CUDA backends alike): each model's pairs
+// shuffled as train_fixed would (keyed by stages[e]); step s takes batch s of every model that
+// still has one, model by model.
+struct HimEpochRows {
+  std::vector<int32_t> users, items, envs;  // (rows of the epoch,) envs: the row's model
+  std::vector<int32_t> index;               // (rows,) the row's position in its model's batch
+  std::vector<int64_t> step_offsets;        // (steps + 1,) rows of step s: [offsets[s], [s + 1])
+  std::vector<uint8_t> active;              // (steps, E) model e has a batch in step s
+  int64_t steps() const { return int64_t(step_offsets.size()) - 1; }
+};
+HimEpochRows him_epoch_rows(const std::vector<PairList>& env_pairs, uint64_t seed,
+                            const std::vector<uint32_t>& stages, uint32_t epoch, int32_t batch);
+// The stop-request exit of HIM's training (it keeps no checkpoint of its own), and its exit on a
+// non-finite loss.
+[[noreturn]] void him_interrupted(int epoch, int64_t step);
+[[noreturn]] void him_diverged(int epoch, int64_t step);
+
 // Environments read from a `user item env ...` table (e.g. the synthetic data's planted ones,
 // for diagnostics), for each of `pairs`; ids renumbered 0.. in order.
 std::vector<int32_t> environments_from_file(const std::string& path, const PairList& pairs);
