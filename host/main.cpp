@@ -40,8 +40,9 @@ int main(int argc, char** argv) {
   train->add_option("--objective", objective, "pareto | erm | irm (config key objective)");
   std::string device;
   train->add_option("--device", device,
-                    "cpu | cuda | auto (config key device; auto: the GPU when usable, else the "
-                    "CPU)");
+                    "cpu | cuda | auto (config key device; auto: the CPU until the CUDA backend "
+                    "has passed its device check; cuda: refused until then unless "
+                    "PAINVRL_UNVERIFIED_CUDA=1)");
   train->add_flag("--no-attention", no_attention, "drop the attention MLPs (attention = false)");
   train->add_option("--config", config_file, "TOML config file (applied after the preset)");
   train->add_option("--set", overrides, "key=value overrides (applied last)")->take_all();

@@ -14,7 +14,7 @@ struct Config {
   std::string method = "ultragcn";  // ultragcn | ultragcn-mm | mostpop | invrl | painvrl
   uint64_t seed = 2233;
   int threads = 0;              // 0: all cores (OMP default)
-  std::string device = "auto";  // cpu | cuda | auto (the GPU when usable, else the CPU)
+  std::string device = "auto";  // cpu | cuda | auto (see device_select.h)
   // Checkpoints (host/checkpoint.cpp): the full state is saved at the end of every stage, on
   // SIGINT/SIGTERM, and every `checkpoint_every` epochs of a stage (0: only at stage ends).
   int checkpoint_every = 5;
