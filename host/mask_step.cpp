@@ -15,6 +15,7 @@
 #include <cmath>
 
 #include "painvrl/math/activations.h"
+#include "painvrl/math/mask.h"
 #include "painvrl/math/ultragcn.h"
 
 namespace painvrl {
@@ -71,8 +72,7 @@ T pareto_weight(const std::vector<T>& g_E, const std::vector<T>& g_I) {
     num += (g_I[j] - g_E[j]) * g_I[j];
     den += diff * diff;
   }
-  if (den < T(1e-12)) return T(0.5);
-  return std::clamp(num / den, T(0), T(1));
+  return math::pareto_weight_from_sums(num, den);
 }
 
 namespace {
@@ -124,9 +124,8 @@ struct StepContext {
     open.resize(size_t(E) * d);
     for (int32_t e = 0; e < E; ++e) {
       for (int64_t j = 0; j < d; ++j) {
-        const T z = mask[j] + noise[size_t(e) * d + j];
-        gate[size_t(e) * d + j] = std::clamp(z, T(0), T(1));
-        open[size_t(e) * d + j] = (z > T(0) && z < T(1)) ? T(1) : T(0);
+        gate[size_t(e) * d + j] =
+            math::mask_gate(mask[j], noise[size_t(e) * d + j], open[size_t(e) * d + j]);
       }
     }
     if (L.attention) {
@@ -196,11 +195,10 @@ struct StepContext {
     const T diff = t.alpha_phi - t.alpha_psi;
     for (int64_t j = 0; j < d; ++j) h[j] = (t.alpha_psi + diff * mu[j]) * f[j];
     t.s = base + dot(P.Ti + size_t(t.item) * D, P.Pt + size_t(u) * D, D) + dot(q_u, h, d);
-    const T sg = math::sigmoid(t.s);
-    // sigma(s) - 1 = -sigma(-s), evaluated without the cancellation of the difference
-    t.delta = t.positive ? -t.c * math::sigmoid(-t.s) : t.c * sg;
-    t.delta2 = t.c * sg * (T(1) - sg);
-    t.loss = t.c * (t.positive ? math::softplus(-t.s) : math::softplus(t.s));
+    const math::MaskTermLoss<T> b = math::mask_term_loss(t.s, t.c, t.positive);
+    t.delta = b.delta;
+    t.delta2 = b.delta2;
+    t.loss = b.loss;
   }
 
   // Per-row user quantities: q_u = W^T Pf_u (d), base = <Pf_u, b>, user_pre (2, H).
@@ -446,8 +444,8 @@ MaskStepResult<T> mask_step(const MaskLayout& L, const T* params, const T* mask,
   R.mask_grad.resize(size_t(d));
   R.mask_new.resize(size_t(d));
   for (int64_t j = 0; j < d; ++j) {
-    R.mask_grad[j] = wE * gE[j] + wI * gI[j] + T(S.lambda) * (mask[j] - T(S.center));
-    R.mask_new[j] = std::clamp(mask[j] - T(S.step) * R.mask_grad[j], T(0), T(1));
+    R.mask_grad[j] = math::mask_direction(wE, gE[j], wI, gI[j], T(S.lambda), mask[j], T(S.center));
+    R.mask_new[j] = math::mask_sgd(mask[j], T(S.step), R.mask_grad[j]);
   }
 
   // W and b: sum_r Pf_u (wE * ke_r + wI * kg_r)^T (+ 2 gamma_w W)

@@ -39,6 +39,7 @@
 #include "painvrl/cpu/ultragcn_loss.h"
 #include "painvrl/error.h"
 #include "painvrl/io.h"
+#include "painvrl/mask_runner.h"
 #include "painvrl/mask_step.h"
 #include "painvrl/math/adam.h"
 #include "painvrl/math/sampling.h"
@@ -69,11 +70,8 @@ std::vector<float> scale_columns(const std::vector<float>& f, int64_t d,
 // Gate noise for environment e in a step: eps (d), N(0, sigma^2), from (epoch, step, e, j).
 void draw_noise(math::PhiloxKey key, uint32_t epoch, uint32_t step, uint32_t env, int64_t d,
                 float sigma, float* eps) {
-  for (int64_t j = 0; j < d; j += 2) {
-    const math::U32x4 r = math::philox(key, uint32_t(j >> 1), env, step, epoch);
-    eps[j] = sigma * math::normal_from<float>(r.v[0], r.v[1]);
-    if (j + 1 < d) eps[j + 1] = sigma * math::normal_from<float>(r.v[2], r.v[3]);
-  }
+  for (int64_t j = 0; j < d; ++j)
+    eps[j] = math::mask_noise(key, epoch, step, env, uint64_t(j), sigma);
 }
 
 // Initial mask-model parameters: W ~ N(0, init_std), b = 0; attention layers N(0, 1/fan_in).
@@ -527,13 +525,6 @@ void shuffle_env_pairs(std::vector<std::vector<int32_t>>& env_pairs, math::Philo
   }
 }
 
-bool all_finite(const std::vector<double>& v) {
-  for (double x : v) {
-    if (!std::isfinite(x)) return false;
-  }
-  return true;
-}
-
 }  // namespace
 
 SelectionResult run_invariant_pipeline(const Config& c, const Evaluator& eval,
@@ -678,71 +669,36 @@ SelectionResult run_invariant_pipeline(const Config& c, const Evaluator& eval,
       int64_t largest = 0;
       for (const auto& v : env_pairs) largest = std::max<int64_t>(largest, int64_t(v.size()));
 
-      // Mask generation: one batch of mask_batch positives from every environment per step.
-      const math::PhiloxKey neg_key =
-          math::make_key(c.seed, math::stream_id(math::RngStream::kNegative, stage));
-      const math::PhiloxKey noise_key =
-          math::make_key(c.seed, math::stream_id(math::RngStream::kMaskNoise, stage));
+      // Mask generation: one batch of mask_batch positives from every environment per step, on
+      // the CPU or the device (include/painvrl/mask_runner.h).
+      MaskRunSetup rs;
+      rs.config = &c;
+      rs.layout = ml;
+      rs.settings = ms;
+      rs.problem = problem;
+      rs.train = &data.train;
+      rs.envs = n_envs;
+      rs.neg_key = math::make_key(c.seed, math::stream_id(math::RngStream::kNegative, stage));
+      rs.noise_key = math::make_key(c.seed, math::stream_id(math::RngStream::kMaskNoise, stage));
+      const MaskRunState run_state{&st.params, &st.adam_m, &st.adam_v, &st.adam_t,
+                                   &mask,      &ps.mask_m, &ps.mask_v, &ps.mask_t};
+      std::unique_ptr<MaskRunner> runner;
+#ifdef PAINVRL_HAVE_CUDA
+      if (c.device == "cuda") runner = cuda::make_mask_runner(rs, run_state, env_pairs);
+#endif
+      if (!runner) runner = make_cpu_mask_runner(rs, run_state);
       const math::PhiloxKey order_key =
           math::make_key(c.seed, math::stream_id(math::RngStream::kShuffle, stage));
       const int64_t steps = (largest + c.mask_batch - 1) / c.mask_batch;
-      std::vector<float> noise(static_cast<size_t>(n_envs) * d);
-      std::vector<double> noise_d(noise.size());
-      for (int epoch = 0; epoch < first_epoch; ++epoch)
-        shuffle_env_pairs(env_pairs, order_key, epoch);
-      for (int epoch = first_epoch; epoch < c.mask_epochs; ++epoch) {
-        shuffle_env_pairs(env_pairs, order_key, epoch);
-        for (int64_t step = epoch == first_epoch ? first_step : 0; step < steps; ++step) {
-          if (stop_requested()) {
-            Checkpoint ck = mask_checkpoint(epoch, step);
-            StageCheckpoints sc;
-            sc.store = store;
-            stop_stage(
-                &sc, ck,
-                fmt::format("mask generation outer {} epoch {} step {}", outer, epoch, step));
-          }
-          const EnvBatches batches =
-              make_mask_batches(data.train, env_pairs, c.mask_batch, c.negatives, data.n_items,
-                                neg_key, uint32_t(epoch), step);
-          for (int e = 0; e < n_envs; ++e) {
-            draw_noise(noise_key, uint32_t(epoch), uint32_t(step), uint32_t(e), d, float(c.sigma),
-                       noise.data() + size_t(e) * d);
-          }
-          std::copy(noise.begin(), noise.end(), noise_d.begin());
-          const MaskStepResult<double> r = mask_step<double>(ml, st.params.data(), mask.data(),
-                                                             problem, batches, noise_d.data(), ms);
-          if (!std::isfinite(r.L_ERM) || !std::isfinite(r.L_IRM) || !all_finite(r.grad) ||
-              !all_finite(r.mask_grad) || !all_finite(r.mask_new)) {
-            throw Diverged(fmt::format(
-                "mask generation, outer {} epoch {} step {}: a non-finite loss, gradient or mask "
-                "(L_ERM {}, L_IRM {}); lower lr or mask_step",
-                outer, epoch, step, r.L_ERM, r.L_IRM));
-          }
-          // Adam on W, b and the attention MLPs (the L2 term is already in r.grad).
-          const math::AdamStep as =
-              math::make_adam_step(float(c.lr), float(c.adam_beta1), float(c.adam_beta2),
-                                   float(c.adam_eps), ++st.adam_t);
-          for (size_t k = 0; k < st.params.size(); ++k) {
-            math::adam_update(st.params[k], st.adam_m[k], st.adam_v[k], r.grad[k], 0.0, as);
-          }
-          // The mask: Eq. 19 (sgd), or Adam on the same direction; clipped to [0, 1].
-          if (c.mask_optimizer == "sgd") {
-            mask = r.mask_new;
-          } else {
-            const math::AdamStep ma =
-                math::make_adam_step(float(c.mask_step), float(c.adam_beta1), float(c.adam_beta2),
-                                     float(c.adam_eps), ++ps.mask_t);
-            for (int64_t j = 0; j < d; ++j) {
-              math::adam_update(mask[j], ps.mask_m[j], ps.mask_v[j], r.mask_grad[j], 0.0, ma);
-              mask[j] = std::clamp(mask[j], 0.0, 1.0);
-            }
-          }
-          double mean = 0;
-          for (double x : mask) mean += x;
-          mean /= double(std::max<int64_t>(d, 1));
-          trace << nlohmann::json{{"outer", outer},   {"epoch", epoch},   {"step", step},
-                                  {"w_ERM", r.w_ERM}, {"L_ERM", r.L_ERM}, {"L_IRM", r.L_IRM},
-                                  {"mask_mean", mean}}
+      int epoch = first_epoch;
+      // The steps' records since the last drain: trace lines and progress sums, or the stop on
+      // the first non-finite step (its trace line is not written, as no update was applied).
+      auto drain = [&] {
+        const MaskDrain dr = runner->drain();
+        for (const MaskStepRecord& r : dr.records) {
+          trace << nlohmann::json{{"outer", outer},          {"epoch", epoch},   {"step", r.step},
+                                  {"w_ERM", r.w_ERM},        {"L_ERM", r.L_ERM}, {"L_IRM", r.L_IRM},
+                                  {"mask_mean", r.mask_mean}}
                        .dump()
                 << "\n";
           st.sum_w += r.w_ERM;
@@ -750,6 +706,32 @@ SelectionResult run_invariant_pipeline(const Config& c, const Evaluator& eval,
           st.sum_irm += r.L_IRM;
           ++st.n_steps;
         }
+        if (dr.failed) {
+          throw Diverged(fmt::format(
+              "mask generation, outer {} epoch {} step {}: a non-finite loss, gradient or mask "
+              "(L_ERM {}, L_IRM {}); lower lr or mask_step",
+              outer, epoch, dr.failed->step, dr.failed->L_ERM, dr.failed->L_IRM));
+        }
+      };
+      for (int e = 0; e < first_epoch; ++e) shuffle_env_pairs(env_pairs, order_key, e);
+      for (; epoch < c.mask_epochs; ++epoch) {
+        shuffle_env_pairs(env_pairs, order_key, epoch);
+        runner->begin_epoch(env_pairs, epoch);
+        for (int64_t step = epoch == first_epoch ? first_step : 0; step < steps; ++step) {
+          if (stop_requested()) {
+            drain();
+            runner->sync_state();
+            Checkpoint ck = mask_checkpoint(epoch, step);
+            StageCheckpoints sc;
+            sc.store = store;
+            stop_stage(
+                &sc, ck,
+                fmt::format("mask generation outer {} epoch {} step {}", outer, epoch, step));
+          }
+          runner->step(step);
+          if (!runner->deferred()) drain();
+        }
+        drain();
         if (st.n_steps > 0 && (epoch + 1) % std::max(1, c.mask_epochs / 8) == 0) {
           double mean = 0, lo = 1, hi = 0;
           for (double x : mask) {
@@ -766,10 +748,12 @@ SelectionResult run_invariant_pipeline(const Config& c, const Evaluator& eval,
           st.n_steps = 0;
         }
         if (store && store->due(epoch + 1) && epoch + 1 < c.mask_epochs) {
+          runner->sync_state();
           Checkpoint ck = mask_checkpoint(epoch + 1, 0);
           store->save(ck);
         }
       }
+      runner->sync_state();
       trace << std::flush;
       ps.mask_seconds += seconds_since(t_mask);
       ps.mask_steps += int64_t(c.mask_epochs) * steps;

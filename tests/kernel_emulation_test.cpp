@@ -20,11 +20,10 @@
 #include "painvrl/model.h"
 #include "toy_problem.h"
 
-// The kernels under test, after every other header (the emulation defines CUDA's keywords).
+// The kernels under test (compiled in tests/emulated_kernels.cpp), after every other header (the
+// emulation defines CUDA's keywords).
 #define PAINVRL_KERNEL_EMULATION 1
-#include "../kernels/adam.cu"
-#include "../kernels/sampling.cu"
-#include "../kernels/ultragcn_loss.cu"
+#include "painvrl/cuda/kernels.h"
 
 namespace painvrl {
 namespace {

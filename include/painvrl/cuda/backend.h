@@ -5,9 +5,9 @@
 // train_steps call. Gradients are scattered with atomics, so runs agree with the CPU backend to
 // rounding, not bit for bit.
 //
-// Not yet on the device (the CUDA issue lists them): the per-row L2 of l2 = touched (refused at
-// setup), HIM's batched environment models, the mask generation, the item-item graph and the
-// top-K evaluation; the trainer does not select this backend yet.
+// HIM's environment models and the mask generation have their own device loops below. Not yet on
+// the device (the CUDA issue lists them): the per-row L2 of l2 = touched (refused at setup), HIM's
+// reassignment scores, the item-item graph and the top-K evaluation.
 #pragma once
 #include <memory>
 #include <string>
@@ -16,6 +16,8 @@
 #include "painvrl/backend.h"
 #include "painvrl/config.h"
 #include "painvrl/cpu/ultragcn_loss.h"
+#include "painvrl/mask_runner.h"
+#include "painvrl/mask_step.h"
 #include "painvrl/math/philox.h"
 #include "painvrl/model.h"
 
@@ -59,5 +61,18 @@ std::vector<float> train_env_models_projection_on_device(
 // negatives (rows, N) drawn on the device (launch_sample_negatives), copied back; for tests.
 std::vector<int32_t> negatives_on_device(math::PhiloxKey key, uint32_t epoch, uint32_t step,
                                          int64_t rows, int32_t n_negatives, uint32_t n_items);
+
+// Mask generation on the device (kernels/cuda_mask.cpp): the MaskRunner of mask_runner.h for one
+// outer iteration, whose environments' pair lists (for their sizes) are env_pairs. Throws
+// std::runtime_error before it allocates when the step would not fit in free device memory.
+std::unique_ptr<MaskRunner> make_mask_runner(const MaskRunSetup& setup, const MaskRunState& state,
+                                             const std::vector<std::vector<int32_t>>& env_pairs);
+
+// One mask step on the device (kernels/mask_step.cu with cuBLAS DGEMM), copied back: every output
+// of mask_step<double> (mask_step.h) for the same inputs. For tests and the lab.
+MaskStepResult<double> mask_step_on_device(const MaskLayout& layout, const double* params,
+                                           const double* mask, const MaskProblem<double>& problem,
+                                           const EnvBatches& batches, const double* noise,
+                                           const MaskSettings& settings);
 
 }  // namespace painvrl::cuda

@@ -25,6 +25,15 @@ PAINVRL_HD void negative_row(PhiloxKey key, uint32_t epoch, uint32_t step, uint3
   }
 }
 
+// Element j of environment env's gate noise in mask step (epoch, step), N(0, sigma^2): one Philox
+// call per two elements, drawn in float on every backend.
+PAINVRL_HD float mask_noise(PhiloxKey key, uint32_t epoch, uint32_t step, uint32_t env, uint64_t j,
+                            float sigma) {
+  const U32x4 r = philox(key, uint32_t(j >> 1), env, step, epoch);
+  const uint32_t half = uint32_t(j & 1u) * 2u;
+  return sigma * normal_from<float>(r.v[half], r.v[half + 1]);
+}
+
 // Element `index` of tensor `tensor`, drawn N(0, std^2).
 template <class T>
 PAINVRL_HD T init_normal(PhiloxKey key, uint32_t tensor, uint64_t index, T std_dev) {

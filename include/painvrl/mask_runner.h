@@ -1,0 +1,76 @@
+// The mask-generation steps of one outer iteration (DESIGN.md section 2, Eq. 10-19), on the CPU
+// (host/mask_runner.cpp: mask_step<double> and the optimisers on the host) or on the device
+// (kernels/cuda_mask.cpp: kernels/mask_step.cu). Both draw the same batches, negatives and gate
+// noise for a seed and apply the same updates; the pipeline (host/painvrl.cpp) drives either one
+// step at a time and reads the steps' records (the trace) with drain(): after every step on the
+// CPU, once per epoch on the device, where the per-step scalars stay until then.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "painvrl/config.h"
+#include "painvrl/dataset.h"
+#include "painvrl/mask_step.h"
+#include "painvrl/math/philox.h"
+
+namespace painvrl {
+
+// The host copies of the state a mask run reads and updates (owned by the pipeline; saved in
+// its checkpoints).
+struct MaskRunState {
+  std::vector<double>* params = nullptr;  // (layout.total,) the mask model
+  std::vector<double>* adam_m = nullptr;
+  std::vector<double>* adam_v = nullptr;
+  long long* adam_t = nullptr;
+  std::vector<double>* mask = nullptr;  // (d,)
+  std::vector<double>* mask_m = nullptr;
+  std::vector<double>* mask_v = nullptr;
+  long long* mask_t = nullptr;
+};
+
+// What one outer iteration's mask generation needs besides its state.
+struct MaskRunSetup {
+  const Config* config = nullptr;  // batch, negatives, sigma, lr, Adam, mask optimiser and step
+  MaskLayout layout;
+  MaskSettings settings;
+  MaskProblem<double> problem;  // the frozen backbone, content and graph, in double
+  const PairList* train = nullptr;
+  int32_t envs = 0;
+  math::PhiloxKey neg_key{}, noise_key{};
+};
+
+struct MaskStepRecord {
+  int64_t step = 0;
+  double w_ERM = 0, L_ERM = 0, L_IRM = 0, mask_mean = 0;
+};
+
+// The records of the steps run since the last drain, in order; `failed` names the first step whose
+// loss, gradient or mask was not finite (its update was not applied, later steps did nothing).
+struct MaskDrain {
+  std::vector<MaskStepRecord> records;
+  struct Failure {
+    int64_t step = 0;
+    double L_ERM = 0, L_IRM = 0;
+  };
+  std::optional<Failure> failed;
+};
+
+class MaskRunner {
+ public:
+  virtual ~MaskRunner() = default;
+  // The epoch's environment pair lists (indices into train), in this epoch's shuffled order.
+  virtual void begin_epoch(const std::vector<std::vector<int32_t>>& env_pairs, int epoch) = 0;
+  virtual void step(int64_t step) = 0;
+  // Whether records wait for drain() (the device); the CPU's are ready after every step.
+  virtual bool deferred() const = 0;
+  virtual MaskDrain drain() = 0;
+  // Brings the host state (MaskRunState) up to date: before a checkpoint and at the end.
+  virtual void sync_state() = 0;
+};
+
+std::unique_ptr<MaskRunner> make_cpu_mask_runner(const MaskRunSetup& setup,
+                                                 const MaskRunState& state);
+
+}  // namespace painvrl

@@ -1,0 +1,371 @@
+// Mask generation on the device (include/painvrl/mask_runner.h, include/painvrl/cuda/backend.h):
+// host code that uploads one outer iteration's frozen problem once, the epoch's shuffled pair lists
+// once per epoch, and enqueues per step: the batch rows, the negatives (kernels/sampling.cu), the
+// gate noise, the step (kernels/mask_step.cu, its dense products by cuBLAS DGEMM) and the update,
+// with no allocation, no host copy and no synchronisation inside a step. The steps' records (w_ERM,
+// L_ERM, L_IRM, mask mean) and the halt flag are read once per drain (an epoch). Row-major
+// products are passed to column-major cuBLAS as their transposes (kernels/cuda_backend.cpp).
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <stdexcept>
+#include <vector>
+
+#include "device_support.h"
+#include "painvrl/cuda/backend.h"
+#include "painvrl/cuda/kernels.h"
+#include "painvrl/cuda/mask_kernels.h"
+#include "painvrl/math/adam.h"
+
+namespace painvrl::cuda {
+namespace {
+
+// Row-major C = alpha op(A) op(B) + beta C as column-major C^T = op(B)^T op(A)^T.
+DeviceGemm dgemm_on(cublasHandle_t handle) {
+  return [handle](const GemmCall& g) -> cudaError_t {
+    if (g.m == 0 || g.n == 0) return cudaSuccess;
+    const cublasStatus_t st =
+        cublas_api().dgemm(handle, g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
+                           g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, int(g.n), int(g.m), int(g.k),
+                           &g.alpha, g.b, int(g.ldb), g.a, int(g.lda), &g.beta, g.c, int(g.ldc));
+    if (st != CUBLAS_STATUS_SUCCESS) {
+      throw std::runtime_error(fmt::format("cuBLAS error in cublasDgemm ({} x {} x {}): {}", g.m,
+                                           g.n, g.k, cublas_api().status_string(st)));
+    }
+    return cudaSuccess;
+  };
+}
+
+// The frozen problem of one outer iteration on the device, in double.
+struct DeviceMaskProblem {
+  DeviceBuffer<double> pt, pf, ti, features, beta_user, beta_item, ii_weights;
+  DeviceBuffer<int32_t> ii_neighbors;
+
+  void upload(const MaskProblem<double>& P, cudaStream_t s) {
+    const int64_t nu = int64_t(P.n_users) * P.D, ni = int64_t(P.n_items) * P.D;
+    pt.upload(P.Pt, nu, s);
+    pf.upload(P.Pf, nu, s);
+    ti.upload(P.Ti, ni, s);
+    features.upload(P.features, int64_t(P.n_items) * P.d, s);
+    beta_user.upload(P.beta_user, P.n_users, s);
+    beta_item.upload(P.beta_item, P.n_items, s);
+    ii_weights.upload(P.ii_weights, int64_t(P.n_items) * P.ii_k, s);
+    ii_neighbors.upload(P.ii_neighbors, int64_t(P.n_items) * P.ii_k, s);
+  }
+};
+
+// One step's buffers: the workspace and every output of run_mask_step.
+struct DeviceMaskStep {
+  DeviceBuffer<double> workspace, loss_env, scalars, G, V, g_E, g_I, grad, mask_grad, mask_new;
+
+  static int64_t doubles(const MaskLayout& L, int64_t rows, int32_t tpr, int32_t E,
+                         int32_t n_items) {
+    return MaskWorkspace::doubles(rows, tpr, E, L.D, L.d, L.H, n_items) + E + 4 +
+           (int64_t(E) + 1) * L.D * L.d + 4 * L.d + L.total;
+  }
+
+  // Fills the pointers of `a` (sizes already set) after allocating.
+  void bind(MaskStepArgs& a) {
+    const MaskLayout& L = a.layout;
+    const int32_t tpr = mask_terms_per_row(a);
+    workspace.reserve(MaskWorkspace::doubles(a.rows, tpr, a.envs, L.D, L.d, L.H, a.n_items));
+    a.ws = MaskWorkspace::carve(workspace.data(), a.rows, tpr, a.envs, L.D, L.d, L.H, a.n_items);
+    auto out = [](DeviceBuffer<double>& b, int64_t n) {
+      b.reserve(n);
+      return b.data();
+    };
+    a.loss_env = out(loss_env, a.envs);
+    a.scalars = out(scalars, 4);
+    a.G = out(G, int64_t(a.envs) * L.D * L.d);
+    a.V = out(V, int64_t(L.D) * L.d);
+    a.g_E = out(g_E, L.d);
+    a.g_I = out(g_I, L.d);
+    a.grad = out(grad, L.total);
+    a.mask_grad = out(mask_grad, L.d);
+    a.mask_new = out(mask_new, L.d);
+  }
+};
+
+MaskStepArgs step_args(const MaskLayout& L, const MaskSettings& S, const MaskProblem<double>& P,
+                       int32_t envs, int32_t n_negatives, int64_t rows) {
+  MaskStepArgs a;
+  a.layout = L;
+  if (!L.attention) a.layout.H = 0;
+  a.settings = S;
+  a.n_users = P.n_users;
+  a.n_items = P.n_items;
+  a.envs = envs;
+  a.n_negatives = n_negatives;
+  a.ii_k = P.ii_k;
+  a.rows = rows;
+  return a;
+}
+
+void bind_problem(MaskStepArgs& a, const DeviceMaskProblem& dp) {
+  a.pt = dp.pt.data();
+  a.pf = dp.pf.data();
+  a.ti = dp.ti.data();
+  a.features = dp.features.data();
+  a.beta_user = dp.beta_user.data();
+  a.beta_item = dp.beta_item.data();
+  a.ii_neighbors = dp.ii_neighbors.data();
+  a.ii_weights = dp.ii_weights.data();
+}
+
+// Refuses a run that would not fit, before it allocates.
+void check_fits(int64_t bytes, const char* what) {
+  size_t free_bytes = 0, total_bytes = 0;
+  PAINVRL_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+  if (bytes > int64_t(free_bytes)) {
+    throw std::runtime_error(fmt::format(
+        "{} needs about {:.2f} GiB of device memory and {:.2f} GiB is free; lower mask_batch or "
+        "negatives, or run on the CPU (--device cpu)",
+        what, double(bytes) / (1 << 30), double(free_bytes) / (1 << 30)));
+  }
+}
+
+class DeviceMaskRunner final : public MaskRunner {
+ public:
+  DeviceMaskRunner(const MaskRunSetup& setup, const MaskRunState& state,
+                   const std::vector<std::vector<int32_t>>& env_pairs)
+      : S_(setup), st_(state) {
+    const Config& c = *S_.config;
+    const int32_t E = S_.envs;
+    pair_offsets_.assign(1, 0);
+    batch_offsets_.assign(1, 0);
+    int64_t largest = 0;
+    for (const auto& v : env_pairs) {
+      const int64_t n = int64_t(v.size());
+      pair_offsets_.push_back(pair_offsets_.back() + n);
+      batch_offsets_.push_back(batch_offsets_.back() + std::min<int64_t>(c.mask_batch, n));
+      largest = std::max(largest, n);
+    }
+    rows_ = batch_offsets_.back();
+    steps_per_epoch_ = (largest + c.mask_batch - 1) / c.mask_batch;
+    args_ = step_args(S_.layout, S_.settings, S_.problem, E, c.negatives, rows_);
+    const MaskLayout& L = S_.layout;
+    const MaskProblem<double>& P = S_.problem;
+    const int64_t problem_doubles = 2 * int64_t(P.n_users) * P.D + int64_t(P.n_items) * P.D +
+                                    int64_t(P.n_items) * P.d + P.n_users + P.n_items * 3;
+    const int64_t state_doubles = 3 * L.total + 3 * L.d + int64_t(E) * L.d;
+    const int64_t bytes =
+        8 * (problem_doubles + state_doubles +
+             DeviceMaskStep::doubles(L, rows_, mask_terms_per_row(args_), E, P.n_items) +
+             4 * steps_per_epoch_) +
+        4 * (int64_t(P.n_items) * P.ii_k + 3 * int64_t(S_.train->size()) +
+             rows_ * (2 + c.negatives)) +
+        (int64_t(64) << 20);  // cuBLAS workspace
+    check_fits(bytes, "mask generation on the GPU");
+
+    const cudaStream_t s = ctx_.stream();
+    problem_.upload(P, s);
+    train_user_.upload(S_.train->user, s);
+    train_item_.upload(S_.train->item, s);
+    d_pair_offsets_.upload(pair_offsets_, s);
+    d_batch_offsets_.upload(batch_offsets_, s);
+    users_.reserve(rows_);
+    items_.reserve(rows_);
+    negatives_.reserve(rows_ * std::max(c.negatives, 1));
+    noise_.reserve(int64_t(E) * L.d);
+    params_.upload(*st_.params, s);
+    adam_m_.upload(*st_.adam_m, s);
+    adam_v_.upload(*st_.adam_v, s);
+    mask_.upload(*st_.mask, s);
+    mask_m_.upload(*st_.mask_m, s);
+    mask_v_.upload(*st_.mask_v, s);
+    trace_.reserve(4 * std::max<int64_t>(steps_per_epoch_, 1));
+    halt_.reserve(1);
+    halt_.zero(1, s);
+    halt_step_.reserve(1);
+    halt_step_.zero(1, s);
+
+    bind_problem(args_, problem_);
+    args_.env_offsets_host = batch_offsets_.data();
+    args_.env_offsets = d_batch_offsets_.data();
+    args_.users = users_.data();
+    args_.items = items_.data();
+    args_.negatives = negatives_.data();
+    args_.noise = noise_.data();
+    args_.params = params_.data();
+    args_.mask = mask_.data();
+    step_.bind(args_);
+    gemm_ = dgemm_on(ctx_.cublas());
+  }
+
+  void begin_epoch(const std::vector<std::vector<int32_t>>& env_pairs, int epoch) override {
+    epoch_ = epoch;
+    flat_.clear();
+    for (const auto& v : env_pairs) flat_.insert(flat_.end(), v.begin(), v.end());
+    env_pairs_.upload(flat_, ctx_.stream());
+  }
+
+  void step(int64_t step) override {
+    const Config& c = *S_.config;
+    MaskTrainStep t;
+    MaskBatchArgs& b = t.batch;
+    b.env_pairs = env_pairs_.data();
+    b.pair_offsets = d_pair_offsets_.data();
+    b.batch_offsets = d_batch_offsets_.data();
+    b.envs = S_.envs;
+    b.train_user = train_user_.data();
+    b.train_item = train_item_.data();
+    b.mask_batch = c.mask_batch;
+    b.rows = rows_;
+    b.users = users_.data();
+    b.items = items_.data();
+    t.negatives = negatives_.data();
+    t.noise = noise_.data();
+    t.neg_key = S_.neg_key;
+    t.noise_key = S_.noise_key;
+    t.epoch = uint32_t(epoch_);
+    t.sigma = float(c.sigma);
+    MaskUpdateArgs& u = t.update;
+    u.params = params_.data();
+    u.adam_m = adam_m_.data();
+    u.adam_v = adam_v_.data();
+    u.n_params = S_.layout.total;
+    u.param_step = math::make_adam_step(float(c.lr), float(c.adam_beta1), float(c.adam_beta2),
+                                        float(c.adam_eps), ++*st_.adam_t);
+    u.mask = mask_.data();
+    u.mask_m = mask_m_.data();
+    u.mask_v = mask_v_.data();
+    u.d = S_.layout.d;
+    u.mask_adam = c.mask_optimizer != "sgd";
+    if (u.mask_adam) {
+      u.mask_adam_step =
+          math::make_adam_step(float(c.mask_step), float(c.adam_beta1), float(c.adam_beta2),
+                               float(c.adam_eps), ++*st_.mask_t);
+    }
+    u.trace_row = trace_.data() + 4 * int64_t(pending_steps_.size());
+    u.halt = halt_.data();
+    u.halt_step = halt_step_.data();
+    u.step = step;
+    PAINVRL_CUDA_CHECK(run_mask_train_step(args_, t, gemm_, ctx_.stream()));
+    pending_steps_.push_back(step);
+  }
+
+  bool deferred() const override { return true; }
+
+  MaskDrain drain() override {
+    MaskDrain out;
+    const int64_t n = int64_t(pending_steps_.size());
+    std::vector<double> rows(size_t(4 * n));
+    int halted = 0;
+    long long halt_step = 0;
+    const cudaStream_t s = ctx_.stream();
+    trace_.download(rows.data(), 4 * n, s);
+    halt_.download(&halted, 1, s);
+    halt_step_.download(&halt_step, 1, s);
+    ctx_.sync();
+    for (int64_t k = 0; k < n; ++k) {
+      const double* r = rows.data() + 4 * k;
+      if (halted && pending_steps_[size_t(k)] == halt_step) {
+        out.failed = MaskDrain::Failure{halt_step, r[1], r[2]};
+        break;
+      }
+      out.records.push_back(MaskStepRecord{pending_steps_[size_t(k)], r[0], r[1], r[2], r[3]});
+    }
+    pending_steps_.clear();
+    return out;
+  }
+
+  void sync_state() override {
+    const cudaStream_t s = ctx_.stream();
+    params_.download(st_.params->data(), int64_t(st_.params->size()), s);
+    adam_m_.download(st_.adam_m->data(), int64_t(st_.adam_m->size()), s);
+    adam_v_.download(st_.adam_v->data(), int64_t(st_.adam_v->size()), s);
+    mask_.download(st_.mask->data(), int64_t(st_.mask->size()), s);
+    mask_m_.download(st_.mask_m->data(), int64_t(st_.mask_m->size()), s);
+    mask_v_.download(st_.mask_v->data(), int64_t(st_.mask_v->size()), s);
+    ctx_.sync();
+  }
+
+ private:
+  MaskRunSetup S_;
+  MaskRunState st_;
+  StreamContext ctx_;
+  DeviceGemm gemm_;
+  std::vector<int64_t> pair_offsets_, batch_offsets_;  // (E + 1,) each
+  int64_t rows_ = 0, steps_per_epoch_ = 0;
+  int epoch_ = 0;
+  std::vector<int32_t> flat_;  // the epoch's pair lists, environment after environment
+  DeviceMaskProblem problem_;
+  DeviceBuffer<int32_t> train_user_, train_item_, env_pairs_;  // (P,)
+  DeviceBuffer<int64_t> d_pair_offsets_, d_batch_offsets_;     // (E + 1,)
+  DeviceBuffer<int32_t> users_, items_, negatives_;            // (rows,), (rows,), (rows, N)
+  DeviceBuffer<double> noise_;                                 // (E, d)
+  DeviceBuffer<double> params_, adam_m_, adam_v_;              // (layout.total,)
+  DeviceBuffer<double> mask_, mask_m_, mask_v_;                // (d,)
+  DeviceBuffer<double> trace_;                                 // (steps per epoch, 4)
+  DeviceBuffer<int> halt_;
+  DeviceBuffer<long long> halt_step_;
+  MaskStepArgs args_;
+  DeviceMaskStep step_;
+  std::vector<int64_t> pending_steps_;  // the steps enqueued since the last drain
+};
+
+}  // namespace
+
+std::unique_ptr<MaskRunner> make_mask_runner(const MaskRunSetup& setup, const MaskRunState& state,
+                                             const std::vector<std::vector<int32_t>>& env_pairs) {
+  return std::make_unique<DeviceMaskRunner>(setup, state, env_pairs);
+}
+
+MaskStepResult<double> mask_step_on_device(const MaskLayout& layout, const double* params,
+                                           const double* mask, const MaskProblem<double>& problem,
+                                           const EnvBatches& batches, const double* noise,
+                                           const MaskSettings& settings) {
+  StreamContext ctx;
+  const cudaStream_t s = ctx.stream();
+  const int32_t E = batches.E();
+  const int64_t d = layout.d;
+  MaskStepArgs a =
+      step_args(layout, settings, problem, E, batches.n_negatives, batches.env_offsets.back());
+  DeviceMaskProblem dp;
+  dp.upload(problem, s);
+  bind_problem(a, dp);
+  DeviceBuffer<int64_t> offsets;
+  DeviceBuffer<int32_t> users, items, negatives;
+  DeviceBuffer<double> d_noise, d_params, d_mask;
+  offsets.upload(batches.env_offsets, s);
+  users.upload(batches.users, s);
+  items.upload(batches.items, s);
+  negatives.upload(batches.negatives, s);
+  d_noise.upload(noise, int64_t(E) * d, s);
+  d_params.upload(params, layout.total, s);
+  d_mask.upload(mask, d, s);
+  a.env_offsets_host = batches.env_offsets.data();
+  a.env_offsets = offsets.data();
+  a.users = users.data();
+  a.items = items.data();
+  a.negatives = negatives.data();
+  a.noise = d_noise.data();
+  a.params = d_params.data();
+  a.mask = d_mask.data();
+  DeviceMaskStep step;
+  step.bind(a);
+  PAINVRL_CUDA_CHECK(run_mask_step(a, dgemm_on(ctx.cublas()), s));
+  MaskStepResult<double> r;
+  auto fetch = [&](const double* p, std::vector<double>& v, int64_t n) {
+    v.resize(size_t(n));
+    PAINVRL_CUDA_CHECK(
+        cudaMemcpyAsync(v.data(), p, sizeof(double) * size_t(n), cudaMemcpyDeviceToHost, s));
+  };
+  std::vector<double> scalars;
+  fetch(a.loss_env, r.loss_env, E);
+  fetch(a.scalars, scalars, 4);
+  fetch(a.G, r.G, int64_t(E) * layout.D * d);
+  fetch(a.V, r.V, int64_t(layout.D) * d);
+  fetch(a.g_E, r.g_E, d);
+  fetch(a.g_I, r.g_I, d);
+  fetch(a.grad, r.grad, layout.total);
+  fetch(a.mask_grad, r.mask_grad, d);
+  fetch(a.mask_new, r.mask_new, d);
+  ctx.sync();
+  r.L_ERM = scalars[0];
+  r.L_IRM = scalars[1];
+  r.w_ERM = scalars[2];
+  return r;
+}
+
+}  // namespace painvrl::cuda
