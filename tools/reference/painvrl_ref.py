@@ -6,6 +6,7 @@ Written from the paper (Sec. 3.3-3.4), /work/shared/DESIGN.md section 2 and docs
     python3 tools/reference/painvrl_ref.py compare DUMP_DIR [--rtol 1e-4]
     python3 tools/reference/painvrl_ref.py selftest
     python3 tools/reference/painvrl_ref.py epoch --data DIR [--threads 2] [--steps 50]
+    python3 tools/reference/painvrl_ref.py mask-epoch [--device cuda] [--dtype float64]
 
 See tools/reference/README.md.
 """
@@ -734,6 +735,89 @@ def epoch(a):
     return 0
 
 
+def mask_epoch(a):
+    """--steps mask-generation steps of PaInvRL in PyTorch on --device, timed after --warmup:
+    the objective of objective() (each environment's L^e, its gradient G_e by autograd with
+    create_graph, V, L_IRM), g_E and g_I by autograd, the Pareto weight (Eq. 17-18), dJ/dtheta by
+    backward through G_e, Adam on the mask model and the clipped SGD step on the mask (Eq. 19),
+    on a random problem of the given sizes (default: the paper's MovieLens sizes, 10
+    environments of --env-pairs pairs, --batch per environment), in --dtype. The per-step
+    batches and noise are drawn on the device. Prints one JSON line with the seconds per step
+    and the epoch estimate (ceil(env_pairs / batch) steps), as bench_mask_step_gpu does."""
+    torch.set_num_threads(a.threads)
+    dev, dt = torch.device(a.device), getattr(torch, a.dtype)
+    g = torch.Generator().manual_seed(a.seed)
+    U, I, D, d, H = a.users, a.items, a.dim, a.feat_dim, a.hidden
+    E, N, K, B = a.envs, a.negatives, a.ii_neighbors, a.batch
+
+    def rn(*shape, std=1.0):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * std).to(dev, dt)
+
+    def ru(*shape):
+        return (0.1 + 0.9 * torch.rand(*shape, generator=g, dtype=torch.float64)).to(dev, dt)
+
+    P = {"Pt": rn(U, D, std=0.1), "Pf": rn(U, D, std=0.1), "T": rn(I, D, std=0.1),
+         "features": rn(I, d, std=1 / np.sqrt(d)), "beta_user": ru(U), "beta_item": ru(I),
+         "ii_neighbors": torch.randint(0, I, (I, K), generator=g).to(dev),
+         "ii_weights": ru(I, K), "env_offsets": [e * B for e in range(E + 1)],
+         "attention": H > 0,
+         "scalars": dict(E=E, w1=1e-7, w2=1.0, w3=1e-7, w4=1.0, neg_weight=300.0, kappa=1.0)}
+    prm = {"W": rn(D, d, std=0.05), "b": rn(D, std=0.05)}
+    if H > 0:
+        for k in (1, 2):
+            prm.update({f"mlp{k}_w1u": rn(H, 2 * D, std=0.05),
+                        f"mlp{k}_w1i": rn(H, D + d, std=0.05),
+                        f"mlp{k}_b1": rn(H, std=0.05), f"mlp{k}_w2": rn(H, std=0.05),
+                        f"mlp{k}_b2": rn(1, std=0.05)})
+    for v in prm.values():
+        v.requires_grad_(True)
+    opt = torch.optim.Adam(list(prm.values()), lr=a.lr)
+    m = torch.full((d,), 0.5, dtype=dt, device=dev)
+    gamma_w, lam, center, step_size = 1e-4, 0.1, 0.5, 0.01
+    rows = E * B
+    w_sum = torch.zeros((), dtype=torch.float64, device=dev)
+
+    def step():
+        nonlocal m
+        P["batch_users"] = torch.randint(0, U, (rows,), device=dev)
+        P["batch_items"] = torch.randint(0, I, (rows,), device=dev)
+        P["batch_negatives"] = torch.randint(0, I, (rows, N), device=dev)
+        P["noise"] = torch.randn(E, d, dtype=dt, device=dev) * a.sigma
+        mr = m.clone().requires_grad_(True)
+        out = objective(P, mr, prm)
+        gE, gI = _grad(out["L_ERM"], mr), _grad(out["L_IRM"], mr)
+        nE, nI, w = pareto_weight(gE.detach(), gI.detach(), "none", None, None)
+        J = (w * out["L_ERM"] + (1 - w) * out["L_IRM"]
+             + gamma_w * ((prm["W"] ** 2).sum() + (prm["b"] ** 2).sum()))
+        opt.zero_grad()
+        J.backward()
+        opt.step()
+        m = torch.clamp(m - step_size * (w * nE + (1 - w) * nI + lam * (m - center)), 0.0, 1.0)
+        return w
+
+    for _ in range(a.warmup):
+        step()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.time()
+    for _ in range(a.steps):
+        w_sum += step()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.time() - t0
+    per_step = seconds / max(a.steps, 1)
+    steps_per_epoch = (a.env_pairs + B - 1) // B
+    print(json.dumps({"steps": a.steps, "seconds_per_step": per_step,
+                      "steps_per_epoch": steps_per_epoch,
+                      "epoch_seconds_estimate": per_step * steps_per_epoch,
+                      "mean_w_ERM": float(w_sum) / max(a.steps, 1), "dtype": a.dtype,
+                      "device": str(dev), "envs": E, "batch": B, "dim": D, "feat_dim": d,
+                      "hidden": H, "negatives": N, "ii_k": K,
+                      "peak_gib": (torch.cuda.max_memory_allocated() / 2**30
+                                   if dev.type == "cuda" else None)}))
+    return 0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -761,7 +845,22 @@ def main(argv=None):
                           ("w3", 1e-7), ("w4", 1.0), ("neg-weight", 200.0), ("kappa", 1e-3),
                           ("gamma-emb", 5e-5), ("gamma-w", 1e-4)]:
         e.add_argument("--" + name, type=float, default=default)
+    me = sub.add_parser("mask-epoch", help="time mask-generation steps (autograd, any dtype)")
+    me.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU")
+    me.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    me.add_argument("--threads", type=int, default=1)
+    me.add_argument("--seed", type=int, default=0)
+    me.add_argument("--steps", type=int, default=5)
+    me.add_argument("--warmup", type=int, default=2)
+    for name, default in [("users", 55485), ("items", 5986), ("dim", 64), ("feat-dim", 2276),
+                          ("hidden", 64), ("envs", 10), ("env-pairs", 123951), ("batch", 512),
+                          ("negatives", 50), ("ii-neighbors", 10)]:
+        me.add_argument("--" + name, type=int, default=default)
+    me.add_argument("--lr", type=float, default=1e-3)
+    me.add_argument("--sigma", type=float, default=0.01)
     a = ap.parse_args(argv)
+    if a.cmd == "mask-epoch":
+        return mask_epoch(a)
     if a.cmd == "selftest":
         return selftest()
     if a.cmd == "epoch":
