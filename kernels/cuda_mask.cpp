@@ -112,6 +112,24 @@ void bind_problem(MaskStepArgs& a, const DeviceMaskProblem& dp) {
   a.ii_weights = dp.ii_weights.data();
 }
 
+// A step's batch, noise and model on the device; bind() points the step's arguments at them.
+struct DeviceMaskInputs {
+  DeviceBuffer<int64_t> offsets;                  // (E + 1,) the batch's environment offsets
+  DeviceBuffer<int32_t> users, items, negatives;  // (rows,), (rows,), (rows, N)
+  DeviceBuffer<double> noise, params, mask;       // (E, d), (layout.total,), (d,)
+
+  void bind(MaskStepArgs& a, const int64_t* offsets_host) {
+    a.env_offsets_host = offsets_host;
+    a.env_offsets = offsets.data();
+    a.users = users.data();
+    a.items = items.data();
+    a.negatives = negatives.data();
+    a.noise = noise.data();
+    a.params = params.data();
+    a.mask = mask.data();
+  }
+};
+
 // Refuses a run that would not fit, before it allocates.
 void check_fits(int64_t bytes, const char* what) {
   size_t free_bytes = 0, total_bytes = 0;
@@ -162,15 +180,15 @@ class DeviceMaskRunner final : public MaskRunner {
     train_user_.upload(S_.train->user, s);
     train_item_.upload(S_.train->item, s);
     d_pair_offsets_.upload(pair_offsets_, s);
-    d_batch_offsets_.upload(batch_offsets_, s);
-    users_.reserve(rows_);
-    items_.reserve(rows_);
-    negatives_.reserve(rows_ * std::max(c.negatives, 1));
-    noise_.reserve(int64_t(E) * L.d);
-    params_.upload(*st_.params, s);
+    in_.offsets.upload(batch_offsets_, s);
+    in_.users.reserve(rows_);
+    in_.items.reserve(rows_);
+    in_.negatives.reserve(rows_ * std::max(c.negatives, 1));
+    in_.noise.reserve(int64_t(E) * L.d);
+    in_.params.upload(*st_.params, s);
     adam_m_.upload(*st_.adam_m, s);
     adam_v_.upload(*st_.adam_v, s);
-    mask_.upload(*st_.mask, s);
+    in_.mask.upload(*st_.mask, s);
     mask_m_.upload(*st_.mask_m, s);
     mask_v_.upload(*st_.mask_v, s);
     trace_.reserve(4 * std::max<int64_t>(steps_per_epoch_, 1));
@@ -180,14 +198,7 @@ class DeviceMaskRunner final : public MaskRunner {
     halt_step_.zero(1, s);
 
     bind_problem(args_, problem_);
-    args_.env_offsets_host = batch_offsets_.data();
-    args_.env_offsets = d_batch_offsets_.data();
-    args_.users = users_.data();
-    args_.items = items_.data();
-    args_.negatives = negatives_.data();
-    args_.noise = noise_.data();
-    args_.params = params_.data();
-    args_.mask = mask_.data();
+    in_.bind(args_, batch_offsets_.data());
     step_.bind(args_);
     gemm_ = dgemm_on(ctx_.cublas());
   }
@@ -205,28 +216,28 @@ class DeviceMaskRunner final : public MaskRunner {
     MaskBatchArgs& b = t.batch;
     b.env_pairs = env_pairs_.data();
     b.pair_offsets = d_pair_offsets_.data();
-    b.batch_offsets = d_batch_offsets_.data();
+    b.batch_offsets = in_.offsets.data();
     b.envs = S_.envs;
     b.train_user = train_user_.data();
     b.train_item = train_item_.data();
     b.mask_batch = c.mask_batch;
     b.rows = rows_;
-    b.users = users_.data();
-    b.items = items_.data();
-    t.negatives = negatives_.data();
-    t.noise = noise_.data();
+    b.users = in_.users.data();
+    b.items = in_.items.data();
+    t.negatives = in_.negatives.data();
+    t.noise = in_.noise.data();
     t.neg_key = S_.neg_key;
     t.noise_key = S_.noise_key;
     t.epoch = uint32_t(epoch_);
     t.sigma = float(c.sigma);
     MaskUpdateArgs& u = t.update;
-    u.params = params_.data();
+    u.params = in_.params.data();
     u.adam_m = adam_m_.data();
     u.adam_v = adam_v_.data();
     u.n_params = S_.layout.total;
     u.param_step = math::make_adam_step(float(c.lr), float(c.adam_beta1), float(c.adam_beta2),
                                         float(c.adam_eps), ++*st_.adam_t);
-    u.mask = mask_.data();
+    u.mask = in_.mask.data();
     u.mask_m = mask_m_.data();
     u.mask_v = mask_v_.data();
     u.d = S_.layout.d;
@@ -271,10 +282,10 @@ class DeviceMaskRunner final : public MaskRunner {
 
   void sync_state() override {
     const cudaStream_t s = ctx_.stream();
-    params_.download(st_.params->data(), int64_t(st_.params->size()), s);
+    in_.params.download(st_.params->data(), int64_t(st_.params->size()), s);
     adam_m_.download(st_.adam_m->data(), int64_t(st_.adam_m->size()), s);
     adam_v_.download(st_.adam_v->data(), int64_t(st_.adam_v->size()), s);
-    mask_.download(st_.mask->data(), int64_t(st_.mask->size()), s);
+    in_.mask.download(st_.mask->data(), int64_t(st_.mask->size()), s);
     mask_m_.download(st_.mask_m->data(), int64_t(st_.mask_m->size()), s);
     mask_v_.download(st_.mask_v->data(), int64_t(st_.mask_v->size()), s);
     ctx_.sync();
@@ -291,12 +302,11 @@ class DeviceMaskRunner final : public MaskRunner {
   std::vector<int32_t> flat_;  // the epoch's pair lists, environment after environment
   DeviceMaskProblem problem_;
   DeviceBuffer<int32_t> train_user_, train_item_, env_pairs_;  // (P,)
-  DeviceBuffer<int64_t> d_pair_offsets_, d_batch_offsets_;     // (E + 1,)
-  DeviceBuffer<int32_t> users_, items_, negatives_;            // (rows,), (rows,), (rows, N)
-  DeviceBuffer<double> noise_;                                 // (E, d)
-  DeviceBuffer<double> params_, adam_m_, adam_v_;              // (layout.total,)
-  DeviceBuffer<double> mask_, mask_m_, mask_v_;                // (d,)
-  DeviceBuffer<double> trace_;                                 // (steps per epoch, 4)
+  DeviceBuffer<int64_t> d_pair_offsets_;                       // (E + 1,)
+  DeviceMaskInputs in_;  // the batch (offsets, rows, negatives), noise, parameters and mask
+  DeviceBuffer<double> adam_m_, adam_v_;  // (layout.total,)
+  DeviceBuffer<double> mask_m_, mask_v_;  // (d,)
+  DeviceBuffer<double> trace_;            // (steps per epoch, 4)
   DeviceBuffer<int> halt_;
   DeviceBuffer<long long> halt_step_;
   MaskStepArgs args_;
@@ -324,24 +334,15 @@ MaskStepResult<double> mask_step_on_device(const MaskLayout& layout, const doubl
   DeviceMaskProblem dp;
   dp.upload(problem, s);
   bind_problem(a, dp);
-  DeviceBuffer<int64_t> offsets;
-  DeviceBuffer<int32_t> users, items, negatives;
-  DeviceBuffer<double> d_noise, d_params, d_mask;
-  offsets.upload(batches.env_offsets, s);
-  users.upload(batches.users, s);
-  items.upload(batches.items, s);
-  negatives.upload(batches.negatives, s);
-  d_noise.upload(noise, int64_t(E) * d, s);
-  d_params.upload(params, layout.total, s);
-  d_mask.upload(mask, d, s);
-  a.env_offsets_host = batches.env_offsets.data();
-  a.env_offsets = offsets.data();
-  a.users = users.data();
-  a.items = items.data();
-  a.negatives = negatives.data();
-  a.noise = d_noise.data();
-  a.params = d_params.data();
-  a.mask = d_mask.data();
+  DeviceMaskInputs in;
+  in.offsets.upload(batches.env_offsets, s);
+  in.users.upload(batches.users, s);
+  in.items.upload(batches.items, s);
+  in.negatives.upload(batches.negatives, s);
+  in.noise.upload(noise, int64_t(E) * d, s);
+  in.params.upload(params, layout.total, s);
+  in.mask.upload(mask, d, s);
+  in.bind(a, batches.env_offsets.data());
   DeviceMaskStep step;
   step.bind(a);
   PAINVRL_CUDA_CHECK(run_mask_step(a, dgemm_on(ctx.cublas()), s));

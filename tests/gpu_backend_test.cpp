@@ -273,35 +273,12 @@ TEST(GpuMaskStep, RunnerEqualsTheCpuRunner) {
     SCOPED_TRACE(mask_optimizer);
     const test::MaskTestProblem p(11, 32, 500, 16, true, 3, false);
     std::mt19937 rng(5);
-    PairList train;
-    for (int32_t q = 0; q < 600; ++q) train.push(int32_t(rng() % p.U), int32_t(rng() % p.I));
-    std::vector<std::vector<int32_t>> env_pairs(3);
-    for (int32_t q = 0; q < 600; ++q) env_pairs[q < 250 ? 0 : q < 300 ? 1 : 2].push_back(q);
-    Config c;
-    c.mask_batch = 64;
-    c.negatives = p.N;
-    c.sigma = 0.05;
-    c.lr = 0.01;
-    c.mask_optimizer = mask_optimizer;
-    c.mask_step = 0.05;
-    MaskRunSetup setup;
-    setup.config = &c;
-    setup.layout = p.layout;
-    setup.settings = test::mask_test_settings(MaskObjective::kPareto, ParetoNormalize::kNone, 0.7);
-    setup.problem = p.cpu_problem();
-    setup.train = &train;
-    setup.envs = 3;
-    setup.neg_key = math::make_key(3, 1);
-    setup.noise_key = math::make_key(3, 2);
-    struct State {
-      std::vector<double> params, m, v, mask, mask_m, mask_v;
-      long long t = 0, mask_t = 0;
-      MaskRunState view() { return {&params, &m, &v, &t, &mask, &mask_m, &mask_v, &mask_t}; }
-    };
-    const int64_t d = p.d, n = p.layout.total;
-    State cpu{p.params, std::vector<double>(size_t(n)), std::vector<double>(size_t(n)),
-              p.mask,   std::vector<double>(size_t(d)), std::vector<double>(size_t(d))};
-    State dev = cpu;
+    test::MaskRunFixture fx(p, {250, 50, 300}, 64, mask_optimizer, rng);
+    Config& c = fx.config;
+    MaskRunSetup& setup = fx.setup;
+    std::vector<std::vector<int32_t>>& env_pairs = fx.env_pairs;
+    using State = test::MaskRunnerState;
+    State cpu(p.params, p.mask), dev(p.params, p.mask);
     auto cpu_runner = make_cpu_mask_runner(setup, cpu.view());
     auto dev_runner = cuda::make_mask_runner(setup, dev.view(), env_pairs);
     std::vector<MaskStepRecord> want, got;

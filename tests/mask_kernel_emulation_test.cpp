@@ -318,76 +318,41 @@ TEST(EmulatedMaskStep, BatchRowsNegativesAndNoiseAreTheCpuDraws) {
 // records and the final model, mask and optimiser moments (the Adam mask rule, whose step count
 // the runner keeps; the sgd rule is the step's mask_new, checked above).
 TEST(EmulatedMaskStep, TrainingStepsEqualTheCpuRunner) {
-  for (const char* mask_optimizer : {"adam"}) {
-    SCOPED_TRACE(mask_optimizer);
+  {
     const MaskTestProblem p(5, 4, 20, 3, true, 3, false);
     std::mt19937 rng(17);
-    PairList train;
-    for (int32_t q = 0; q < 40; ++q) train.push(int32_t(rng() % p.U), int32_t(rng() % p.I));
-    std::vector<std::vector<int32_t>> env_pairs(3);
-    for (int32_t q = 0; q < 40; ++q) env_pairs[q < 15 ? 0 : q < 20 ? 1 : 2].push_back(q);
-    Config c;
-    c.mask_batch = 4;
-    c.negatives = p.N;
-    c.sigma = 0.05;
-    c.lr = 0.01;
-    c.mask_optimizer = mask_optimizer;
-    c.mask_step = 0.05;
-    MaskRunSetup setup;
-    setup.config = &c;
-    setup.layout = p.layout;
-    setup.settings = mask_test_settings(MaskObjective::kPareto, ParetoNormalize::kNone, 0.7);
-    setup.problem = p.cpu_problem();
-    setup.train = &train;
-    setup.envs = 3;
-    setup.neg_key = math::make_key(3, 1);
-    setup.noise_key = math::make_key(3, 2);
-    struct State {
-      std::vector<double> params, m, v, mask, mask_m, mask_v;
-      long long t = 0, mask_t = 0;
-    };
+    test::MaskRunFixture fx(p, {15, 5, 20}, 4, "adam", rng);
+    Config& c = fx.config;
+    const MaskRunSetup& setup = fx.setup;
+    std::vector<std::vector<int32_t>>& env_pairs = fx.env_pairs;
+    const PairList& train = fx.train;
     const int64_t d = p.d, n = p.layout.total;
-    State cpu{p.params, std::vector<double>(size_t(n)), std::vector<double>(size_t(n)),
-              p.mask,   std::vector<double>(size_t(d)), std::vector<double>(size_t(d))};
-    State dev = cpu;
-    auto cpu_runner =
-        make_cpu_mask_runner(setup, MaskRunState{&cpu.params, &cpu.m, &cpu.v, &cpu.t, &cpu.mask,
-                                                 &cpu.mask_m, &cpu.mask_v, &cpu.mask_t});
+    test::MaskRunnerState cpu(p.params, p.mask), dev(p.params, p.mask);
+    auto cpu_runner = make_cpu_mask_runner(setup, cpu.view());
 
-    // The device side as kernels/cuda_mask.cpp sets it up, in host memory.
+    // The device side as kernels/cuda_mask.cpp sets it up, in host memory: the step's workspace,
+    // outputs and batch buffers sized for the runner's batch shape, the model and mask dev's.
     std::vector<int64_t> pair_offsets = {0}, batch_offsets = {0};
     for (const auto& v : env_pairs) {
       pair_offsets.push_back(pair_offsets.back() + int64_t(v.size()));
       batch_offsets.push_back(batch_offsets.back() + std::min<int64_t>(c.mask_batch, v.size()));
     }
     const int64_t rows = batch_offsets.back();
-    std::vector<int32_t> users(static_cast<size_t>(rows)), items(static_cast<size_t>(rows)),
-        negatives(static_cast<size_t>(rows * p.N)), flat;
-    std::vector<double> noise(size_t(3 * d), kNaN), trace(4 * 4, kNaN);
-    // The workspace and outputs sized for the runner's batch shape; the inputs are bound below.
     MaskTestProblem sized = p;
     sized.batches.env_offsets = batch_offsets;
-    sized.batches.users = users;
-    sized.batches.items = items;
-    sized.batches.negatives = negatives;
+    sized.batches.users.assign(static_cast<size_t>(rows), -1);
+    sized.batches.items.assign(static_cast<size_t>(rows), -1);
+    sized.batches.negatives.assign(static_cast<size_t>(rows * p.N), -1);
     DeviceStep buffers(sized, setup.settings);
     k::MaskStepArgs a = buffers.args;
-    a.env_offsets_host = batch_offsets.data();
-    a.env_offsets = batch_offsets.data();
-    a.pt = p.pt.data();
-    a.pf = p.pf.data();
-    a.ti = p.ti.data();
-    a.features = p.f.data();
-    a.beta_user = p.bu.data();
-    a.beta_item = p.bi.data();
-    a.ii_neighbors = p.iin.data();
-    a.ii_weights = p.iiw.data();
-    a.users = users.data();
-    a.items = items.data();
-    a.negatives = negatives.data();
-    a.noise = noise.data();
     a.params = dev.params.data();
     a.mask = dev.mask.data();
+    std::vector<int32_t>& users = sized.batches.users;
+    std::vector<int32_t>& items = sized.batches.items;
+    std::vector<int32_t>& negatives = sized.batches.negatives;
+    std::vector<double>& noise = sized.noise;
+    std::vector<int32_t> flat;
+    std::vector<double> trace(4 * 4, kNaN);
     int halt = 0;
     long long halt_step = -1;
     std::vector<MaskStepRecord> cpu_records, dev_records;

@@ -7,7 +7,11 @@
 #include <random>
 #include <vector>
 
+#include "painvrl/config.h"
+#include "painvrl/dataset.h"
+#include "painvrl/mask_runner.h"
 #include "painvrl/mask_step.h"
+#include "painvrl/math/philox.h"
 
 namespace painvrl::test {
 
@@ -88,5 +92,55 @@ inline MaskSettings mask_test_settings(MaskObjective objective, ParetoNormalize 
   s.fixed_alpha = 2.5;
   return s;
 }
+
+// What a mask runner reads and updates, with the MaskRunState that points at it.
+struct MaskRunnerState {
+  std::vector<double> params, m, v, mask, mask_m, mask_v;
+  long long t = 0, mask_t = 0;
+  MaskRunnerState(const std::vector<double>& params0, const std::vector<double>& mask0)
+      : params(params0),
+        m(params0.size()),
+        v(params0.size()),
+        mask(mask0),
+        mask_m(mask0.size()),
+        mask_v(mask0.size()) {}
+  MaskRunState view() { return {&params, &m, &v, &t, &mask, &mask_m, &mask_v, &mask_t}; }
+};
+
+// A runner's setup over problem p: random training pairs split into environments of the given
+// sizes (in order), the Pareto objective with item neighbours.
+struct MaskRunFixture {
+  PairList train;
+  std::vector<std::vector<int32_t>> env_pairs;
+  Config config;
+  MaskRunSetup setup;
+
+  MaskRunFixture(const MaskTestProblem& p, const std::vector<int32_t>& sizes, int32_t mask_batch,
+                 const char* mask_optimizer, std::mt19937& rng) {
+    env_pairs.resize(sizes.size());
+    for (size_t e = 0; e < sizes.size(); ++e) {
+      for (int32_t q = 0; q < sizes[e]; ++q) {
+        env_pairs[e].push_back(int32_t(train.size()));
+        train.push(int32_t(rng() % uint32_t(p.U)), int32_t(rng() % uint32_t(p.I)));
+      }
+    }
+    config.mask_batch = mask_batch;
+    config.negatives = p.N;
+    config.sigma = 0.05;
+    config.lr = 0.01;
+    config.mask_optimizer = mask_optimizer;
+    config.mask_step = 0.05;
+    setup.config = &config;
+    setup.layout = p.layout;
+    setup.settings = mask_test_settings(MaskObjective::kPareto, ParetoNormalize::kNone, 0.7);
+    setup.problem = p.cpu_problem();
+    setup.train = &train;
+    setup.envs = int32_t(sizes.size());
+    setup.neg_key = math::make_key(3, 1);
+    setup.noise_key = math::make_key(3, 2);
+  }
+  MaskRunFixture(const MaskRunFixture&) = delete;
+  MaskRunFixture& operator=(const MaskRunFixture&) = delete;
+};
 
 }  // namespace painvrl::test
