@@ -9,7 +9,7 @@
 //      H = 64, N = 50, K = 10); median of `reps` timed blocks of `steps` steps after a warm-up,
 //      and the epoch time that follows (steps per epoch = ceil(largest environment / batch)).
 // The bytes a step must move are dominated by the feature rows of every term, read in passes 1 and
-// 2: 2 * rows * terms * d * 8 B (13.5 GB at the default sizes; items repeat, so much comes from
+// 2: 2 * rows * terms * d * 8 B (11.4 GB at the default sizes; items repeat, so much comes from
 // L2), printed as effective GB/s. tools/device-check runs it beside the PyTorch reference of the
 // same step (tools/reference/painvrl_ref.py mask-epoch).
 // Run: build/bench/bench_mask_step_gpu [--envs 10] [--env-pairs 123951] [--batch 512] [--dim 64]

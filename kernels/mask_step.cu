@@ -16,8 +16,8 @@
 // each pass streams its row's d-vectors (q, mu, and 2-3 accumulators, ~18 KB per row read and
 // written per term in L1/L2) and every term's feature row f_j (18 KB, 61 per row): ~5.7 GB of
 // feature reads per pass from L2 (items are shared across rows), ~0.6 GB of row vectors from
-// HBM; FLOPs ~4 rows * TPR * d * 8 = 80 MFLOP per pass, the GEMMs ~4 * 2 * rows * D * d = 6
-// GFLOP in FP64. The step is L2/memory bound; the lab (bench/mask_step_gpu.cu) times it.
+// HBM; FLOPs ~6 * rows * TPR * d = 4.3 GFLOP per pass, the GEMMs ~4 * 2 * rows * D * d = 6
+// GFLOP, all FP64. The step is L2/memory bound; the lab (bench/mask_step_gpu.cpp) times it.
 #include <algorithm>
 #include <cmath>
 

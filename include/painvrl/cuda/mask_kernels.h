@@ -1,6 +1,6 @@
 // The PaInvRL mask-generation step on the device (kernels/mask_step.cu): the closed-form step of
 // host/mask_step.cpp (its derivation in include/painvrl/mask_step.h and docs/mask-step.md) as
-// eleven kernels and the dense products between them, in double like the CPU step (L_IRM and its
+// a dozen kernels and the dense products between them, in double like the CPU step (L_IRM and its
 // derivatives are differences of per-environment gradients that float32 blurs; an H200 runs
 // FP64 GEMMs on its tensor cores). The dense products go through a caller-given GEMM (cuBLAS
 // DGEMM on a device; a host loop in the emulated-kernel tests), so the whole step also runs under
