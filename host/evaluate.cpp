@@ -1,7 +1,8 @@
 // Full-ranking evaluation; see include/painvrl/evaluate.h for the metric definitions. Users are
-// scored in blocks of `block_users` (scores buffer: block_users x n_items floats), training items
-// are set to -inf, and the top max(K) items are selected per user by a partial sort with ties
-// broken towards the smaller item id.
+// ranked in blocks of `block_users`: on the host (host_ranker: a scores buffer of block_users x
+// n_items floats, training items set to -inf, the top max(K) items per user by a partial sort with
+// ties broken towards the smaller item id) or by a backend that ranks on the device in the same
+// order (kernels/topk.cu); the metrics are summed from the ranked lists in a fixed order.
 #include "painvrl/evaluate.h"
 
 #include <omp.h>
@@ -9,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <memory>
 
 #include "painvrl/error.h"
 
@@ -73,10 +75,9 @@ void UserHits::accumulate(const int32_t* ranked, int n_ranked, const int32_t* he
   }
 }
 
-Metrics evaluate_full_ranking(const ScoreFn& score, int32_t n_users, int32_t n_items,
-                              const UserItemCsr& exclude, const PairList& heldout,
-                              const std::vector<int>& ks, NdcgVariant variant, int block_users,
-                              const std::vector<uint8_t>& candidates) {
+Metrics evaluate_ranked(const RankFn& rank, int32_t n_users, int32_t n_items,
+                        const PairList& heldout, const std::vector<int>& ks, NdcgVariant variant,
+                        int block_users) {
   Metrics m;
   m.ks = ks;
   const size_t nk = ks.size();
@@ -92,37 +93,19 @@ Metrics evaluate_full_ranking(const ScoreFn& score, int32_t n_users, int32_t n_i
   if (eval_users.empty()) return m;
   const int max_k = std::min<int>(*std::max_element(ks.begin(), ks.end()), n_items);
   const int64_t block = std::max(1, block_users);
-  std::vector<float> scores(size_t(std::min<int64_t>(block, m.users)) * n_items);
+  std::vector<int32_t> ranked(size_t(std::min<int64_t>(block, m.users)) * max_k);
   // Per-user contributions (fixed-order sum afterwards: identical for any thread count).
   std::vector<double> contrib(size_t(m.users) * 3 * nk, 0.0);
-  const float neg_inf = -std::numeric_limits<float>::infinity();
   for (int64_t start = 0; start < m.users; start += block) {
     const int64_t count = std::min(block, m.users - start);
-    score(eval_users.data() + start, count, scores.data());
-#pragma omp parallel
-    {
-      std::vector<int32_t> order(static_cast<size_t>(n_items));
-#pragma omp for schedule(dynamic, 4)
-      for (int64_t r = 0; r < count; ++r) {
-        const int32_t u = eval_users[start + r];
-        float* row = scores.data() + size_t(r) * n_items;
-        for (int64_t p = exclude.offsets[u]; p < exclude.offsets[u + 1]; ++p) {
-          row[exclude.items[p]] = neg_inf;
-        }
-        if (!candidates.empty()) {
-          for (int32_t j = 0; j < n_items; ++j) {
-            if (!candidates[j]) row[j] = neg_inf;
-          }
-        }
-        for (int32_t j = 0; j < n_items; ++j) order[j] = j;
-        auto better = [row](int32_t a, int32_t b) {
-          return row[a] != row[b] ? row[a] > row[b] : a < b;
-        };
-        std::partial_sort(order.begin(), order.begin() + max_k, order.end(), better);
-        double* c = contrib.data() + size_t(start + r) * 3 * nk;
-        UserHits::accumulate(order.data(), max_k, truth.items.data() + truth.offsets[u],
-                             truth.degree(u), ks, variant, c, c + nk, c + 2 * nk);
-      }
+    rank(eval_users.data() + start, count, max_k, ranked.data());
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < count; ++r) {
+      const int32_t u = eval_users[start + r];
+      double* c = contrib.data() + size_t(start + r) * 3 * nk;
+      UserHits::accumulate(ranked.data() + size_t(r) * max_k, max_k,
+                           truth.items.data() + truth.offsets[u], truth.degree(u), ks, variant, c,
+                           c + nk, c + 2 * nk);
     }
   }
   for (int64_t r = 0; r < m.users; ++r) {
@@ -139,6 +122,49 @@ Metrics evaluate_full_ranking(const ScoreFn& score, int32_t n_users, int32_t n_i
     m.ndcg[x] /= double(m.users);
   }
   return m;
+}
+
+RankFn host_ranker(const ScoreFn& score, int32_t n_items, const UserItemCsr& exclude,
+                   const std::vector<uint8_t>& candidates) {
+  // The scores buffer grows to the largest block asked for and is reused.
+  auto scores = std::make_shared<std::vector<float>>();
+  return [score, n_items, &exclude, &candidates, scores](const int32_t* users, int64_t count, int k,
+                                                         int32_t* ranked) {
+    scores->resize(std::max(scores->size(), size_t(count) * n_items));
+    score(users, count, scores->data());
+    const float neg_inf = -std::numeric_limits<float>::infinity();
+#pragma omp parallel
+    {
+      std::vector<int32_t> order(static_cast<size_t>(n_items));
+#pragma omp for schedule(dynamic, 4)
+      for (int64_t r = 0; r < count; ++r) {
+        const int32_t u = users[r];
+        float* row = scores->data() + size_t(r) * n_items;
+        for (int64_t p = exclude.offsets[u]; p < exclude.offsets[u + 1]; ++p) {
+          row[exclude.items[p]] = neg_inf;
+        }
+        if (!candidates.empty()) {
+          for (int32_t j = 0; j < n_items; ++j) {
+            if (!candidates[j]) row[j] = neg_inf;
+          }
+        }
+        for (int32_t j = 0; j < n_items; ++j) order[j] = j;
+        auto better = [row](int32_t a, int32_t b) {
+          return row[a] != row[b] ? row[a] > row[b] : a < b;
+        };
+        std::partial_sort(order.begin(), order.begin() + k, order.end(), better);
+        std::copy(order.begin(), order.begin() + k, ranked + size_t(r) * k);
+      }
+    }
+  };
+}
+
+Metrics evaluate_full_ranking(const ScoreFn& score, int32_t n_users, int32_t n_items,
+                              const UserItemCsr& exclude, const PairList& heldout,
+                              const std::vector<int>& ks, NdcgVariant variant, int block_users,
+                              const std::vector<uint8_t>& candidates) {
+  return evaluate_ranked(host_ranker(score, n_items, exclude, candidates), n_users, n_items,
+                         heldout, ks, variant, block_users);
 }
 
 ScoreFn most_popular_scorer(const std::vector<float>& item_degree) {

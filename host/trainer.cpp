@@ -242,6 +242,14 @@ Metrics Evaluator::run(const ScoreFn& score, const PairList& heldout, bool is_te
 }
 
 Metrics Evaluator::run(Backend& backend, const PairList& heldout, bool is_test) const {
+  static const std::vector<uint8_t> all_items;
+  const std::vector<uint8_t>& cands = is_test ? candidates : all_items;
+  if (backend.prepare_ranking(graph.train_by_user, cands)) {  // ranked on the device
+    return evaluate_ranked([&backend](const int32_t* users, int64_t count, int k,
+                                      int32_t* ranked) { backend.rank(users, count, k, ranked); },
+                           data.n_users, data.n_items, heldout, config.eval_ks,
+                           parse_ndcg(config.ndcg), config.eval_block);
+  }
   return run([&backend](const int32_t* users, int64_t count,
                         float* out) { backend.score(users, count, out); },
              heldout, is_test);

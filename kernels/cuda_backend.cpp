@@ -294,24 +294,39 @@ class CudaBackend final : public Backend {
   }
 
   void score(const int32_t* users, int64_t count, float* out) override {
-    const ParamLayout& L = setup_.layout;
-    const cudaStream_t s = ctx_->stream();
-    const int32_t D = L.dim;
-    const int32_t width = L.content ? 2 * D : D;
-    const float* pf = L.content ? params_.data() + L.pf : nullptr;
+    const int32_t n_items = setup_.layout.n_items;
     for (int64_t first = 0; first < count; first += kScoreBlock) {
       const int64_t n = std::min(kScoreBlock, count - first);
-      score_users_.upload(users + first, n, s);
-      user_rows_.reserve(n * width);
-      scores_.reserve(n * L.n_items);
-      PAINVRL_CUDA_CHECK(launch_gather_user_rows(params_.data() + L.pt, pf, D, score_users_.data(),
-                                                 n, user_rows_.data(), s));
-      const float one = 1.f, zero = 0.f;
-      // Column-major: scores^T (n_items x n) = item_rows (width x n_items, transposed) * U^T.
-      PAINVRL_CUBLAS_CHECK(cublas_api().sgemm(
-          ctx_->cublas(), CUBLAS_OP_T, CUBLAS_OP_N, L.n_items, int(n), width, &one,
-          item_rows_.data(), width, user_rows_.data(), width, &zero, scores_.data(), L.n_items));
-      scores_.download(out + first * L.n_items, n * L.n_items, s);
+      score_block(users + first, n);
+      scores_.download(out + first * n_items, n * n_items, ctx_->stream());
+      ctx_->sync();
+    }
+  }
+
+  bool prepare_ranking(const UserItemCsr& exclude,
+                       const std::vector<uint8_t>& candidates) override {
+    const cudaStream_t s = ctx_->stream();
+    exclude_offsets_.upload(exclude.offsets, s);
+    exclude_items_.upload(exclude.items, s);
+    has_candidates_ = !candidates.empty();
+    if (has_candidates_) candidates_.upload(candidates, s);
+    return true;
+  }
+
+  // Per block: the scoring GEMM, the exclusions, the top k (kernels/topk.cu); only the ranked ids
+  // come back.
+  void rank(const int32_t* users, int64_t count, int k, int32_t* ranked) override {
+    const int32_t n_items = setup_.layout.n_items;
+    const cudaStream_t s = ctx_->stream();
+    for (int64_t first = 0; first < count; first += kScoreBlock) {
+      const int64_t n = std::min(kScoreBlock, count - first);
+      score_block(users + first, n);
+      PAINVRL_CUDA_CHECK(launch_exclude_items(
+          exclude_offsets_.data(), exclude_items_.data(), score_users_.data(), n, n_items,
+          has_candidates_ ? candidates_.data() : nullptr, scores_.data(), s));
+      ranked_.reserve(n * k);
+      PAINVRL_CUDA_CHECK(launch_top_k(scores_.data(), n, n_items, k, ranked_.data(), s));
+      ranked_.download(ranked + first * k, n * k, s);
       ctx_->sync();
     }
   }
@@ -365,6 +380,26 @@ class CudaBackend final : public Backend {
   }
 
  private:
+  // scores_ (n, n_items) = the users' rows [Pt_u, Pf_u] times the item rows (prepare_scoring);
+  // score_users_ holds the users. Enqueued only.
+  void score_block(const int32_t* users, int64_t n) {
+    const ParamLayout& L = setup_.layout;
+    const cudaStream_t s = ctx_->stream();
+    const int32_t D = L.dim;
+    const int32_t width = L.content ? 2 * D : D;
+    const float* pf = L.content ? params_.data() + L.pf : nullptr;
+    score_users_.upload(users, n, s);
+    user_rows_.reserve(n * width);
+    scores_.reserve(n * L.n_items);
+    PAINVRL_CUDA_CHECK(launch_gather_user_rows(params_.data() + L.pt, pf, D, score_users_.data(), n,
+                                               user_rows_.data(), s));
+    const float one = 1.f, zero = 0.f;
+    // Column-major: scores^T (n_items x n) = item_rows (width x n_items, transposed) * U^T.
+    PAINVRL_CUBLAS_CHECK(cublas_api().sgemm(
+        ctx_->cublas(), CUBLAS_OP_T, CUBLAS_OP_N, L.n_items, int(n), width, &one, item_rows_.data(),
+        width, user_rows_.data(), width, &zero, scores_.data(), L.n_items));
+  }
+
   void check_size(const std::vector<float>& v, const char* what) const {
     if (int64_t(v.size()) != setup_.layout.total) {
       throw std::invalid_argument(
@@ -384,7 +419,11 @@ class CudaBackend final : public Backend {
   DeviceBuffer<int32_t> pair_user_, pair_item_;  // (P,) the epoch's shuffled pairs
   DeviceBuffer<float> item_rows_;                // (n_items, D or 2D) [T_j, X_j]
   DeviceBuffer<int32_t> score_users_, score_items_;
-  DeviceBuffer<float> user_rows_, scores_;  // (block, width), (block, n_items)
+  DeviceBuffer<float> user_rows_, scores_;        // (block, width), (block, n_items)
+  DeviceBuffer<int64_t> exclude_offsets_;         // (n_users + 1,) ranking: excluded items
+  DeviceBuffer<int32_t> exclude_items_, ranked_;  // (pairs,), (block, k)
+  DeviceBuffer<uint8_t> candidates_;              // (n_items,) when has_candidates_
+  bool has_candidates_ = false;
 };
 
 }  // namespace

@@ -5,4 +5,5 @@
 #include "../kernels/adam.cu"
 #include "../kernels/mask_step.cu"
 #include "../kernels/sampling.cu"
+#include "../kernels/topk.cu"
 #include "../kernels/ultragcn_loss.cu"

@@ -5,6 +5,7 @@
 // neighbours, on several seeds with fresh inputs and NaN-poisoned outputs; HIM's environment
 // models in one launch give the CPU's per-environment losses and dW, db; whole epochs of the
 // backend give the CPU's losses, parameters and scores (more users than one scoring block);
+// ranking on the device gives the host's ranking of the device's scores;
 // frozen tensors stay as they were and the rest trains as on the CPU; an epoch stopped after a
 // few steps and continued ends as an uninterrupted one; a non-finite loss stops at the CPU's
 // step; the optimiser state round-trips; what the backend does not implement is refused by name.
@@ -26,6 +27,7 @@
 #include "painvrl/cpu/ultragcn_loss.h"
 #include "painvrl/cuda/backend.h"
 #include "painvrl/cuda/device.h"
+#include "painvrl/evaluate.h"
 #include "painvrl/graph.h"
 #include "painvrl/mask_runner.h"
 #include "painvrl/mask_step.h"
@@ -394,6 +396,25 @@ TEST(GpuBackend, EpochsGiveTheCpuLossesParametersAndScores) {
       gpu_backend->score_pairs(toy.train.user.data(), toy.train.item.data(),
                                int64_t(toy.train.size()), qb.data());
       EXPECT_LT(scaled_error(qb.data(), qa.data(), int64_t(qa.size())), 1e-4);
+      // Ranking on the device is the host's ranking of the device's own scores, list for list
+      // (more users than a block, all items and the cold-item candidates, several k).
+      ASSERT_FALSE(cpu_backend->prepare_ranking(toy.graph.train_by_user, {}));
+      for (bool cold : {false, true}) {
+        std::vector<uint8_t> cands;
+        if (cold) {
+          for (int32_t j = 0; j < toy.n_items; ++j) cands.push_back(j % 3 != 0);
+        }
+        ASSERT_TRUE(gpu_backend->prepare_ranking(toy.graph.train_by_user, cands));
+        const RankFn host = host_ranker(
+            [&](const int32_t* us, int64_t n, float* out) { gpu_backend->score(us, n, out); },
+            toy.n_items, toy.graph.train_by_user, cands);
+        for (int k : {1, 20, toy.n_items}) {
+          std::vector<int32_t> want(size_t(n_scored) * k), got(size_t(n_scored) * k, -2);
+          host(users.data(), n_scored, k, want.data());
+          gpu_backend->rank(users.data(), n_scored, k, got.data());
+          EXPECT_EQ(got, want) << "k " << k << " cold " << cold;
+        }
+      }
     }
   }
 }

@@ -4,7 +4,8 @@
 // neighbours, D of 8, 64, 100 and 256, one warp per row or per chunk of terms, several seeds,
 // NaN-poisoned outputs), the negatives bit for bit, Adam with the fused L2, frozen tensors and the
 // sums of squares,
-// the step end's accumulators and its halt on a non-finite loss, and the scoring kernels. The
+// the step end's accumulators and its halt on a non-finite loss, the scoring kernels, and the
+// ranking kernels (exclusions and top k) against the host's ranking. The
 // `gpu` tests (tests/gpu_backend_test.cpp) check the same on a device; these prove the kernels'
 // indexing, warp reductions and barriers where no GPU is.
 #include <gtest/gtest.h>
@@ -15,6 +16,8 @@
 #include <vector>
 
 #include "painvrl/cpu/ultragcn_loss.h"
+#include "painvrl/dataset.h"
+#include "painvrl/evaluate.h"
 #include "painvrl/math/adam.h"
 #include "painvrl/math/sampling.h"
 #include "painvrl/model.h"
@@ -472,6 +475,51 @@ TEST(EmulatedKernels, ScoringKernelsEqualHostDotProducts) {
       }
       EXPECT_NEAR(scores[p], want, 1e-5f * (1 + std::fabs(want)));
     }
+  }
+}
+
+// The device ranking (exclusions, then the top k) gives host_ranker's lists: scores with many
+// ties (a few distinct values), excluded items, a candidate mask, k from 1 to every item.
+TEST(EmulatedKernels, TopKIsTheHostRanking) {
+  for (unsigned seed : {1u, 2u}) {
+    std::mt19937 rng(seed);
+    const int32_t n_users = 9, n_items = 70;
+    std::vector<float> scores(size_t(n_users) * n_items);
+    for (float& x : scores) x = float(int(rng() % 7)) * 0.5f;  // ties everywhere
+    PairList train;
+    for (int32_t u = 0; u < n_users; ++u) {
+      for (int32_t q = 0; q < 5 + u * 3; ++q) train.push(u, int32_t(rng() % n_items));
+    }
+    const UserItemCsr exclude = UserItemCsr::build(train, n_users);
+    std::vector<uint8_t> candidates(static_cast<size_t>(n_items));
+    for (auto& c : candidates) c = rng() % 3 != 0;
+    const std::vector<int32_t> users = {4, 0, 8, 2, 2, 7};  // any order, repeats
+    const int64_t count = int64_t(users.size());
+    const ScoreFn score = [&](const int32_t* us, int64_t n, float* out) {
+      for (int64_t r = 0; r < n; ++r) {
+        std::copy_n(scores.begin() + size_t(us[r]) * n_items, n_items, out + r * n_items);
+      }
+    };
+    for (bool use_candidates : {false, true}) {
+      const std::vector<uint8_t> cands = use_candidates ? candidates : std::vector<uint8_t>{};
+      const RankFn host = host_ranker(score, n_items, exclude, cands);
+      for (int k : {1, 7, seed == 1 ? int(n_items) : 20}) {
+        std::vector<int32_t> want(size_t(count) * k, -2), got(size_t(count) * k, -2);
+        host(users.data(), count, k, want.data());
+        std::vector<float> block(size_t(count) * n_items);
+        score(users.data(), count, block.data());
+        ASSERT_EQ(k::launch_exclude_items(
+                      exclude.offsets.data(), exclude.items.data(), users.data(), count, n_items,
+                      use_candidates ? cands.data() : nullptr, block.data(), nullptr),
+                  cudaSuccess);
+        ASSERT_EQ(k::launch_top_k(block.data(), count, n_items, k, got.data(), nullptr),
+                  cudaSuccess);
+        EXPECT_EQ(got, want) << "seed " << seed << " k " << k << " candidates " << use_candidates;
+      }
+    }
+    std::vector<int32_t> out(1);
+    EXPECT_EQ(k::launch_top_k(scores.data(), 1, n_items, n_items + 1, out.data(), nullptr),
+              cudaErrorInvalidValue);
   }
 }
 

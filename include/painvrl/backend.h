@@ -6,9 +6,11 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "painvrl/dataset.h"
 #include "painvrl/graph.h"
 #include "painvrl/model.h"
 
@@ -74,6 +76,18 @@ class Backend {
   // Scores of individual pairs (after prepare_scoring): out[p] = s(users[p], items[p]).
   virtual void score_pairs(const int32_t* users, const int32_t* items, int64_t count,
                            float* out) = 0;
+  // Ranking on the backend's device (after prepare_scoring), for evaluate_ranked: returns false
+  // when the backend does not rank (the caller ranks score()'s output on the host); otherwise
+  // binds each user's excluded items and the candidates (n_items, or empty: all) for rank(),
+  // which fills ranked (count, k) in host_ranker's order (evaluate.h). Both must outlive the
+  // evaluation.
+  virtual bool prepare_ranking(const UserItemCsr& /*exclude*/,
+                               const std::vector<uint8_t>& /*candidates*/) {
+    return false;
+  }
+  virtual void rank(const int32_t* /*users*/, int64_t /*count*/, int /*k*/, int32_t* /*ranked*/) {
+    throw std::logic_error("rank(): this backend ranks on the host (prepare_ranking is false)");
+  }
   // Host copy of the parameters (layout order).
   virtual std::vector<float> parameters() const = 0;
   virtual void set_parameters(const std::vector<float>& params) = 0;

@@ -38,6 +38,22 @@ struct UserHits {
 // Fills scores (count, n_items) for users[0..count).
 using ScoreFn = std::function<void(const int32_t* users, int64_t count, float* scores)>;
 
+// Fills ranked (count, k) with each of users[0..count)'s k best items, best first: score
+// descending, ties towards the smaller item id, excluded and non-candidate items last (-inf).
+using RankFn = std::function<void(const int32_t* users, int64_t count, int k, int32_t* ranked)>;
+
+// Evaluates `heldout` pairs from the ranked lists of `rank` (k = min(max(ks), n_items)), users
+// with held-out items in blocks of block_users.
+Metrics evaluate_ranked(const RankFn& rank, int32_t n_users, int32_t n_items,
+                        const PairList& heldout, const std::vector<int>& ks, NdcgVariant ndcg,
+                        int block_users);
+
+// The host's ranking from scores: `exclude` lists the items never recommended to each user,
+// `candidates` (n_items,), when not empty, keeps only the items with a non-zero entry. Holds
+// references to exclude and candidates.
+RankFn host_ranker(const ScoreFn& score, int32_t n_items, const UserItemCsr& exclude,
+                   const std::vector<uint8_t>& candidates);
+
 // Evaluates `heldout` pairs. `exclude` lists the items never recommended to each user (training).
 // `candidates` (n_items,), when not empty, restricts the ranking to items with a non-zero entry
 // (the cold-item protocol ranks held-out cold items among the cold items only).

@@ -5,9 +5,11 @@
 // train_steps call. Gradients are scattered with atomics, so runs agree with the CPU backend to
 // rounding, not bit for bit.
 //
-// HIM's environment models and the mask generation have their own device loops below. Not yet on
-// the device (the CUDA issue lists them): the per-row L2 of l2 = touched (refused at setup), HIM's
-// reassignment scores, the item-item graph and the top-K evaluation.
+// Evaluation ranks on the device (prepare_ranking, rank: the scoring GEMM, the exclusions and the
+// top k per user, kernels/topk.cu; only the ranked ids come back). HIM's environment models and
+// the mask generation have their own device loops below. Not yet on the device (the CUDA issue
+// lists them): the per-row L2 of l2 = touched (refused at setup), HIM's reassignment scores and
+// the item-item graph.
 #pragma once
 #include <memory>
 #include <string>

@@ -202,4 +202,15 @@ cudaError_t launch_score_pairs(const float* pt, const float* pf, int32_t dim,
                                const float* item_rows, const int32_t* users, const int32_t* items,
                                int64_t count, float* out, cudaStream_t stream);
 
+// Full-ranking evaluation (kernels/topk.cu). scores (count, n_items) for users[0..count): each
+// user's excluded items (CSR offsets (n_users + 1), items) and, when candidates (n_items) is set,
+// the items whose entry is 0 become -inf.
+cudaError_t launch_exclude_items(const int64_t* offsets, const int32_t* items, const int32_t* users,
+                                 int64_t count, int32_t n_items, const uint8_t* candidates,
+                                 float* scores, cudaStream_t stream);
+// ranked (count, k) = each row's k best items, score descending, ties towards the smaller id
+// (host/evaluate.cpp's order); 0 < k <= n_items.
+cudaError_t launch_top_k(const float* scores, int64_t count, int32_t n_items, int32_t k,
+                         int32_t* ranked, cudaStream_t stream);
+
 }  // namespace painvrl::PAINVRL_KERNEL_NS

@@ -168,7 +168,7 @@ cudaError_t launch_mask_noise(math::PhiloxKey key, uint32_t epoch, uint32_t step
 // (run_mask_step) and the update (launch_mask_update, whose gradient, mask direction, mask step
 // and scalars are the step's outputs). step is taken from update.step.
 struct MaskTrainStep {
-  MaskBatchArgs batch;       // users, items: the buffers args.users and args.items point to
+  MaskBatchArgs batch;           // users, items: the buffers args.users and args.items point to
   int32_t* negatives = nullptr;  // (rows, N): args.negatives
   double* noise = nullptr;       // (E, d): args.noise
   math::PhiloxKey neg_key{}, noise_key{};

@@ -1,0 +1,114 @@
+// Full-ranking evaluation on the device (DESIGN.md "Evaluation"; host/evaluate.cpp is the CPU
+// path): per block of users, after the scoring GEMM, the training items (and, in the cold-item
+// protocol, the non-candidates) are set to -inf, and each user's top k items are selected in the
+// CPU's order: score descending, ties towards the smaller item id (std::partial_sort with that
+// comparator). Selection is k rounds of a block-wide arg-max over the items still worse than the
+// previous pick, so it needs no sort buffer and handles ties and -inf exactly as the CPU does.
+// Bytes: the exclusion writes 4 B per training pair of the block's users (plus n_items per user
+// for candidates); the selection reads the user's row k times (k * n_items * 4 B, from L1/L2:
+// a 5,986-item row is 24 KB) and writes k ids.
+#include <cmath>
+
+#include "painvrl/cuda/kernels.h"
+
+namespace painvrl::PAINVRL_KERNEL_NS {
+namespace {
+
+constexpr int kExcludeThreads = 256;
+#ifdef PAINVRL_KERNEL_EMULATION
+constexpr int kTopKThreads = 64;  // the emulated tests' fibers; the code strides by blockDim
+#else
+constexpr int kTopKThreads = 256;
+#endif
+
+__global__ void __launch_bounds__(kExcludeThreads)
+    exclude_kernel(const int64_t* offsets, const int32_t* items, const int32_t* users,
+                   int32_t n_items, const uint8_t* candidates, float* scores) {
+  const int64_t r = blockIdx.x;
+  const int32_t u = users[r];
+  float* row = scores + r * n_items;
+  const float neg_inf = -INFINITY;
+  for (int64_t p = offsets[u] + threadIdx.x; p < offsets[u + 1]; p += blockDim.x) {
+    row[items[p]] = neg_inf;
+  }
+  if (candidates) {
+    for (int32_t j = threadIdx.x; j < n_items; j += blockDim.x) {
+      if (!candidates[j]) row[j] = neg_inf;
+    }
+  }
+}
+
+// (score, item) a ranks before b: higher score, then smaller item id.
+__device__ __forceinline__ bool ranks_before(float sa, int32_t ja, float sb, int32_t jb) {
+  return sa != sb ? sa > sb : ja < jb;
+}
+
+__global__ void __launch_bounds__(kTopKThreads)
+    top_k_kernel(const float* scores, int32_t n_items, int32_t k, int32_t* ranked) {
+  __shared__ float warp_score[kTopKThreads / 32];
+  __shared__ int32_t warp_item[kTopKThreads / 32];
+  const int64_t r = blockIdx.x;
+  const float* row = scores + r * n_items;
+  float prev_s = 0;
+  int32_t prev_j = -1;  // none picked yet
+  const int warps = int(blockDim.x + 31) / 32;
+  for (int32_t round = 0; round < k; ++round) {
+    float best_s = 0;
+    int32_t best_j = -1;
+    for (int32_t j = threadIdx.x; j < n_items; j += blockDim.x) {
+      const float s = row[j];
+      if (prev_j >= 0 && !ranks_before(prev_s, prev_j, s, j)) continue;  // picked already
+      if (best_j < 0 || ranks_before(s, j, best_s, best_j)) {
+        best_s = s;
+        best_j = j;
+      }
+    }
+    for (int lane_mask = 16; lane_mask > 0; lane_mask >>= 1) {
+      const float os = __shfl_xor_sync(0xffffffffu, best_s, lane_mask);
+      const int32_t oj = __shfl_xor_sync(0xffffffffu, best_j, lane_mask);
+      if (oj >= 0 && (best_j < 0 || ranks_before(os, oj, best_s, best_j))) {
+        best_s = os;
+        best_j = oj;
+      }
+    }
+    if (threadIdx.x % 32 == 0) {
+      warp_score[threadIdx.x / 32] = best_s;
+      warp_item[threadIdx.x / 32] = best_j;
+    }
+    __syncthreads();
+    best_j = -1;
+    for (int w = 0; w < warps; ++w) {
+      const int32_t oj = warp_item[w];
+      if (oj >= 0 && (best_j < 0 || ranks_before(warp_score[w], oj, best_s, best_j))) {
+        best_s = warp_score[w];
+        best_j = oj;
+      }
+    }
+    __syncthreads();  // warp_* free for the next round
+    if (threadIdx.x == 0) ranked[r * k + round] = best_j;
+    prev_s = best_s;
+    prev_j = best_j;
+    if (best_j < 0) break;  // fewer than k items (k <= n_items by contract: not reached)
+  }
+}
+
+}  // namespace
+
+cudaError_t launch_exclude_items(const int64_t* offsets, const int32_t* items, const int32_t* users,
+                                 int64_t count, int32_t n_items, const uint8_t* candidates,
+                                 float* scores, cudaStream_t stream) {
+  if (count <= 0) return cudaSuccess;
+  PAINVRL_LAUNCH(exclude_kernel, count, kExcludeThreads, stream, offsets, items, users, n_items,
+                 candidates, scores);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_top_k(const float* scores, int64_t count, int32_t n_items, int32_t k,
+                         int32_t* ranked, cudaStream_t stream) {
+  if (k <= 0 || k > n_items) return cudaErrorInvalidValue;
+  if (count <= 0) return cudaSuccess;
+  PAINVRL_LAUNCH(top_k_kernel, count, kTopKThreads, stream, scores, n_items, k, ranked);
+  return cudaGetLastError();
+}
+
+}  // namespace painvrl::PAINVRL_KERNEL_NS
