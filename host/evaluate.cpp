@@ -143,10 +143,8 @@ RankFn host_ranker(const ScoreFn& score, int32_t n_items, const UserItemCsr& exc
         for (int64_t p = exclude.offsets[u]; p < exclude.offsets[u + 1]; ++p) {
           row[exclude.items[p]] = neg_inf;
         }
-        if (!candidates.empty()) {
-          for (int32_t j = 0; j < n_items; ++j) {
-            if (!candidates[j]) row[j] = neg_inf;
-          }
+        for (int32_t j = 0; j < n_items; ++j) {  // NaN ranks as -inf: the order stays total
+          if ((!candidates.empty() && !candidates[j]) || std::isnan(row[j])) row[j] = neg_inf;
         }
         for (int32_t j = 0; j < n_items; ++j) order[j] = j;
         auto better = [row](int32_t a, int32_t b) {

@@ -393,15 +393,21 @@ std::vector<int32_t> identify_environments(const Config& c, const Graph& graph,
                                     backbone->data() + bl.t,
                                     wb.data(),
                                     wb.data() + size_t(envs) * c.dim * feat_dim};
-      std::vector<float> all_scores(static_cast<size_t>(P) * envs);  // (P, E)
-      cpu::LossWorkspace<float> ws;
-      cpu::env_projection_score_pairs(view, psi.data(), pairs.user.data(), pairs.item.data(), P,
-                                      all_scores.data(), ws);
-      for (int64_t p = 0; p < P; ++p) {
-        for (int e = 0; e < envs; ++e) {
-          if (all_scores[size_t(p) * envs + e] > best[p]) {  // ties keep the smaller id
-            best[p] = all_scores[size_t(p) * envs + e];
-            new_env[p] = e;
+#ifdef PAINVRL_HAVE_CUDA
+      if (c.device == "cuda")
+        new_env = cuda::assign_environments_on_device(view, psi.data(), pairs);
+#endif
+      if (c.device != "cuda") {
+        std::vector<float> all_scores(static_cast<size_t>(P) * envs);  // (P, E)
+        cpu::LossWorkspace<float> ws;
+        cpu::env_projection_score_pairs(view, psi.data(), pairs.user.data(), pairs.item.data(), P,
+                                        all_scores.data(), ws);
+        for (int64_t p = 0; p < P; ++p) {
+          for (int e = 0; e < envs; ++e) {
+            if (all_scores[size_t(p) * envs + e] > best[p]) {  // ties keep the smaller id
+              best[p] = all_scores[size_t(p) * envs + e];
+              new_env[p] = e;
+            }
           }
         }
       }

@@ -10,6 +10,7 @@
 #endif
 
 #include <algorithm>
+#include <cmath>
 
 #include "painvrl/cuda/kernels.h"
 
@@ -155,7 +156,45 @@ __global__ void score_pairs_kernel(const float* __restrict__ pt, const float* __
   out[p] = s;
 }
 
+// HIM's reassignment (Eq. 9): pair p goes to the environment whose model scores it highest,
+// s_e = <Pt_u, T_j> + <Pf_u, X_j,e>, ties to the smaller e (thread per pair; the dot products in
+// the CPU's order, cpu::env_projection_score_pairs).
+__global__ void assign_environments_kernel(
+    const float* __restrict__ pt, const float* __restrict__ pf, const float* __restrict__ t,
+    int32_t dim, int32_t envs, const float* __restrict__ x_all, const int32_t* __restrict__ users,
+    const int32_t* __restrict__ items, int64_t count, int32_t* __restrict__ env_out) {
+  const int64_t p = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (p >= count) return;
+  const int64_t u = users[p], j = items[p];
+  float id_part = 0.f;
+  for (int32_t c = 0; c < dim; ++c) id_part += pt[u * dim + c] * t[j * dim + c];
+  float best = -INFINITY;
+  int32_t best_e = 0;
+  for (int32_t e = 0; e < envs; ++e) {
+    const float* x = x_all + (j * envs + e) * dim;
+    float s = 0.f;
+    for (int32_t c = 0; c < dim; ++c) s += pf[u * dim + c] * x[c];
+    s += id_part;
+    if (s > best) {
+      best = s;
+      best_e = e;
+    }
+  }
+  env_out[p] = best_e;
+}
+
 }  // namespace
+
+cudaError_t launch_assign_environments(const float* pt, const float* pf, const float* t,
+                                       int32_t dim, int32_t envs, const float* x_all,
+                                       const int32_t* users, const int32_t* items, int64_t count,
+                                       int32_t* env_out, cudaStream_t stream) {
+  if (count <= 0) return cudaSuccess;
+  const int block = 256;
+  PAINVRL_LAUNCH(assign_environments_kernel, unsigned((count + block - 1) / block), block, stream,
+                 pt, pf, t, dim, envs, x_all, users, items, count, env_out);
+  return cudaGetLastError();
+}
 
 cudaError_t launch_adam(const AdamArgs& a, cudaStream_t stream) {
   if (!a.block_sums) return cudaErrorInvalidValue;

@@ -691,6 +691,34 @@ std::vector<float> train_env_models_projection_on_device(
   return params;
 }
 
+std::vector<int32_t> assign_environments_on_device(const cpu::EnvModelsView& m, const float* psi,
+                                                   const PairList& pairs) {
+  const int32_t D = m.dim, E = m.envs, width = E * D;
+  const int64_t P = int64_t(pairs.size());
+  StreamContext ctx;
+  const cudaStream_t s = ctx.stream();
+  DeviceBuffer<float> pt, pf, t, w_all, b_all, features, x;
+  pt.upload(m.pt, int64_t(m.n_users) * D, s);
+  pf.upload(m.pf, int64_t(m.n_users) * D, s);
+  t.upload(m.t, int64_t(m.n_items) * D, s);
+  w_all.upload(m.w_all, int64_t(width) * m.feat_dim, s);
+  b_all.upload(m.b_all, width, s);
+  features.upload(psi, int64_t(m.n_items) * m.feat_dim, s);
+  x.reserve(int64_t(m.n_items) * width);
+  project(ctx, w_all.data(), b_all.data(), width, m.n_items, m.feat_dim, features.data(), x.data(),
+          width);
+  DeviceBuffer<int32_t> users, items, env;
+  users.upload(pairs.user, s);
+  items.upload(pairs.item, s);
+  env.reserve(P);
+  PAINVRL_CUDA_CHECK(launch_assign_environments(pt.data(), pf.data(), t.data(), D, E, x.data(),
+                                                users.data(), items.data(), P, env.data(), s));
+  std::vector<int32_t> out(static_cast<size_t>(P));
+  env.download(out.data(), P, s);
+  ctx.sync();
+  return out;
+}
+
 std::vector<int32_t> negatives_on_device(math::PhiloxKey key, uint32_t epoch, uint32_t step,
                                          int64_t rows, int32_t n_negatives, uint32_t n_items) {
   StreamContext ctx;

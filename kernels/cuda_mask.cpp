@@ -164,7 +164,8 @@ class DeviceMaskRunner final : public MaskRunner {
     const MaskLayout& L = S_.layout;
     const MaskProblem<double>& P = S_.problem;
     const int64_t problem_doubles = 2 * int64_t(P.n_users) * P.D + int64_t(P.n_items) * P.D +
-                                    int64_t(P.n_items) * P.d + P.n_users + P.n_items * 3;
+                                    int64_t(P.n_items) * P.d + P.n_users + P.n_items +
+                                    int64_t(P.n_items) * P.ii_k;  // + ii_neighbors below
     const int64_t state_doubles = 3 * L.total + 3 * L.d + int64_t(E) * L.d;
     const int64_t bytes =
         8 * (problem_doubles + state_doubles +
@@ -272,6 +273,10 @@ class DeviceMaskRunner final : public MaskRunner {
       const double* r = rows.data() + 4 * k;
       if (halted && pending_steps_[size_t(k)] == halt_step) {
         out.failed = MaskDrain::Failure{halt_step, r[1], r[2]};
+        // The failing step and the ones after it applied nothing: the optimisers' step counts
+        // go back to what the CPU runner's would be.
+        *st_.adam_t -= n - k;
+        if (S_.config->mask_optimizer != "sgd") *st_.mask_t -= n - k;
         break;
       }
       out.records.push_back(MaskStepRecord{pending_steps_[size_t(k)], r[0], r[1], r[2], r[3]});

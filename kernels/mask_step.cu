@@ -33,7 +33,8 @@ int64_t MaskWorkspace::doubles(int64_t rows, int32_t tpr, int32_t E, int32_t D, 
                                int32_t H, int32_t n_items) {
   return 2 * int64_t(E) * d + rows * (3 * int64_t(D) + 1 + 2 * int64_t(H)) +
          2 * int64_t(n_items) * H + 6 * rows * d + 3 * rows + rows * tpr * (5 + 2 + 4) +
-         int64_t(E) * D * d + 2 * d + rows * (4 * int64_t(H) + 2) + 2 * int64_t(n_items) * H;
+         int64_t(E) * D * d + 2 * d + rows * (4 * int64_t(H) + 2) + 2 * int64_t(n_items) * H +
+         2 * int64_t(kMaskColumnChunks) * d;
 }
 
 MaskWorkspace MaskWorkspace::carve(double* p, int64_t rows, int32_t tpr, int32_t E, int32_t D,
@@ -70,6 +71,7 @@ MaskWorkspace MaskWorkspace::carve(double* p, int64_t rows, int32_t tpr, int32_t
   w.row_dw2 = take(rows * 2 * H);
   w.row_db2 = take(rows * 2);
   w.item_dpre = take(2 * int64_t(n_items) * H);
+  w.col_partial = take(2 * int64_t(kMaskColumnChunks) * d);
   return w;
 }
 
@@ -83,6 +85,7 @@ constexpr int kRowThreads = 64;
 constexpr int kRowThreads = 256;
 #endif
 constexpr int kRowWarps = kRowThreads / 32;
+constexpr int kColumnChunks = kMaskColumnChunks;
 constexpr int kFlatThreads = 256;
 
 int64_t flat_blocks(int64_t n) {
@@ -380,19 +383,37 @@ __global__ void __launch_bounds__(kRowThreads) pass2_kernel(const MaskStepArgs a
   }
 }
 
-// g_E, g_I per column: rows in order, gated by their environment's open mask.
+// g_E, g_I per column, in two steps: block (column block, row chunk) sums its chunk's rows in
+// order, each gated by its environment's open mask, into col_partial; then per column the chunks
+// in order (plus g_I's direct part). Enough blocks to fill the GPU at any d.
+__global__ void __launch_bounds__(kFlatThreads) columns_partial_kernel(const MaskStepArgs a) {
+  const int64_t d = a.layout.d;
+  const int64_t col_blocks = (d + blockDim.x - 1) / blockDim.x;
+  const int64_t chunk = blockIdx.x / col_blocks;
+  const int64_t j = (blockIdx.x % col_blocks) * blockDim.x + threadIdx.x;
+  if (j >= d) return;
+  const double inv_E = 1.0 / double(a.envs);
+  const int64_t r0 = a.rows * chunk / kColumnChunks, r1 = a.rows * (chunk + 1) / kColumnChunks;
+  double gE = 0, gI = 0;
+  int32_t e = r0 < r1 ? env_of_row(a, r0) : 0;
+  for (int64_t r = r0; r < r1; ++r) {
+    while (a.env_offsets[e + 1] <= r) ++e;
+    const double op = a.ws.open[int64_t(e) * d + j];
+    gE += op * a.ws.row_mask_e[r * d + j] * inv_E;
+    gI += op * a.ws.row_mask_i[r * d + j];
+  }
+  a.ws.col_partial[(chunk * 2) * d + j] = gE;
+  a.ws.col_partial[(chunk * 2 + 1) * d + j] = gI;
+}
+
 __global__ void __launch_bounds__(kFlatThreads) columns_kernel(const MaskStepArgs a) {
   const int64_t d = a.layout.d;
-  const double inv_E = 1.0 / double(a.envs);
   for (int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; j < d;
        j += int64_t(gridDim.x) * blockDim.x) {
     double gE = 0, gI = a.ws.gi_direct[j];
-    for (int32_t e = 0; e < a.envs; ++e) {
-      const double op = a.ws.open[int64_t(e) * d + j];
-      for (int64_t r = a.env_offsets[e]; r < a.env_offsets[e + 1]; ++r) {
-        gE += op * a.ws.row_mask_e[r * d + j] * inv_E;
-        gI += op * a.ws.row_mask_i[r * d + j];
-      }
+    for (int c = 0; c < kColumnChunks; ++c) {
+      gE += a.ws.col_partial[(c * 2) * d + j];
+      gI += a.ws.col_partial[(c * 2 + 1) * d + j];
     }
     a.g_E[j] = gE;
     a.g_I[j] = gI;
@@ -453,7 +474,7 @@ __global__ void __launch_bounds__(kRowThreads) pareto_kernel(const MaskStepArgs 
 }
 
 // combined (rows, d) = wE row_vec_erm + wI row_vec (into row_mask_e, free after the columns);
-// dJ/dW starts at 2 gamma_w W (the GEMM adds the rest); dJ/db per column in a fixed row order.
+// dJ/dW starts at 2 gamma_w W (the GEMM adds the rest).
 __global__ void __launch_bounds__(kFlatThreads) combine_kernel(const MaskStepArgs a) {
   const double wE = a.scalars[2], wI = a.scalars[3];
   const int64_t d = a.layout.d, n = a.rows * d, nW = int64_t(a.layout.D) * d;
@@ -466,13 +487,21 @@ __global__ void __launch_bounds__(kFlatThreads) combine_kernel(const MaskStepArg
   for (int64_t x = first; x < nW; x += stride) {
     a.grad[a.layout.W + x] = l2 * a.params[a.layout.W + x];
   }
-  for (int64_t k = first; k < a.layout.D; k += stride) {
-    double acc = 0;
-    for (int64_t r = 0; r < a.rows; ++r) {
-      acc += (wE * a.ws.row_dsum[r] + wI * a.ws.row_gsum[r]) *
-             a.pf[int64_t(a.users[r]) * a.layout.D + k];
-    }
-    a.grad[a.layout.b + k] = acc + l2 * a.params[a.layout.b + k];
+}
+
+// dJ/db_k (block k): sum_r (wE dsum_r + wI gsum_r) Pf_{u_r, k} + 2 gamma_w b_k, the rows
+// strided over the block and summed in a fixed order.
+__global__ void __launch_bounds__(kRowThreads) bias_grad_kernel(const MaskStepArgs a) {
+  __shared__ double scratch[kRowWarps];
+  const int32_t k = blockIdx.x, D = a.layout.D;
+  const double wE = a.scalars[2], wI = a.scalars[3];
+  double v[1] = {0};
+  for (int64_t r = threadIdx.x; r < a.rows; r += blockDim.x) {
+    v[0] += (wE * a.ws.row_dsum[r] + wI * a.ws.row_gsum[r]) * a.pf[int64_t(a.users[r]) * D + k];
+  }
+  block_sums<1>(v, scratch);
+  if (threadIdx.x == 0) {
+    a.grad[a.layout.b + k] = v[0] + 2 * a.settings.gamma_w * a.params[a.layout.b + k];
   }
 }
 
@@ -523,26 +552,29 @@ __global__ void __launch_bounds__(kRowThreads)
   }
 }
 
-// dJ/db1, dJ/dw2 (per hidden unit) and dJ/db2 (per MLP): the rows' pieces in order.
-__global__ void __launch_bounds__(kFlatThreads) attention_sums_kernel(const MaskStepArgs a) {
-  const int32_t H = a.layout.H;
-  for (int32_t x = int32_t(blockIdx.x * blockDim.x + threadIdx.x); x < 2 * H + 2;
-       x += int32_t(gridDim.x * blockDim.x)) {
-    if (x >= 2 * H) {
-      const int k = x - 2 * H;
-      double s = 0;
-      for (int64_t r = 0; r < a.rows; ++r) s += a.ws.row_db2[r * 2 + k];
-      a.grad[a.layout.b2[k]] = s;
-      continue;
+// dJ/db1, dJ/dw2 (block x < 2H: hidden unit x of both MLPs) and dJ/db2 (blocks 2H, 2H + 1):
+// the rows' pieces strided over the block, summed in a fixed order.
+__global__ void __launch_bounds__(kRowThreads) attention_sums_kernel(const MaskStepArgs a) {
+  __shared__ double scratch[kRowWarps * 2];
+  const int32_t H = a.layout.H, x = blockIdx.x;
+  double v[2] = {0, 0};
+  if (x >= 2 * H) {
+    for (int64_t r = threadIdx.x; r < a.rows; r += blockDim.x)
+      v[0] += a.ws.row_db2[r * 2 + x - 2 * H];
+  } else {
+    for (int64_t r = threadIdx.x; r < a.rows; r += blockDim.x) {
+      v[0] += a.ws.row_dpre[r * 2 * H + x];
+      v[1] += a.ws.row_dw2[r * 2 * H + x];
     }
+  }
+  block_sums<2>(v, scratch);
+  if (threadIdx.x != 0) return;
+  if (x >= 2 * H) {
+    a.grad[a.layout.b2[x - 2 * H]] = v[0];
+  } else {
     const int k = x / H, h = x % H;
-    double b1 = 0, w2 = 0;
-    for (int64_t r = 0; r < a.rows; ++r) {
-      b1 += a.ws.row_dpre[r * 2 * H + x];
-      w2 += a.ws.row_dw2[r * 2 * H + x];
-    }
-    a.grad[a.layout.b1[k] + h] = b1;
-    a.grad[a.layout.w2[k] + h] = w2;
+    a.grad[a.layout.b1[k] + h] = v[0];
+    a.grad[a.layout.w2[k] + h] = v[1];
   }
 }
 
@@ -610,11 +642,16 @@ cudaError_t run_mask_step(const MaskStepArgs& a, const DeviceGemm& gemm, cudaStr
   }
   PAINVRL_LAUNCH(pass2_kernel, rows, kRowThreads, stream, a, tpr);
   PAINVRL_STEP(cudaGetLastError());
+  PAINVRL_LAUNCH(columns_partial_kernel, ((d + kFlatThreads - 1) / kFlatThreads) * kColumnChunks,
+                 kFlatThreads, stream, a);
+  PAINVRL_STEP(cudaGetLastError());
   PAINVRL_LAUNCH(columns_kernel, flat_blocks(d), kFlatThreads, stream, a);
   PAINVRL_STEP(cudaGetLastError());
   PAINVRL_LAUNCH(pareto_kernel, 1, kRowThreads, stream, a);
   PAINVRL_STEP(cudaGetLastError());
   PAINVRL_LAUNCH(combine_kernel, flat_blocks(rows * d), kFlatThreads, stream, a);
+  PAINVRL_STEP(cudaGetLastError());
+  PAINVRL_LAUNCH(bias_grad_kernel, D, kRowThreads, stream, a);
   PAINVRL_STEP(cudaGetLastError());
   // dJ/dW (D, d) += Pf_rows^T (D, rows) combined (rows, d)
   PAINVRL_STEP(
@@ -623,7 +660,7 @@ cudaError_t run_mask_step(const MaskStepArgs& a, const DeviceGemm& gemm, cudaStr
     PAINVRL_STEP(fill(w.item_dpre, 2 * int64_t(a.n_items) * H, 0.0, stream));
     PAINVRL_LAUNCH(attention_backward_kernel, rows, kRowThreads, stream, a, tpr);
     PAINVRL_STEP(cudaGetLastError());
-    PAINVRL_LAUNCH(attention_sums_kernel, 1, kFlatThreads, stream, a);
+    PAINVRL_LAUNCH(attention_sums_kernel, 2 * H + 2, kRowThreads, stream, a);
     PAINVRL_STEP(cudaGetLastError());
     for (int k = 0; k < 2; ++k) {
       // dJ/dw1u_k (H, 2D) = row_dpre_k^T (H, rows) [Pt_u, Pf_u] (rows, 2D)
@@ -642,13 +679,15 @@ cudaError_t run_mask_step(const MaskStepArgs& a, const DeviceGemm& gemm, cudaStr
 
 namespace {
 
-// Sets *halt when a scalar, a gradient or the mask step is not finite (one block; before the
-// update, which then does nothing, as the CPU loop stops before it applies the step).
+// Sets *halt when a scalar, a gradient or the mask step is not finite (before the update, which
+// then does nothing, as the CPU loop stops before it applies the step).
 __global__ void __launch_bounds__(kFlatThreads) mask_check_kernel(const MaskUpdateArgs a) {
+  const int64_t first = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   bool bad = false;
-  if (threadIdx.x < 2) bad = !isfinite(a.scalars[threadIdx.x]);
-  for (int64_t k = threadIdx.x; k < a.n_params; k += blockDim.x) bad |= !isfinite(a.grad[k]);
-  for (int64_t j = threadIdx.x; j < a.d; j += blockDim.x) {
+  if (first < 2) bad = !isfinite(a.scalars[first]);
+  for (int64_t k = first; k < a.n_params; k += stride) bad |= !isfinite(a.grad[k]);
+  for (int64_t j = first; j < a.d; j += stride) {
     bad |= !isfinite(a.mask_grad[j]) || !isfinite(a.mask_new[j]);
   }
   if (bad && *a.halt == 0) {  // every writer stores the same values
@@ -728,7 +767,8 @@ cudaError_t launch_mask_noise(math::PhiloxKey key, uint32_t epoch, uint32_t step
 }
 
 cudaError_t launch_mask_update(const MaskUpdateArgs& a, cudaStream_t stream) {
-  PAINVRL_LAUNCH(mask_check_kernel, 1, kFlatThreads, stream, a);
+  PAINVRL_LAUNCH(mask_check_kernel, flat_blocks(std::max(a.n_params, a.d)), kFlatThreads, stream,
+                 a);
   PAINVRL_STEP(cudaGetLastError());
   PAINVRL_LAUNCH(mask_update_kernel, flat_blocks(std::max(a.n_params, a.d)), kFlatThreads, stream,
                  a);

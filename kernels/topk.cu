@@ -1,12 +1,12 @@
 // Full-ranking evaluation on the device (DESIGN.md "Evaluation"; host/evaluate.cpp is the CPU
 // path): per block of users, after the scoring GEMM, the training items (and, in the cold-item
-// protocol, the non-candidates) are set to -inf, and each user's top k items are selected in the
-// CPU's order: score descending, ties towards the smaller item id (std::partial_sort with that
-// comparator). Selection is k rounds of a block-wide arg-max over the items still worse than the
-// previous pick, so it needs no sort buffer and handles ties and -inf exactly as the CPU does.
-// Bytes: the exclusion writes 4 B per training pair of the block's users (plus n_items per user
-// for candidates); the selection reads the user's row k times (k * n_items * 4 B, from L1/L2:
-// a 5,986-item row is 24 KB) and writes k ids.
+// protocol, the non-candidates, and any NaN score) are set to -inf, and each user's top k items are
+// selected in the CPU's order: score descending, ties towards the smaller item id
+// (std::partial_sort with that comparator). Selection is k rounds of a block-wide arg-max over the
+// items still worse than the previous pick, so it needs no sort buffer and handles ties and -inf
+// exactly as the CPU does. Bytes: the exclusion writes 4 B per training pair of the block's users
+// and reads every score once (NaN and candidates); the selection reads the user's row k times (k *
+// n_items * 4 B, from L1/L2: a 5,986-item row is 24 KB) and writes k ids.
 #include <cmath>
 
 #include "painvrl/cuda/kernels.h"
@@ -31,10 +31,9 @@ __global__ void __launch_bounds__(kExcludeThreads)
   for (int64_t p = offsets[u] + threadIdx.x; p < offsets[u + 1]; p += blockDim.x) {
     row[items[p]] = neg_inf;
   }
-  if (candidates) {
-    for (int32_t j = threadIdx.x; j < n_items; j += blockDim.x) {
-      if (!candidates[j]) row[j] = neg_inf;
-    }
+  // Not-a-number scores rank as -inf (host_ranker does the same): the order stays total.
+  for (int32_t j = threadIdx.x; j < n_items; j += blockDim.x) {
+    if ((candidates && !candidates[j]) || isnan(row[j])) row[j] = neg_inf;
   }
 }
 
@@ -84,11 +83,10 @@ __global__ void __launch_bounds__(kTopKThreads)
         best_j = oj;
       }
     }
-    __syncthreads();  // warp_* free for the next round
-    if (threadIdx.x == 0) ranked[r * k + round] = best_j;
+    __syncthreads();                                       // warp_* free for the next round
+    if (threadIdx.x == 0) ranked[r * k + round] = best_j;  // -1 only if k > n_items
     prev_s = best_s;
     prev_j = best_j;
-    if (best_j < 0) break;  // fewer than k items (k <= n_items by contract: not reached)
   }
 }
 

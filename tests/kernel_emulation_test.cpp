@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <random>
+#include <set>
 #include <vector>
 
 #include "painvrl/cpu/ultragcn_loss.h"
@@ -478,14 +479,80 @@ TEST(EmulatedKernels, ScoringKernelsEqualHostDotProducts) {
   }
 }
 
+// HIM's reassignment kernel picks, for every pair, the environment the CPU's scores
+// (cpu::env_projection_score_pairs) rank first, ties to the smaller id.
+TEST(EmulatedKernels, EnvironmentAssignmentIsTheCpuArgmax) {
+  for (unsigned seed : {1u, 2u}) {
+    const int32_t U = 31, I = 23, D = 16, E = 4;
+    const int64_t d = 9, P = 300;
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> nd(0.f, 0.5f);
+    std::vector<float> pt(size_t(U * D)), pf(size_t(U * D)), t(size_t(I * D)),
+        w_all(size_t(E * D * d)), b_all(size_t(E * D)), psi(size_t(I * d));
+    for (auto* v : {&pt, &pf, &t, &w_all, &b_all, &psi})
+      for (float& x : *v) x = nd(rng);
+    PairList pairs;
+    for (int64_t p = 0; p < P; ++p) pairs.push(int32_t(rng() % U), int32_t(rng() % I));
+    cpu::EnvModelsView m;
+    m.n_users = U;
+    m.n_items = I;
+    m.dim = D;
+    m.envs = E;
+    m.feat_dim = d;
+    m.pt = pt.data();
+    m.pf = pf.data();
+    m.t = t.data();
+    m.w_all = w_all.data();
+    m.b_all = b_all.data();
+    std::vector<float> scores(size_t(P * E));
+    cpu::LossWorkspace<float> ws;
+    cpu::env_projection_score_pairs(m, psi.data(), pairs.user.data(), pairs.item.data(), P,
+                                    scores.data(), ws);  // leaves X (I, E D) in ws.item_vec
+    std::vector<float> x = ws.item_vec;
+    std::vector<int32_t> want(static_cast<size_t>(P)), got(static_cast<size_t>(P), -1);
+    for (int64_t p = 0; p < P; ++p) {  // the first maximum: the smaller id
+      want[p] = int32_t(std::max_element(scores.begin() + p * E, scores.begin() + (p + 1) * E) -
+                        (scores.begin() + p * E));
+    }
+    ASSERT_EQ(
+        k::launch_assign_environments(pt.data(), pf.data(), t.data(), D, E, x.data(),
+                                      pairs.user.data(), pairs.item.data(), P, got.data(), nullptr),
+        cudaSuccess);
+    EXPECT_EQ(got, want) << "seed " << seed;
+    // Environment 3's X made equal to environment 1's: every pair that preferred either now ties,
+    // and the tie goes to 1.
+    for (int32_t j = 0; j < I; ++j) {
+      std::copy_n(x.begin() + (j * E + 1) * D, D, x.begin() + (j * E + 3) * D);
+    }
+    std::vector<int32_t> tied(static_cast<size_t>(P), -1);
+    ASSERT_EQ(k::launch_assign_environments(pt.data(), pf.data(), t.data(), D, E, x.data(),
+                                            pairs.user.data(), pairs.item.data(), P, tied.data(),
+                                            nullptr),
+              cudaSuccess);
+    int64_t ties = 0;
+    for (int64_t p = 0; p < P; ++p) {
+      std::vector<float> row(scores.begin() + p * E, scores.begin() + (p + 1) * E);
+      row[3] = row[1];
+      const int32_t expect = int32_t(std::max_element(row.begin(), row.end()) - row.begin());
+      EXPECT_EQ(tied[p], expect) << p;
+      EXPECT_NE(tied[p], 3);
+      ties += expect == 1;  // a tie between 1 and 3, resolved to 1
+    }
+    EXPECT_GT(ties, 0);
+    std::set<int32_t> used(want.begin(), want.end());
+    EXPECT_GE(used.size(), 3u);  // the comparison is not trivial
+  }
+}
+
 // The device ranking (exclusions, then the top k) gives host_ranker's lists: scores with many
-// ties (a few distinct values), excluded items, a candidate mask, k from 1 to every item.
+// ties (a few distinct values) and NaNs, excluded items, a candidate mask, k from 1 to every item.
 TEST(EmulatedKernels, TopKIsTheHostRanking) {
   for (unsigned seed : {1u, 2u}) {
     std::mt19937 rng(seed);
     const int32_t n_users = 9, n_items = 70;
     std::vector<float> scores(size_t(n_users) * n_items);
-    for (float& x : scores) x = float(int(rng() % 7)) * 0.5f;  // ties everywhere
+    for (float& x : scores) x = float(int(rng() % 7)) * 0.5f;     // ties everywhere
+    scores[5] = scores[size_t(2) * n_items + 7] = std::nanf("");  // NaN ranks as -inf
     PairList train;
     for (int32_t u = 0; u < n_users; ++u) {
       for (int32_t q = 0; q < 5 + u * 3; ++q) train.push(u, int32_t(rng() % n_items));

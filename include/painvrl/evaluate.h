@@ -39,7 +39,8 @@ struct UserHits {
 using ScoreFn = std::function<void(const int32_t* users, int64_t count, float* scores)>;
 
 // Fills ranked (count, k) with each of users[0..count)'s k best items, best first: score
-// descending, ties towards the smaller item id, excluded and non-candidate items last (-inf).
+// descending, ties towards the smaller item id, excluded and non-candidate items and NaN scores
+// last (as -inf).
 using RankFn = std::function<void(const int32_t* users, int64_t count, int k, int32_t* ranked)>;
 
 // Evaluates `heldout` pairs from the ranked lists of `rank` (k = min(max(ks), n_items)), users

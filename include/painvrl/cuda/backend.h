@@ -8,8 +8,7 @@
 // Evaluation ranks on the device (prepare_ranking, rank: the scoring GEMM, the exclusions and the
 // top k per user, kernels/topk.cu; only the ranked ids come back). HIM's environment models and
 // the mask generation have their own device loops below. Not yet on the device (the CUDA issue
-// lists them): the per-row L2 of l2 = touched (refused at setup), HIM's reassignment scores and
-// the item-item graph.
+// lists them): the per-row L2 of l2 = touched (refused at setup) and the item-item graph.
 #pragma once
 #include <memory>
 #include <string>
@@ -59,6 +58,12 @@ std::vector<float> train_env_models_projection_on_device(
     const Config& c, const Graph& graph, const std::vector<PairList>& env_pairs,
     const std::vector<float>& psi, int64_t feat_dim, const std::vector<float>& backbone,
     const std::vector<uint32_t>& stages, int epochs);
+
+// HIM's reassignment on the device (Eq. 9): for every pair, the environment whose projection
+// model (m.w_all, m.b_all on the content psi (n_items, d)) scores it highest, ties to the smaller
+// id; what the CPU computes from cpu::env_projection_score_pairs.
+std::vector<int32_t> assign_environments_on_device(const cpu::EnvModelsView& m, const float* psi,
+                                                   const PairList& pairs);
 
 // negatives (rows, N) drawn on the device (launch_sample_negatives), copied back; for tests.
 std::vector<int32_t> negatives_on_device(math::PhiloxKey key, uint32_t epoch, uint32_t step,

@@ -23,6 +23,7 @@
 #include <vector>
 
 using std::isfinite;
+using std::isnan;
 
 // ---- the CUDA runtime types the launchers use -------------------------------------------------
 using cudaError_t = int;

@@ -202,6 +202,14 @@ cudaError_t launch_score_pairs(const float* pt, const float* pf, int32_t dim,
                                const float* item_rows, const int32_t* users, const int32_t* items,
                                int64_t count, float* out, cudaStream_t stream);
 
+// HIM's reassignment (kernels/adam.cu): env_out[p] = argmax_e <Pt_u, T_j> + <Pf_u, X_j,e> for
+// u = users[p], j = items[p], ties to the smaller e; x_all (n_items, envs * dim) holds every
+// environment model's X side by side.
+cudaError_t launch_assign_environments(const float* pt, const float* pf, const float* t,
+                                       int32_t dim, int32_t envs, const float* x_all,
+                                       const int32_t* users, const int32_t* items, int64_t count,
+                                       int32_t* env_out, cudaStream_t stream);
+
 // Full-ranking evaluation (kernels/topk.cu). scores (count, n_items) for users[0..count): each
 // user's excluded items (CSR offsets (n_users + 1), items) and, when candidates (n_items) is set,
 // the items whose entry is 0 become -inf.

@@ -30,6 +30,9 @@ struct GemmCall {
 };
 using DeviceGemm = std::function<cudaError_t(const GemmCall&)>;
 
+// Row chunks of the g_E, g_I column sums (enough blocks to fill the GPU at the paper's d).
+constexpr int kMaskColumnChunks = 32;
+
 // The step's device scratch, carved from one buffer of MaskWorkspace::doubles() doubles.
 struct MaskWorkspace {
   double* gate = nullptr;         // (E, d) mu_e
@@ -59,6 +62,7 @@ struct MaskWorkspace {
   double* row_dw2 = nullptr;      // (rows, 2, H)
   double* row_db2 = nullptr;      // (rows, 2)
   double* item_dpre = nullptr;    // (2, I, H) dJ/d(pre-activation) summed per item
+  double* col_partial = nullptr;  // (kMaskColumnChunks, 2, d) g_E, g_I of each chunk of rows
 
   static int64_t doubles(int64_t rows, int32_t tpr, int32_t E, int32_t D, int64_t d, int32_t H,
                          int32_t n_items);

@@ -26,12 +26,15 @@ PAINVRL_HD void negative_row(PhiloxKey key, uint32_t epoch, uint32_t step, uint3
 }
 
 // Element j of environment env's gate noise in mask step (epoch, step), N(0, sigma^2): one Philox
-// call per two elements, drawn in float on every backend.
+// call per two elements. Box-Muller runs in double and the result is rounded to float, so that
+// the host's libm and the device's log and cos (whose float versions differ by an ulp or two)
+// give the same float: a double result would have to fall within ~1e-16 of a float rounding
+// boundary to round differently.
 PAINVRL_HD float mask_noise(PhiloxKey key, uint32_t epoch, uint32_t step, uint32_t env, uint64_t j,
                             float sigma) {
   const U32x4 r = philox(key, uint32_t(j >> 1), env, step, epoch);
   const uint32_t half = uint32_t(j & 1u) * 2u;
-  return sigma * normal_from<float>(r.v[half], r.v[half + 1]);
+  return float(double(sigma) * normal_from<double>(r.v[half], r.v[half + 1]));
 }
 
 // Element `index` of tensor `tensor`, drawn N(0, std^2).
