@@ -32,6 +32,9 @@ const std::vector<Key>& keys() {
       {"threads", &Config::threads, "CPU threads (0: all cores)"},
       {"device", &Config::device,
        "cpu | cuda | auto (auto: the CPU until the CUDA backend has passed its device check)"},
+      {"tf32", &Config::tf32,
+       "CUDA backend: the content projection's and the scoring's fp32 GEMMs on TF32 tensor cores "
+       "(10-bit mantissa inputs; the CPU backend ignores it)"},
       {"checkpoint_every", &Config::checkpoint_every,
        "also checkpoint every this many epochs of a stage (0: only at stage ends and signals)"},
       {"checkpoint_keep", &Config::checkpoint_keep, "newest checkpoints kept (0: all)"},

@@ -94,6 +94,7 @@ TrainSetup make_train_setup(const Config& c, int32_t n_users, int32_t n_items, i
   setup.seed = c.seed;
   setup.stage = stage;
   setup.init_std = c.init_std;
+  setup.tf32 = c.tf32;
   return setup;
 }
 

@@ -176,7 +176,7 @@ class CudaBackend final : public Backend {
       throw std::invalid_argument(
           fmt::format("the CUDA backend supports dim <= {} (dim = {})", kFusedLossMaxDim, L.dim));
     }
-    ctx_ = std::make_unique<StreamContext>();
+    ctx_ = std::make_unique<StreamContext>(setup.tf32);
     size_t free_bytes = 0, total_bytes = 0;
     PAINVRL_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
     const int64_t need = backend_device_bytes(
@@ -575,7 +575,7 @@ std::vector<float> train_env_models_projection_on_device(
               params.begin() + E * wsize + e * D);
   }
   const int64_t n = int64_t(params.size());
-  StreamContext ctx;
+  StreamContext ctx(c.tf32);
   const cudaStream_t s = ctx.stream();
   DeviceProblem P;
   upload_problem(graph, &psi, feat_dim, P, s);

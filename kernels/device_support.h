@@ -119,7 +119,9 @@ class DeviceBuffer {
 // Owns a stream and a cuBLAS handle bound to it.
 class StreamContext {
  public:
-  StreamContext() {
+  // tf32: cuBLAS may run fp32 GEMMs on TF32 tensor cores (CUBLAS_TF32_TENSOR_OP_MATH); otherwise
+  // full fp32 (CUBLAS_DEFAULT_MATH). The mask step's DGEMMs are unaffected either way.
+  explicit StreamContext(bool tf32 = false) {
     int count = 0;
     if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
       cudaGetLastError();
@@ -128,7 +130,8 @@ class StreamContext {
     PAINVRL_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     PAINVRL_CUBLAS_CHECK(cublas_api().create(&cublas_));
     PAINVRL_CUBLAS_CHECK(cublas_api().set_stream(cublas_, stream_));
-    PAINVRL_CUBLAS_CHECK(cublas_api().set_math_mode(cublas_, CUBLAS_DEFAULT_MATH));
+    PAINVRL_CUBLAS_CHECK(cublas_api().set_math_mode(
+        cublas_, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
   }
   StreamContext(const StreamContext&) = delete;
   StreamContext& operator=(const StreamContext&) = delete;

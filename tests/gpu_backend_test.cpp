@@ -457,6 +457,36 @@ TEST(GpuBackend, EpochsGiveTheCpuLossesParametersAndScores) {
   }
 }
 
+// tf32 = true: the projection's and the scoring's GEMMs on TF32 tensor cores stay within their
+// own tolerance of the CPU (1e-3 relative on the losses and the scores after whole epochs).
+TEST(GpuBackend, Tf32StaysWithinItsTolerance) {
+  SKIP_WITHOUT_GPU();
+  const Toy toy = make_toy(4);
+  Config c = toy_config(4);
+  c.tf32 = true;
+  const TrainSetup setup = make_train_setup(c, toy.n_users, toy.n_items, toy.d, true, 3);
+  ASSERT_TRUE(setup.tf32);
+  auto cpu_backend = make_cpu_backend();
+  auto gpu_backend = cuda::make_cuda_backend();
+  cpu_backend->setup(setup, toy.graph, toy.features);
+  gpu_backend->setup(setup, toy.graph, toy.features);
+  PairList shuffled;
+  for (uint32_t epoch = 0; epoch < 2; ++epoch) {
+    shuffle_pairs(toy.train, shuffled, c.seed, 3, epoch);
+    const EpochStats a = cpu_backend->train_epoch(shuffled, epoch);
+    const EpochStats b = gpu_backend->train_epoch(shuffled, epoch);
+    EXPECT_NEAR(b.loss_total, a.loss_total, 1e-3 * std::fabs(a.loss_total));
+  }
+  cpu_backend->prepare_scoring();
+  gpu_backend->prepare_scoring();
+  std::vector<int32_t> users(static_cast<size_t>(toy.n_users));
+  for (int32_t u = 0; u < toy.n_users; ++u) users[size_t(u)] = u;
+  std::vector<float> sa(size_t(toy.n_users) * toy.n_items), sb(sa.size(), std::nanf(""));
+  cpu_backend->score(users.data(), toy.n_users, sa.data());
+  gpu_backend->score(users.data(), toy.n_users, sb.data());
+  EXPECT_LT(scaled_error(sb.data(), sa.data(), int64_t(sa.size())), 1e-3);
+}
+
 TEST(GpuBackend, FrozenTensorsStayAndTheOptimizerStateRoundTrips) {
   SKIP_WITHOUT_GPU();
   const Toy toy = make_toy(4);
