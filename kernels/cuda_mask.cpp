@@ -130,6 +130,14 @@ struct DeviceMaskInputs {
   }
 };
 
+// A failed mask step names the kernel or call that failed.
+void check_mask_step(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) {
+    throw std::runtime_error(fmt::format("CUDA error in {}, at {}: {}", what,
+                                         mask_step_failed_launch(), cudaGetErrorString(e)));
+  }
+}
+
 // Refuses a run that would not fit, before it allocates.
 void check_fits(int64_t bytes, const char* what) {
   size_t free_bytes = 0, total_bytes = 0;
@@ -252,7 +260,7 @@ class DeviceMaskRunner final : public MaskRunner {
     u.halt = halt_.data();
     u.halt_step = halt_step_.data();
     u.step = step;
-    PAINVRL_CUDA_CHECK(run_mask_train_step(args_, t, gemm_, ctx_.stream()));
+    check_mask_step(run_mask_train_step(args_, t, gemm_, ctx_.stream()), "the mask step");
     pending_steps_.push_back(step);
   }
 
@@ -350,7 +358,7 @@ MaskStepResult<double> mask_step_on_device(const MaskLayout& layout, const doubl
   in.bind(a, batches.env_offsets.data());
   DeviceMaskStep step;
   step.bind(a);
-  PAINVRL_CUDA_CHECK(run_mask_step(a, dgemm_on(ctx.cublas()), s));
+  check_mask_step(run_mask_step(a, dgemm_on(ctx.cublas()), s), "the mask step");
   MaskStepResult<double> r;
   auto fetch = [&](const double* p, std::vector<double>& v, int64_t n) {
     v.resize(size_t(n));

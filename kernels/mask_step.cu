@@ -586,10 +586,26 @@ cudaError_t fill(double* out, int64_t n, double value, cudaStream_t stream) {
 
 }  // namespace
 
-#define PAINVRL_STEP(call)                              \
-  do {                                                  \
-    const cudaError_t step_error_ = (call);             \
-    if (step_error_ != cudaSuccess) return step_error_; \
+namespace {
+thread_local const char* failed_launch = "";  // what the last failing call launched
+}  // namespace
+
+const char* mask_step_failed_launch() { return failed_launch; }
+
+// Returns a failing call's error, recording what it launched (the kernel's name, or the call).
+#define PAINVRL_STEP_NAMED(name, call)      \
+  do {                                      \
+    const cudaError_t step_error_ = (call); \
+    if (step_error_ != cudaSuccess) {       \
+      failed_launch = name;                 \
+      return step_error_;                   \
+    }                                       \
+  } while (0)
+#define PAINVRL_STEP(call) PAINVRL_STEP_NAMED(#call, call)
+#define PAINVRL_STEP_LAUNCH(kernel, grid, block, stream, ...) \
+  do {                                                        \
+    PAINVRL_LAUNCH(kernel, grid, block, stream, __VA_ARGS__); \
+    PAINVRL_STEP_NAMED(#kernel, cudaGetLastError());          \
   } while (0)
 
 cudaError_t run_mask_step(const MaskStepArgs& a, const DeviceGemm& gemm, cudaStream_t stream) {
@@ -600,16 +616,13 @@ cudaError_t run_mask_step(const MaskStepArgs& a, const DeviceGemm& gemm, cudaStr
     return cudaErrorInvalidValue;
   }
   const MaskWorkspace& w = a.ws;
-  PAINVRL_LAUNCH(gate_kernel, flat_blocks(int64_t(E) * d), kFlatThreads, stream, a);
-  PAINVRL_STEP(cudaGetLastError());
-  PAINVRL_LAUNCH(rows_kernel, rows, kRowThreads, stream, a);
-  PAINVRL_STEP(cudaGetLastError());
+  PAINVRL_STEP_LAUNCH(gate_kernel, flat_blocks(int64_t(E) * d), kFlatThreads, stream, a);
+  PAINVRL_STEP_LAUNCH(rows_kernel, rows, kRowThreads, stream, a);
   if (L.attention) {  // item_pre_k (I, H) = b1_k + T w1i_k[:, :D]^T + F w1i_k[:, D:]^T
     for (int k = 0; k < 2; ++k) {
       double* out = w.item_pre + int64_t(k) * a.n_items * H;
-      PAINVRL_LAUNCH(broadcast_kernel, flat_blocks(int64_t(a.n_items) * H), kFlatThreads, stream,
-                     a.params + L.b1[k], int64_t(H), int64_t(a.n_items), out);
-      PAINVRL_STEP(cudaGetLastError());
+      PAINVRL_STEP_LAUNCH(broadcast_kernel, flat_blocks(int64_t(a.n_items) * H), kFlatThreads,
+                          stream, a.params + L.b1[k], int64_t(H), int64_t(a.n_items), out);
       const double* w1i = a.params + L.w1i[k];
       PAINVRL_STEP(gemm({false, true, a.n_items, H, D, 1.0, a.ti, D, w1i, D + d, 1.0, out, H}));
       PAINVRL_STEP(
@@ -618,10 +631,8 @@ cudaError_t run_mask_step(const MaskStepArgs& a, const DeviceGemm& gemm, cudaStr
   }
   // q (rows, d) = Pf_rows (rows, D) W (D, d)
   PAINVRL_STEP(gemm({false, false, rows, d, D, 1.0, w.pf_rows, D, a.params + L.W, d, 0.0, w.q, d}));
-  PAINVRL_LAUNCH(pass1_kernel, rows, kRowThreads, stream, a, tpr);
-  PAINVRL_STEP(cudaGetLastError());
-  PAINVRL_LAUNCH(env_loss_kernel, 1, kFlatThreads, stream, a);
-  PAINVRL_STEP(cudaGetLastError());
+  PAINVRL_STEP_LAUNCH(pass1_kernel, rows, kRowThreads, stream, a, tpr);
+  PAINVRL_STEP_LAUNCH(env_loss_kernel, 1, kFlatThreads, stream, a);
   const int64_t plane = int64_t(D) * d;
   for (int32_t e = 0; e < E; ++e) {  // G_e (D, d) = Pf_rows_e^T row_vec_e
     const int64_t r0 = a.env_offsets_host[e], n = a.env_offsets_host[e + 1] - r0;
@@ -632,36 +643,28 @@ cudaError_t run_mask_step(const MaskStepArgs& a, const DeviceGemm& gemm, cudaStr
     PAINVRL_STEP(gemm({true, false, D, d, n, 1.0, w.pf_rows + r0 * D, D, w.row_vec + r0 * d, d, 0.0,
                        a.G + e * plane, d}));
   }
-  PAINVRL_LAUNCH(variance_kernel, flat_blocks(d), kFlatThreads, stream, a);
-  PAINVRL_STEP(cudaGetLastError());
+  PAINVRL_STEP_LAUNCH(variance_kernel, flat_blocks(d), kFlatThreads, stream, a);
   for (int32_t e = 0; e < E; ++e) {  // ru_e (n, d) = Pf_rows_e R_e
     const int64_t r0 = a.env_offsets_host[e], n = a.env_offsets_host[e + 1] - r0;
     if (n == 0) continue;
     PAINVRL_STEP(gemm({false, false, n, d, D, 1.0, w.pf_rows + r0 * D, D, w.radj + e * plane, d,
                        0.0, w.ru + r0 * d, d}));
   }
-  PAINVRL_LAUNCH(pass2_kernel, rows, kRowThreads, stream, a, tpr);
-  PAINVRL_STEP(cudaGetLastError());
-  PAINVRL_LAUNCH(columns_partial_kernel, ((d + kFlatThreads - 1) / kFlatThreads) * kColumnChunks,
-                 kFlatThreads, stream, a);
-  PAINVRL_STEP(cudaGetLastError());
-  PAINVRL_LAUNCH(columns_kernel, flat_blocks(d), kFlatThreads, stream, a);
-  PAINVRL_STEP(cudaGetLastError());
-  PAINVRL_LAUNCH(pareto_kernel, 1, kRowThreads, stream, a);
-  PAINVRL_STEP(cudaGetLastError());
-  PAINVRL_LAUNCH(combine_kernel, flat_blocks(rows * d), kFlatThreads, stream, a);
-  PAINVRL_STEP(cudaGetLastError());
-  PAINVRL_LAUNCH(bias_grad_kernel, D, kRowThreads, stream, a);
-  PAINVRL_STEP(cudaGetLastError());
+  PAINVRL_STEP_LAUNCH(pass2_kernel, rows, kRowThreads, stream, a, tpr);
+  PAINVRL_STEP_LAUNCH(columns_partial_kernel,
+                      ((d + kFlatThreads - 1) / kFlatThreads) * kColumnChunks, kFlatThreads, stream,
+                      a);
+  PAINVRL_STEP_LAUNCH(columns_kernel, flat_blocks(d), kFlatThreads, stream, a);
+  PAINVRL_STEP_LAUNCH(pareto_kernel, 1, kRowThreads, stream, a);
+  PAINVRL_STEP_LAUNCH(combine_kernel, flat_blocks(rows * d), kFlatThreads, stream, a);
+  PAINVRL_STEP_LAUNCH(bias_grad_kernel, D, kRowThreads, stream, a);
   // dJ/dW (D, d) += Pf_rows^T (D, rows) combined (rows, d)
   PAINVRL_STEP(
       gemm({true, false, D, d, rows, 1.0, w.pf_rows, D, w.row_mask_e, d, 1.0, a.grad + L.W, d}));
   if (L.attention) {
     PAINVRL_STEP(fill(w.item_dpre, 2 * int64_t(a.n_items) * H, 0.0, stream));
-    PAINVRL_LAUNCH(attention_backward_kernel, rows, kRowThreads, stream, a, tpr);
-    PAINVRL_STEP(cudaGetLastError());
-    PAINVRL_LAUNCH(attention_sums_kernel, 2 * H + 2, kRowThreads, stream, a);
-    PAINVRL_STEP(cudaGetLastError());
+    PAINVRL_STEP_LAUNCH(attention_backward_kernel, rows, kRowThreads, stream, a, tpr);
+    PAINVRL_STEP_LAUNCH(attention_sums_kernel, 2 * H + 2, kRowThreads, stream, a);
     for (int k = 0; k < 2; ++k) {
       // dJ/dw1u_k (H, 2D) = row_dpre_k^T (H, rows) [Pt_u, Pf_u] (rows, 2D)
       PAINVRL_STEP(gemm({true, false, H, 2 * D, rows, 1.0, w.row_dpre + int64_t(k) * H, 2 * H,
@@ -767,14 +770,12 @@ cudaError_t launch_mask_noise(math::PhiloxKey key, uint32_t epoch, uint32_t step
 }
 
 cudaError_t launch_mask_update(const MaskUpdateArgs& a, cudaStream_t stream) {
-  PAINVRL_LAUNCH(mask_check_kernel, flat_blocks(std::max(a.n_params, a.d)), kFlatThreads, stream,
-                 a);
-  PAINVRL_STEP(cudaGetLastError());
-  PAINVRL_LAUNCH(mask_update_kernel, flat_blocks(std::max(a.n_params, a.d)), kFlatThreads, stream,
-                 a);
-  PAINVRL_STEP(cudaGetLastError());
-  PAINVRL_LAUNCH(mask_trace_kernel, 1, kRowThreads, stream, a);
-  return cudaGetLastError();
+  PAINVRL_STEP_LAUNCH(mask_check_kernel, flat_blocks(std::max(a.n_params, a.d)), kFlatThreads,
+                      stream, a);
+  PAINVRL_STEP_LAUNCH(mask_update_kernel, flat_blocks(std::max(a.n_params, a.d)), kFlatThreads,
+                      stream, a);
+  PAINVRL_STEP_LAUNCH(mask_trace_kernel, 1, kRowThreads, stream, a);
+  return cudaSuccess;
 }
 
 cudaError_t run_mask_train_step(const MaskStepArgs& a, MaskTrainStep& t, const DeviceGemm& gemm,
@@ -794,6 +795,8 @@ cudaError_t run_mask_train_step(const MaskStepArgs& a, MaskTrainStep& t, const D
   return launch_mask_update(t.update, stream);
 }
 
+#undef PAINVRL_STEP_LAUNCH
 #undef PAINVRL_STEP
+#undef PAINVRL_STEP_NAMED
 
 }  // namespace painvrl::PAINVRL_KERNEL_NS

@@ -180,6 +180,10 @@ struct MaskTrainStep {
   float sigma = 0;
   MaskUpdateArgs update;
 };
+// After run_mask_step, launch_mask_update or run_mask_train_step returned an error: the kernel
+// (or call) that failed, for the message (this thread's last failure).
+const char* mask_step_failed_launch();
+
 cudaError_t run_mask_train_step(const MaskStepArgs& args, MaskTrainStep& t, const DeviceGemm& gemm,
                                 cudaStream_t stream);
 
