@@ -3,16 +3,18 @@
 //   1. validate: one step on a small random problem, on the device and by the CPU reference
 //      mask_step<double> (host/mask_step.cpp); the largest error of each output relative to its
 //      scale is printed, and the run fails above 1e-9.
-//   2. time: the device runner's whole steps (batch rows, negatives, noise, the step, Adam and the
-//      mask update) on a synthetic problem of the given sizes (default: the paper's MovieLens
-//      sizes, 10 environments of 123,951 pairs, batch 512 per environment, D = 64, d = 2,276,
-//      H = 64, N = 50, K = 10); median of `reps` timed blocks of `steps` steps after a warm-up,
-//      and the epoch time that follows (steps per epoch = ceil(largest environment / batch)).
+//   2. time: variant 1 (the term passes read the feature rows in double) and variant 2 (in float,
+//      exact: the features are floats; the runner's default) of the device runner's whole steps
+//      (batch rows, negatives, noise, the step, Adam and the mask update) on a synthetic problem of
+//      the given sizes (default: the paper's MovieLens sizes, 10 environments of 123,951 pairs,
+//      batch 512 per environment, D = 64, d = 2,276, H = 64, N = 50, K = 10); median of `reps`
+//      timed blocks of `steps` steps after a warm-up, and the epoch time that follows (steps per
+//      epoch = ceil(largest environment / batch)).
 // The bytes a step must move are dominated by the feature rows of every term, read in passes 1 and
-// 2: 2 * rows * terms * d * 8 B (11.4 GB at the default sizes; items repeat, so much comes from
-// L2), printed as effective GB/s. tools/device-check runs it beside the PyTorch reference of the
-// same step (tools/reference/painvrl_ref.py mask-epoch).
-// Run: build/bench/bench_mask_step_gpu [--envs 10] [--env-pairs 123951] [--batch 512] [--dim 64]
+// 2: 2 * rows * terms * d * 8 B in v1, 4 B in v2 (11.4 and 5.7 GB at the default sizes; items
+// repeat, so much comes from L2), printed as effective GB/s. tools/device-check runs it beside the
+// PyTorch reference of the same step (tools/reference/painvrl_ref.py mask-epoch). Run:
+// build/bench/bench_mask_step_gpu [--envs 10] [--env-pairs 123951] [--batch 512] [--dim 64]
 //        [--feat-dim 2276] [--hidden 64] [--negatives 50] [--ii-neighbors 10] [--steps 10]
 //        [--reps 5] [--json FILE]
 #include <algorithm>
@@ -21,7 +23,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <random>
+#include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "painvrl/config.h"
@@ -59,6 +63,7 @@ struct Tables {
     fill(pf, int64_t(s.users) * s.dim, 0.1);
     fill(ti, int64_t(s.items) * s.dim, 0.1);
     fill(f, int64_t(s.items) * s.feat_dim, 1.0 / std::sqrt(double(s.feat_dim)));
+    for (double& x : f) x = double(float(x));  // as the data's features: floats
     bu.resize(size_t(s.users));
     bi.resize(size_t(s.items));
     for (double& x : bu) x = uni(rng);
@@ -106,8 +111,9 @@ double max_scaled_error(const std::vector<double>& a, const std::vector<double>&
   return a.size() == b.size() ? err / scale : HUGE_VAL;
 }
 
-// Step 1: the device step against the CPU reference on a small problem. Returns the worst error.
-double validate() {
+// Step 1: the device step (variant 1: double feature rows; 2: float) against the CPU reference on
+// a small problem. Returns the worst error.
+double validate(int variant) {
   Sizes s;
   s.users = 300;
   s.items = 200;
@@ -140,8 +146,8 @@ double validate() {
   const MaskSettings ms = bench_settings();
   const MaskStepResult<double> want =
       mask_step<double>(L, params.data(), mask.data(), t.problem, b, noise.data(), ms);
-  const MaskStepResult<double> got =
-      cuda::mask_step_on_device(L, params.data(), mask.data(), t.problem, b, noise.data(), ms);
+  const MaskStepResult<double> got = cuda::mask_step_on_device(
+      L, params.data(), mask.data(), t.problem, b, noise.data(), ms, variant == 2);
   const struct {
     const char* name;
     double err;
@@ -157,7 +163,9 @@ double validate() {
       {"mask_new", max_scaled_error(got.mask_new, want.mask_new)},
   };
   double worst = 0;
-  std::printf("validate (small problem, device vs mask_step<double>): max |error| / max |value|\n");
+  std::printf(
+      "validate v%d (small problem, device vs mask_step<double>): max |error| / max |value|\n",
+      variant);
   for (const auto& e : errors) {
     std::printf("  %-20s %.3g\n", e.name, e.err);
     worst = std::max(worst, e.err);
@@ -217,7 +225,7 @@ int main(int argc, char** argv) {
   }
   try {
     std::printf("device: %s\n", cuda::describe_device().c_str());
-    const double worst = validate();
+    const double worst = std::max(validate(1), validate(2));
     const bool valid = worst <= 1e-9;
     std::printf("validation %s (worst %.3g, bar 1e-9)\n", valid ? "passed" : "FAILED", worst);
 
@@ -245,43 +253,50 @@ int main(int argc, char** argv) {
     setup.envs = s.envs;
     setup.neg_key = math::make_key(1, 1);
     setup.noise_key = math::make_key(1, 2);
-    std::vector<double> params = init_params(L, 3), m(params.size()), v(params.size()),
-                        mask(size_t(s.feat_dim), 0.5), mm(mask.size()), mv(mask.size());
-    long long adam_t = 0, mask_t = 0;
-    auto runner = cuda::make_mask_runner(
-        setup, MaskRunState{&params, &m, &v, &adam_t, &mask, &mm, &mv, &mask_t}, env_pairs);
-    runner->begin_epoch(env_pairs, 0);
-    int64_t step = 0;
-    for (int w = 0; w < 3; ++w) runner->step(step++);
-    runner->drain();
-    std::vector<double> per_step;
-    for (int r = 0; r < reps; ++r) {
-      const auto t0 = std::chrono::steady_clock::now();
-      for (int k = 0; k < steps; ++k) runner->step(step++);
-      const MaskDrain dr = runner->drain();  // synchronises
-      const double dt =
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      if (dr.failed) {
-        std::fprintf(stderr, "a step was not finite (step %lld)\n",
-                     static_cast<long long>(dr.failed->step));
-        return 1;
-      }
-      per_step.push_back(dt / steps);
-    }
-    std::sort(per_step.begin(), per_step.end());
-    const double step_s = per_step[per_step.size() / 2];
     const int64_t steps_per_epoch = (s.env_pairs + s.batch - 1) / s.batch;
     const int64_t rows = int64_t(s.envs) * std::min<int64_t>(s.batch, s.env_pairs);
     const int64_t terms = 1 + s.negatives + s.ii_k;
-    const double bytes = 2.0 * double(rows) * double(terms) * double(s.feat_dim) * 8.0;
-    std::printf(
-        "sizes: E %d x %lld pairs, batch %d (rows %lld), D %d, d %lld, H %d, N %d, K %d\n"
-        "step: %.3f ms (median of %d blocks of %d), %.0f GB/s effective on the feature rows\n"
-        "epoch (%lld steps): %.3f s\n",
-        s.envs, static_cast<long long>(s.env_pairs), s.batch, static_cast<long long>(rows), s.dim,
-        static_cast<long long>(s.feat_dim), s.hidden, s.negatives, s.ii_k, 1e3 * step_s, reps,
-        steps, bytes / step_s / 1e9, static_cast<long long>(steps_per_epoch),
-        step_s * double(steps_per_epoch));
+    std::printf("sizes: E %d x %lld pairs, batch %d (rows %lld), D %d, d %lld, H %d, N %d, K %d\n",
+                s.envs, static_cast<long long>(s.env_pairs), s.batch, static_cast<long long>(rows),
+                s.dim, static_cast<long long>(s.feat_dim), s.hidden, s.negatives, s.ii_k);
+    // Median seconds per step of the runner with variant v (fresh state each time).
+    auto time_variant = [&](int variant) {
+      setup.fp32_features = variant == 2;
+      std::vector<double> params = init_params(L, 3), m(params.size()), v(params.size()),
+                          mask(size_t(s.feat_dim), 0.5), mm(mask.size()), mv(mask.size());
+      long long adam_t = 0, mask_t = 0;
+      auto runner = cuda::make_mask_runner(
+          setup, MaskRunState{&params, &m, &v, &adam_t, &mask, &mm, &mv, &mask_t}, env_pairs);
+      runner->begin_epoch(env_pairs, 0);
+      int64_t step = 0;
+      for (int w = 0; w < 3; ++w) runner->step(step++);
+      runner->drain();
+      std::vector<double> per_step;
+      for (int r = 0; r < reps; ++r) {
+        const auto t0 = std::chrono::steady_clock::now();
+        for (int k = 0; k < steps; ++k) runner->step(step++);
+        const MaskDrain dr = runner->drain();  // synchronises
+        const double dt =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        if (dr.failed) {
+          throw std::runtime_error("a step was not finite (step " +
+                                   std::to_string(dr.failed->step) + ")");
+        }
+        per_step.push_back(dt / steps);
+      }
+      std::sort(per_step.begin(), per_step.end());
+      const double step_s = per_step[per_step.size() / 2];
+      const double feature_bytes =
+          2.0 * double(rows) * double(terms) * double(s.feat_dim) * (variant == 2 ? 4.0 : 8.0);
+      std::printf(
+          "v%d step: %.3f ms (median of %d blocks of %d), %.0f GB/s effective on the "
+          "feature rows; epoch (%lld steps): %.3f s\n",
+          variant, 1e3 * step_s, reps, steps, feature_bytes / step_s / 1e9,
+          static_cast<long long>(steps_per_epoch), step_s * double(steps_per_epoch));
+      return std::pair<double, double>(step_s, feature_bytes / step_s / 1e9);
+    };
+    const auto [v1_s, v1_gbs] = time_variant(1);
+    const auto [step_s, gbs] = time_variant(2);  // the runner's default
     if (!json_path.empty()) {
       FILE* f = std::fopen(json_path.c_str(), "w");
       if (!f) {
@@ -293,11 +308,11 @@ int main(int argc, char** argv) {
                    "\"envs\": %d, \"env_pairs\": %lld, \"batch\": %d, \"dim\": %d, "
                    "\"feat_dim\": %lld, \"hidden\": %d, \"negatives\": %d, \"ii_k\": %d, "
                    "\"step_seconds\": %.6g, \"steps_per_epoch\": %lld, \"epoch_seconds\": %.6g, "
-                   "\"feature_gbs\": %.4g}\n",
+                   "\"feature_gbs\": %.4g, \"v1_step_seconds\": %.6g, \"v1_feature_gbs\": %.4g}\n",
                    valid ? "true" : "false", worst, s.envs, static_cast<long long>(s.env_pairs),
                    s.batch, s.dim, static_cast<long long>(s.feat_dim), s.hidden, s.negatives,
                    s.ii_k, step_s, static_cast<long long>(steps_per_epoch),
-                   step_s * double(steps_per_epoch), bytes / step_s / 1e9);
+                   step_s * double(steps_per_epoch), gbs, v1_s, v1_gbs);
       std::fclose(f);
     }
     return valid ? 0 : 1;

@@ -7,6 +7,10 @@
 //   adam       kernels/adam.cu over the paper's MovieLens parameter buffer (Pt, Pf, T, W|b:
 //              3.7 M floats) against math::adam_update, sums of squares against a double sum;
 //              moves 16 B read and 16 B written per parameter (p, m, v, g; g zeroed).
+//   score-pairs, assign-env  kernels/adam.cu: one pair's score (HIM, serving) and HIM's
+//              reassignment to the best of E = 10 models, at 1.24 M pairs, against the same sums on
+//              the CPU (scores to 1e-5; assignments may differ only on near-ties, at most 1e-4);
+//              the floor reads each pair's user and item rows once.
 //   top-k      kernels/topk.cu (exclusions, then k rounds of a block arg-max; v1) and a CUB
 //              segmented radix sort of each row, stable and descending, then its first k (v0), on
 //              a block of 4,096 users x 5,986 items with ties and 40 excluded items a user, k =
@@ -202,6 +206,98 @@ std::vector<Row> adam_lab(int reps) {
   return {{"adam", "3.7 M params (paper sizes)", 1, s, 32.0 * double(n), err, valid}};
 }
 
+// The scoring of pairs (kernels/adam.cu score_pairs, HIM's per-model scores and serving) and HIM's
+// reassignment (assign_environments) at the paper's sizes: 1.24 M pairs, D = 64, E = 10. Both read
+// a user row and an item row (or E of them) per pair: the floor counts those once.
+std::vector<Row> pair_scoring_lab(int reps) {
+  const int32_t U = 55485, I = 5986, D = 64, E = 10;
+  const int64_t P = 1239508;
+  std::mt19937 rng(11);
+  std::normal_distribution<float> nd(0.f, 0.3f);
+  std::vector<float> pt(size_t(U) * D), pf(size_t(U) * D), t(size_t(I) * D),
+      x_all(size_t(I) * E * D), item_rows(size_t(I) * 2 * D);
+  for (auto* v : {&pt, &pf, &t, &x_all}) {
+    for (float& x : *v) x = nd(rng);
+  }
+  for (int32_t j = 0; j < I; ++j) {  // [T_j, X_j] with X the first model's
+    std::copy_n(t.begin() + size_t(j) * D, D, item_rows.begin() + size_t(j) * 2 * D);
+    std::copy_n(x_all.begin() + size_t(j) * E * D, D, item_rows.begin() + size_t(j) * 2 * D + D);
+  }
+  std::vector<int32_t> users(static_cast<size_t>(P)), items(static_cast<size_t>(P));
+  for (int64_t p = 0; p < P; ++p) {
+    users[size_t(p)] = int32_t(rng() % U);
+    items[size_t(p)] = int32_t(rng() % I);
+  }
+  // CPU references: the same sums in the same order.
+  std::vector<float> want_scores(static_cast<size_t>(P));
+  std::vector<int32_t> want_env(static_cast<size_t>(P));
+  for (int64_t p = 0; p < P; ++p) {
+    const float* pu = pt.data() + size_t(users[p]) * D;
+    const float* fu = pf.data() + size_t(users[p]) * D;
+    const float* tj = t.data() + size_t(items[p]) * D;
+    float id_part = 0.f;
+    for (int32_t c = 0; c < D; ++c) id_part += pu[c] * tj[c];
+    float content = 0.f;
+    for (int32_t c = 0; c < D; ++c) content += fu[c] * x_all[size_t(items[p]) * E * D + c];
+    want_scores[size_t(p)] = id_part + content;
+    float best = -INFINITY;
+    for (int32_t e = 0; e < E; ++e) {
+      float s = 0.f;
+      for (int32_t c = 0; c < D; ++c) s += fu[c] * x_all[(size_t(items[p]) * E + e) * D + c];
+      s += id_part;
+      if (s > best) {
+        best = s;
+        want_env[size_t(p)] = e;
+      }
+    }
+  }
+  float *d_pt = device_copy(pt), *d_pf = device_copy(pf), *d_t = device_copy(t),
+        *d_x = device_copy(x_all), *d_rows = device_copy(item_rows), *d_scores = nullptr;
+  int32_t *d_users = device_copy(users), *d_items = device_copy(items), *d_env = nullptr;
+  CHECK(cudaMalloc(&d_scores, sizeof(float) * P));
+  CHECK(cudaMalloc(&d_env, sizeof(int32_t) * P));
+  std::vector<Row> rows;
+  {
+    CHECK(cudaMemset(d_scores, 0xff, sizeof(float) * P));
+    CHECK(
+        painvrl::cuda::launch_score_pairs(d_pt, d_pf, D, d_rows, d_users, d_items, P, d_scores, 0));
+    const std::vector<float> got = host_copy(d_scores, size_t(P));
+    double err = 0, scale = 1e-30;
+    for (int64_t p = 0; p < P; ++p) {
+      err = std::max(err, std::fabs(double(got[size_t(p)]) - want_scores[size_t(p)]));
+      scale = std::max(scale, std::fabs(double(want_scores[size_t(p)])));
+    }
+    err /= scale;
+    const double s = time_median(reps, [&](int) {
+      CHECK(painvrl::cuda::launch_score_pairs(d_pt, d_pf, D, d_rows, d_users, d_items, P, d_scores,
+                                              0));
+    });
+    rows.push_back({"score-pairs", "1.24 M pairs, D 64, content", 1, s,
+                    double(P) * (4.0 * 4 * D + 12.0), err, err < 1e-5});
+  }
+  {
+    CHECK(cudaMemset(d_env, 0xff, sizeof(int32_t) * P));
+    CHECK(painvrl::cuda::launch_assign_environments(d_pt, d_pf, d_t, D, E, d_x, d_users, d_items, P,
+                                                    d_env, 0));
+    const std::vector<int32_t> got = host_copy(d_env, size_t(P));
+    int64_t differ = 0;
+    for (int64_t p = 0; p < P; ++p) differ += got[size_t(p)] != want_env[size_t(p)];
+    const double s = time_median(reps, [&](int) {
+      CHECK(painvrl::cuda::launch_assign_environments(d_pt, d_pf, d_t, D, E, d_x, d_users, d_items,
+                                                      P, d_env, 0));
+    });
+    // FMA contraction may round a near-tie differently: a few in a million may differ.
+    rows.push_back({"assign-env", "1.24 M pairs, D 64, E 10", 1, s,
+                    double(P) * (4.0 * (3 + E) * D + 12.0), double(differ) / double(P),
+                    differ * 10000 <= P});
+  }
+  for (void* ptr : {(void*)d_pt, (void*)d_pf, (void*)d_t, (void*)d_x, (void*)d_rows,
+                    (void*)d_scores, (void*)d_users, (void*)d_items, (void*)d_env}) {
+    CHECK(cudaFree(ptr));
+  }
+  return rows;
+}
+
 std::vector<Row> topk_lab(int reps) {
   const int32_t users = 4096, n_items = 5986, k = 20, per_user = 40;
   std::mt19937 rng(5);
@@ -321,7 +417,7 @@ int main(int argc, char** argv) {
   std::printf("%-10s %-30s %-4s %10s %9s %8s %6s %s\n", "kernel", "shape", "var", "us", "GB/s",
               "of copy", "valid", "error");
   std::vector<Row> all;
-  for (auto lab : {negatives_lab, adam_lab, topk_lab}) {
+  for (auto lab : {negatives_lab, adam_lab, pair_scoring_lab, topk_lab}) {
     for (const Row& r : lab(reps)) {
       print_row(r, copy_gbs);
       all.push_back(r);

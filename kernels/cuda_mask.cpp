@@ -40,8 +40,25 @@ DeviceGemm dgemm_on(cublasHandle_t handle) {
 struct DeviceMaskProblem {
   DeviceBuffer<double> pt, pf, ti, features, beta_user, beta_item, ii_weights;
   DeviceBuffer<int32_t> ii_neighbors;
+  DeviceBuffer<float> features_f32;  // when has_f32: the features, each exactly a float
+  bool has_f32 = false;
 
-  void upload(const MaskProblem<double>& P, cudaStream_t s) {
+  // fp32_features: also a float copy of the features when they round-trip exactly.
+  void upload(const MaskProblem<double>& P, cudaStream_t s, bool fp32_features) {
+    has_f32 = false;
+    if (fp32_features) {
+      const int64_t n = int64_t(P.n_items) * P.d;
+      std::vector<float> f(static_cast<size_t>(n));
+      has_f32 = true;
+      for (int64_t k = 0; k < n && has_f32; ++k) {
+        f[size_t(k)] = float(P.features[k]);
+        has_f32 = double(f[size_t(k)]) == P.features[k];
+      }
+      if (has_f32) {
+        features_f32.upload(f, s);
+        PAINVRL_CUDA_CHECK(cudaStreamSynchronize(s));  // f is freed on return
+      }
+    }
     const int64_t nu = int64_t(P.n_users) * P.D, ni = int64_t(P.n_items) * P.D;
     pt.upload(P.Pt, nu, s);
     pf.upload(P.Pf, nu, s);
@@ -110,6 +127,7 @@ void bind_problem(MaskStepArgs& a, const DeviceMaskProblem& dp) {
   a.beta_item = dp.beta_item.data();
   a.ii_neighbors = dp.ii_neighbors.data();
   a.ii_weights = dp.ii_weights.data();
+  a.features_f32 = dp.has_f32 ? dp.features_f32.data() : nullptr;
 }
 
 // A step's batch, noise and model on the device; bind() points the step's arguments at them.
@@ -185,7 +203,7 @@ class DeviceMaskRunner final : public MaskRunner {
     check_fits(bytes, "mask generation on the GPU");
 
     const cudaStream_t s = ctx_.stream();
-    problem_.upload(P, s);
+    problem_.upload(P, s, S_.fp32_features);
     train_user_.upload(S_.train->user, s);
     train_item_.upload(S_.train->item, s);
     d_pair_offsets_.upload(pair_offsets_, s);
@@ -337,7 +355,7 @@ std::unique_ptr<MaskRunner> make_mask_runner(const MaskRunSetup& setup, const Ma
 MaskStepResult<double> mask_step_on_device(const MaskLayout& layout, const double* params,
                                            const double* mask, const MaskProblem<double>& problem,
                                            const EnvBatches& batches, const double* noise,
-                                           const MaskSettings& settings) {
+                                           const MaskSettings& settings, bool fp32_features) {
   StreamContext ctx;
   const cudaStream_t s = ctx.stream();
   const int32_t E = batches.E();
@@ -345,7 +363,7 @@ MaskStepResult<double> mask_step_on_device(const MaskLayout& layout, const doubl
   MaskStepArgs a =
       step_args(layout, settings, problem, E, batches.n_negatives, batches.env_offsets.back());
   DeviceMaskProblem dp;
-  dp.upload(problem, s);
+  dp.upload(problem, s, fp32_features);
   bind_problem(a, dp);
   DeviceMaskInputs in;
   in.offsets.upload(batches.env_offsets, s);

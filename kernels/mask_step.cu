@@ -203,7 +203,10 @@ __global__ void __launch_bounds__(kRowThreads) rows_kernel(const MaskStepArgs a)
 
 // Pass 1 (block per row): every term's alpha, s, delta, delta2 and loss; the row's
 // sum_t delta_t h_t and sum_t delta_t q (alpha_phi - alpha_psi) f_t (the g_E piece).
-__global__ void __launch_bounds__(kRowThreads) pass1_kernel(const MaskStepArgs a, int32_t tpr) {
+// F: the feature rows' type (double: a.features, v1; float: a.features_f32, v2, half the bytes).
+template <class F>
+__global__ void __launch_bounds__(kRowThreads)
+    pass1_kernel(const MaskStepArgs a, int32_t tpr, const F* __restrict__ features) {
   const double neg_scale = a.settings.neg_weight / double(a.n_negatives);
   __shared__ double scratch[kRowWarps * 5];
   const int64_t r = blockIdx.x;
@@ -226,7 +229,7 @@ __global__ void __launch_bounds__(kRowThreads) pass1_kernel(const MaskStepArgs a
       }
       continue;
     }
-    const double* f = a.features + int64_t(t.item) * d;
+    const F* f = features + int64_t(t.item) * d;
     // v: logit partials of the two MLPs, <T_j, Pt_u>, sum q f, sum q mu f
     double v[5] = {0, 0, 0, 0, 0};
     for (int32_t x = threadIdx.x; x < 2 * H; x += blockDim.x) {
@@ -325,7 +328,9 @@ __global__ void __launch_bounds__(kFlatThreads) variance_kernel(const MaskStepAr
 // Pass 2 (block per row): gamma_t = delta2_t <ru, h_t>; the row's sum_t gamma_t h_t, sum_t
 // delta_t h_t / E, the g_I piece sum_t a_t (alpha_phi - alpha_psi) f_t with the IRM h-adjoint
 // a_t = gamma_t q + delta_t ru, and each term's dJ/dalpha pieces (ERM and IRM apart).
-__global__ void __launch_bounds__(kRowThreads) pass2_kernel(const MaskStepArgs a, int32_t tpr) {
+template <class F>
+__global__ void __launch_bounds__(kRowThreads)
+    pass2_kernel(const MaskStepArgs a, int32_t tpr, const F* __restrict__ features) {
   const double neg_scale = a.settings.neg_weight / double(a.n_negatives);
   __shared__ double scratch[kRowWarps * 2];
   const int64_t r = blockIdx.x;
@@ -348,7 +353,7 @@ __global__ void __launch_bounds__(kRowThreads) pass2_kernel(const MaskStepArgs a
       continue;
     }
     const int32_t item = term_identity(a, neg_scale, r, slot).item;
-    const double* f = a.features + int64_t(item) * d;
+    const F* f = features + int64_t(item) * d;
     const double alpha_phi = stats[1], alpha_psi = stats[2], delta = stats[3];
     const double diff = alpha_phi - alpha_psi;
     double v[2] = {0, 0};  // sum ru f, sum ru mu f
@@ -631,7 +636,11 @@ cudaError_t run_mask_step(const MaskStepArgs& a, const DeviceGemm& gemm, cudaStr
   }
   // q (rows, d) = Pf_rows (rows, D) W (D, d)
   PAINVRL_STEP(gemm({false, false, rows, d, D, 1.0, w.pf_rows, D, a.params + L.W, d, 0.0, w.q, d}));
-  PAINVRL_STEP_LAUNCH(pass1_kernel, rows, kRowThreads, stream, a, tpr);
+  if (a.features_f32) {
+    PAINVRL_STEP_LAUNCH(pass1_kernel<float>, rows, kRowThreads, stream, a, tpr, a.features_f32);
+  } else {
+    PAINVRL_STEP_LAUNCH(pass1_kernel<double>, rows, kRowThreads, stream, a, tpr, a.features);
+  }
   PAINVRL_STEP_LAUNCH(env_loss_kernel, 1, kFlatThreads, stream, a);
   const int64_t plane = int64_t(D) * d;
   for (int32_t e = 0; e < E; ++e) {  // G_e (D, d) = Pf_rows_e^T row_vec_e
@@ -650,7 +659,11 @@ cudaError_t run_mask_step(const MaskStepArgs& a, const DeviceGemm& gemm, cudaStr
     PAINVRL_STEP(gemm({false, false, n, d, D, 1.0, w.pf_rows + r0 * D, D, w.radj + e * plane, d,
                        0.0, w.ru + r0 * d, d}));
   }
-  PAINVRL_STEP_LAUNCH(pass2_kernel, rows, kRowThreads, stream, a, tpr);
+  if (a.features_f32) {
+    PAINVRL_STEP_LAUNCH(pass2_kernel<float>, rows, kRowThreads, stream, a, tpr, a.features_f32);
+  } else {
+    PAINVRL_STEP_LAUNCH(pass2_kernel<double>, rows, kRowThreads, stream, a, tpr, a.features);
+  }
   PAINVRL_STEP_LAUNCH(columns_partial_kernel,
                       ((d + kFlatThreads - 1) / kFlatThreads) * kColumnChunks, kFlatThreads, stream,
                       a);

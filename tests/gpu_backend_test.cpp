@@ -300,6 +300,21 @@ TEST(GpuMaskStep, EveryOutputEqualsTheCpuStep) {
       EXPECT_LT(err(got.mask_new, want.mask_new), 1e-9);
     }
   }
+  // Variant 2 (float feature rows, when every feature is exactly a float) against variant 1.
+  test::MaskTestProblem p(9, 64, 700, 48, true, 4, false, 40);
+  for (double& x : p.f) x = double(float(x));
+  const MaskSettings s =
+      test::mask_test_settings(MaskObjective::kPareto, ParetoNormalize::kNone, 0.7);
+  const MaskProblem<double> problem = p.cpu_problem();
+  const MaskStepResult<double> v1 = cuda::mask_step_on_device(
+      p.layout, p.params.data(), p.mask.data(), problem, p.batches, p.noise.data(), s, false);
+  const MaskStepResult<double> v2 = cuda::mask_step_on_device(
+      p.layout, p.params.data(), p.mask.data(), problem, p.batches, p.noise.data(), s, true);
+  EXPECT_NEAR(v2.L_ERM, v1.L_ERM, 1e-12 * std::fabs(v1.L_ERM));
+  EXPECT_NEAR(v2.L_IRM, v1.L_IRM, 1e-11 * std::fabs(v1.L_IRM));
+  for (size_t k = 0; k < v1.grad.size(); ++k) {
+    ASSERT_NEAR(v2.grad[k], v1.grad[k], 1e-10 * (1 + std::fabs(v1.grad[k]))) << k;
+  }
 }
 
 // The device runner (kernels/cuda_mask.cpp) over two epochs equals the CPU runner: the same

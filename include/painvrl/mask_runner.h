@@ -39,6 +39,9 @@ struct MaskRunSetup {
   const PairList* train = nullptr;
   int32_t envs = 0;
   math::PhiloxKey neg_key{}, noise_key{};
+  // The device runner's term passes read the feature rows in float when every value is exactly a
+  // float (variant 2 of bench/mask_step_gpu.cpp; the same results); false: always in double.
+  bool fp32_features = true;
 };
 
 struct MaskStepRecord {

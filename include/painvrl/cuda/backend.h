@@ -76,10 +76,12 @@ std::unique_ptr<MaskRunner> make_mask_runner(const MaskRunSetup& setup, const Ma
                                              const std::vector<std::vector<int32_t>>& env_pairs);
 
 // One mask step on the device (kernels/mask_step.cu with cuBLAS DGEMM), copied back: every output
-// of mask_step<double> (mask_step.h) for the same inputs. For tests and the lab.
+// of mask_step<double> (mask_step.h) for the same inputs. fp32_features: the term passes read the
+// features in float when each is exactly a float (as MaskRunSetup::fp32_features). For tests and
+// the lab.
 MaskStepResult<double> mask_step_on_device(const MaskLayout& layout, const double* params,
                                            const double* mask, const MaskProblem<double>& problem,
                                            const EnvBatches& batches, const double* noise,
-                                           const MaskSettings& settings);
+                                           const MaskSettings& settings, bool fp32_features = true);
 
 }  // namespace painvrl::cuda

@@ -79,10 +79,13 @@ struct MaskStepArgs {
   const int64_t* env_offsets_host = nullptr;  // (E + 1,) host copy, for the per-environment GEMMs
   const int64_t* env_offsets = nullptr;       // (E + 1,) device
   // The frozen backbone, content and graph (device).
-  const double* pt = nullptr;             // (U, D)
-  const double* pf = nullptr;             // (U, D)
-  const double* ti = nullptr;             // (I, D)
-  const double* features = nullptr;       // (I, d)
+  const double* pt = nullptr;        // (U, D)
+  const double* pf = nullptr;        // (U, D)
+  const double* ti = nullptr;        // (I, D)
+  const double* features = nullptr;  // (I, d)
+  // The same feature values in float, when every one is exactly a float (features are read as
+  // float): the two term passes then read these, half the bytes (variant 2); null: variant 1.
+  const float* features_f32 = nullptr;    // (I, d)
   const double* beta_user = nullptr;      // (U,)
   const double* beta_item = nullptr;      // (I,)
   const int32_t* ii_neighbors = nullptr;  // (I, ii_k)
