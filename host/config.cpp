@@ -32,6 +32,9 @@ const std::vector<Key>& keys() {
       {"threads", &Config::threads, "CPU threads (0: all cores)"},
       {"device", &Config::device,
        "cpu | cuda | auto (auto: the CPU until the CUDA backend has passed its device check)"},
+      {"deterministic", &Config::deterministic,
+       "CUDA backend: gradient rows summed in a fixed order instead of by atomics, so that runs "
+       "are bit-identical (the CPU backend always is)"},
       {"tf32", &Config::tf32,
        "CUDA backend: the content projection's and the scoring's fp32 GEMMs on TF32 tensor cores "
        "(10-bit mantissa inputs; the CPU backend ignores it)"},

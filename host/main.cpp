@@ -44,6 +44,10 @@ int main(int argc, char** argv) {
                     "has passed its device check; cuda: refused until then unless "
                     "PAINVRL_UNVERIFIED_CUDA=1)");
   train->add_flag("--no-attention", no_attention, "drop the attention MLPs (attention = false)");
+  bool deterministic = false;
+  train->add_flag("--deterministic", deterministic,
+                  "CUDA backend: gradient rows summed in a fixed order instead of by atomics, "
+                  "bit-identical runs (config key deterministic; the CPU always is)");
   train->add_option("--config", config_file, "TOML config file (applied after the preset)");
   train->add_option("--set", overrides, "key=value overrides (applied last)")->take_all();
   train->add_option("--out", out_dir, "run directory to create");
@@ -184,10 +188,12 @@ int main(int argc, char** argv) {
     if (*train && !resume_dir.empty()) {
       set_quiet(quiet);
       if (!out_dir.empty() || overwrite || !method.empty() || !preset.empty() ||
-          !config_file.empty() || !objective.empty() || no_attention || !device.empty()) {
+          !config_file.empty() || !objective.empty() || no_attention || !device.empty() ||
+          deterministic) {
         input_error(
             "--resume {}: the run continues with the config it recorded; drop --out, "
-            "--overwrite, --method, --preset, --config, --objective and --no-attention",
+            "--overwrite, --method, --preset, --config, --objective, --device, --no-attention "
+            "and --deterministic",
             resume_dir);
       }
       Config probe;
@@ -212,6 +218,7 @@ int main(int argc, char** argv) {
       if (!objective.empty()) config.objective = objective;
       if (!device.empty()) config.device = device;
       if (no_attention) config.attention = false;
+      if (deterministic) config.deterministic = true;
       for (const std::string& o : overrides) apply_override(config, o);
       run_dir = out_dir;
       install_stop_handlers();

@@ -95,6 +95,7 @@ TrainSetup make_train_setup(const Config& c, int32_t n_users, int32_t n_items, i
   setup.stage = stage;
   setup.init_std = c.init_std;
   setup.tf32 = c.tf32;
+  setup.deterministic = c.deterministic;
   return setup;
 }
 

@@ -38,7 +38,35 @@ struct StepBuffers {
   DeviceBuffer<float> ones;         // (n_items,) for db = dX^T 1
   DeviceBuffer<float> row_loss;     // (B * term_chunks, 2): at most (4096 + B, 2)
   DeviceBuffer<int32_t> negatives;  // (B, N)
+  // Deterministic mode (Config::deterministic): the fused launch's coefficients, keys and warp
+  // user rows, the reduction's scratch and CUB's sort storage.
+  bool deterministic = false;
+  DeviceBuffer<float> term_coef, warp_user_grad;
+  DeviceBuffer<int32_t> term_key, reduce_scratch;
+  DeviceBuffer<char> sort_temp;
 };
+
+// The fused loss of `a` on ctx's stream: by atomics, or in the deterministic mode through the
+// coefficient buffers and the fixed-order sums (launch_fused_loss_reduce).
+void launch_loss(const StreamContext& ctx, FusedLossArgs a, StepBuffers& sb) {
+  if (!sb.deterministic) {
+    PAINVRL_CUDA_CHECK(launch_fused_ultragcn_loss(a, ctx.stream()));
+    return;
+  }
+  const int32_t terms = 1 + a.n_negatives + a.k_used;
+  const int64_t warps = a.rows * a.term_chunks;
+  sb.term_coef.reserve(a.rows * terms);
+  sb.term_key.reserve(a.rows * terms);
+  sb.warp_user_grad.reserve(warps * 2 * a.dim);
+  sb.reduce_scratch.reserve(fused_loss_reduce_scratch(a.rows, terms, a.term_chunks));
+  const DeviceSortPairs sort =
+      stable_sort_on(ctx.stream(), sb.sort_temp, std::max<int64_t>(a.rows * terms, warps));
+  a.term_coef = sb.term_coef.data();
+  a.term_key = sb.term_key.data();
+  a.warp_user_grad = sb.warp_user_grad.data();
+  PAINVRL_CUDA_CHECK(launch_fused_ultragcn_loss(a, ctx.stream()));
+  PAINVRL_CUDA_CHECK(launch_fused_loss_reduce(a, sb.reduce_scratch.data(), sort, ctx.stream()));
+}
 
 // X (n_items, D) = F (n_items, d) W^T + b into x with row stride `ldx` (D, or 2D when writing the
 // right half of the scoring rows).
@@ -117,7 +145,7 @@ int64_t enqueue_loss_grad(const StreamContext& ctx, const ParamLayout& L, const 
   a.grad_t = grad + L.t;
   a.grad_x = L.content ? sb.grad_x.data() : nullptr;
   a.halt = halt;
-  PAINVRL_CUDA_CHECK(launch_fused_ultragcn_loss(a, ctx.stream()));
+  launch_loss(ctx, a, sb);
   const int64_t entries = batch.rows * a.term_chunks;
   if (L.content) {
     project_backward(ctx, sb.grad_x.data(), D, L.n_items, L.feat_dim, P.features.data(),
@@ -200,6 +228,7 @@ class CudaBackend final : public Backend {
 
     upload_problem(graph, L.content ? &features : nullptr, L.feat_dim, problem_, s);
     size_step_buffers(L, setup.batch_size, setup.negatives, step_, s);
+    step_.deterministic = setup.deterministic;
     block_sums_.reserve(2 * kAdamBlocks);
     acc_.reserve(1);
     halt_.reserve(1);
@@ -598,6 +627,7 @@ std::vector<float> train_env_models_projection_on_device(
   const TrainSetup ts = make_train_setup(c, graph.n_users, graph.n_items, feat_dim, true, 0);
   const int32_t B = c.batch_size, N = c.negatives;
   StepBuffers sb;
+  sb.deterministic = c.deterministic;
   sb.row_loss.reserve(2 * (4096 + int64_t(E) * B));
   sb.negatives.reserve(int64_t(E) * B * std::max(N, 1));
   DeviceBuffer<double> epoch_loss;
@@ -652,7 +682,7 @@ std::vector<float> train_env_models_projection_on_device(
       a.x_stride = width;
       a.grad_x = grad_x.data();
       a.halt = halt.data();
-      PAINVRL_CUDA_CHECK(launch_fused_ultragcn_loss(a, s));
+      launch_loss(ctx, a, sb);
       project_backward(ctx, grad_x.data(), width, graph.n_items, feat_dim, P.features.data(),
                        ones.data(), d_grad.data(), d_grad.data() + E * wsize);
       // The loss is checked before the update, as on the CPU: a diverged step is not applied.

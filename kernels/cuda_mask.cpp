@@ -228,6 +228,7 @@ class DeviceMaskRunner final : public MaskRunner {
     in_.bind(args_, batch_offsets_.data());
     step_.bind(args_);
     gemm_ = dgemm_on(ctx_.cublas());
+    sort_ = stable_sort_on(ctx_.stream(), sort_temp_, rows_ * mask_terms_per_row(args_));
   }
 
   void begin_epoch(const std::vector<std::vector<int32_t>>& env_pairs, int epoch) override {
@@ -278,7 +279,7 @@ class DeviceMaskRunner final : public MaskRunner {
     u.halt = halt_.data();
     u.halt_step = halt_step_.data();
     u.step = step;
-    check_mask_step(run_mask_train_step(args_, t, gemm_, ctx_.stream()), "the mask step");
+    check_mask_step(run_mask_train_step(args_, t, gemm_, sort_, ctx_.stream()), "the mask step");
     pending_steps_.push_back(step);
   }
 
@@ -327,6 +328,8 @@ class DeviceMaskRunner final : public MaskRunner {
   MaskRunState st_;
   StreamContext ctx_;
   DeviceGemm gemm_;
+  DeviceSortPairs sort_;
+  DeviceBuffer<char> sort_temp_;                       // CUB's storage for sort_
   std::vector<int64_t> pair_offsets_, batch_offsets_;  // (E + 1,) each
   int64_t rows_ = 0, steps_per_epoch_ = 0;
   int epoch_ = 0;
@@ -376,7 +379,9 @@ MaskStepResult<double> mask_step_on_device(const MaskLayout& layout, const doubl
   in.bind(a, batches.env_offsets.data());
   DeviceMaskStep step;
   step.bind(a);
-  check_mask_step(run_mask_step(a, dgemm_on(ctx.cublas()), s), "the mask step");
+  DeviceBuffer<char> sort_temp;
+  const DeviceSortPairs sort = stable_sort_on(s, sort_temp, a.rows * mask_terms_per_row(a));
+  check_mask_step(run_mask_step(a, dgemm_on(ctx.cublas()), sort, s), "the mask step");
   MaskStepResult<double> r;
   auto fetch = [&](const double* p, std::vector<double>& v, int64_t n) {
     v.resize(size_t(n));

@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include "painvrl/cuda/kernels.h"
+
 namespace painvrl::cuda {
 
 // Every runtime, launcher and cuBLAS call is checked; the message names the call (for a launch,
@@ -147,5 +149,25 @@ class StreamContext {
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
 };
+
+// CUB's stable radix sort of (key, value) pairs (kernels/sort.cu); temp null: sets temp_bytes.
+cudaError_t sort_pairs_stable(void* temp, size_t& temp_bytes, const int32_t* keys_in,
+                              int32_t* keys_out, const int32_t* vals_in, int32_t* vals_out,
+                              int64_t n, cudaStream_t stream);
+
+// A DeviceSortPairs (kernels.h) on `stream` for up to max_n pairs, its storage grown once in temp.
+inline DeviceSortPairs stable_sort_on(cudaStream_t stream, DeviceBuffer<char>& temp,
+                                      int64_t max_n) {
+  size_t bytes = 0;
+  PAINVRL_CUDA_CHECK(
+      sort_pairs_stable(nullptr, bytes, nullptr, nullptr, nullptr, nullptr, max_n, stream));
+  temp.reserve(int64_t(bytes));
+  char* storage = temp.data();
+  return [storage, bytes, stream](const int32_t* kin, int32_t* kout, const int32_t* vin,
+                                  int32_t* vout, int64_t n) {
+    size_t b = bytes;
+    return sort_pairs_stable(storage, b, kin, kout, vin, vout, n, stream);
+  };
+}
 
 }  // namespace painvrl::cuda

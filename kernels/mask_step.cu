@@ -11,7 +11,9 @@
 //   pass 2    block per row: gamma_t = delta2_t <ru, h_t>, the IRM h-adjoint's sums, dJ/dalpha
 //   columns   g_E, g_I; Pareto: one block, w_ERM, the mask direction and step (Eq. 17-19)
 //   GEMM      dJ/dW = Pf_rows^T (wE row_vec_erm + wI row_vec) + 2 gamma_w W; dJ/db per column
-//   attention dJ/d(pre-activation) per row and per item (atomics), then GEMMs for w1u, w1i
+//   attention dJ/d(pre-activation) per row, and per item over the terms sorted by item (no atomics:
+//             every sum in a fixed order, so a step is the same on every run), then GEMMs for w1u,
+//             w1i
 // Bytes per step at the paper's MovieLens sizes (rows = E * 512 = 5,120, d = 2,276, TPR = 61):
 // each pass streams its row's d-vectors (q, mu, and 2-3 accumulators, ~18 KB per row read and
 // written per term in L1/L2) and every term's feature row f_j (18 KB, 61 per row): ~5.7 GB of
@@ -20,6 +22,7 @@
 // GFLOP, all FP64. The step is L2/memory bound; the lab (bench/mask_step_gpu.cpp) times it.
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 
 #include "painvrl/cuda/mask_kernels.h"
 #include "painvrl/math/adam.h"
@@ -34,7 +37,7 @@ int64_t MaskWorkspace::doubles(int64_t rows, int32_t tpr, int32_t E, int32_t D, 
   return 2 * int64_t(E) * d + rows * (3 * int64_t(D) + 1 + 2 * int64_t(H)) +
          2 * int64_t(n_items) * H + 6 * rows * d + 3 * rows + rows * tpr * (5 + 2 + 4) +
          int64_t(E) * D * d + 2 * d + rows * (4 * int64_t(H) + 2) + 2 * int64_t(n_items) * H +
-         2 * int64_t(kMaskColumnChunks) * d;
+         2 * int64_t(kMaskColumnChunks) * d + 2 * rows * tpr;
 }
 
 MaskWorkspace MaskWorkspace::carve(double* p, int64_t rows, int32_t tpr, int32_t E, int32_t D,
@@ -72,6 +75,7 @@ MaskWorkspace MaskWorkspace::carve(double* p, int64_t rows, int32_t tpr, int32_t
   w.row_db2 = take(rows * 2);
   w.item_dpre = take(2 * int64_t(n_items) * H);
   w.col_partial = take(2 * int64_t(kMaskColumnChunks) * d);
+  w.term_sort = reinterpret_cast<int32_t*>(take(2 * rows * tpr));  // 4 * rows * tpr ints
   return w;
 }
 
@@ -512,7 +516,7 @@ __global__ void __launch_bounds__(kRowThreads) bias_grad_kernel(const MaskStepAr
 
 // The attention MLPs' backward per row (thread per hidden unit of both MLPs): dlogit_k =
 // dJ/dalpha_k alpha_k (1 - alpha_k); the row's dJ/dw2, dJ/db2, dJ/d(pre) of the user half, and
-// the item half's dJ/d(pre) added per item (atomics; item_dpre zeroed before).
+// the item half's dJ/d(pre) is summed per item by attention_item_kernel.
 __global__ void __launch_bounds__(kRowThreads)
     attention_backward_kernel(const MaskStepArgs a, int32_t tpr) {
   const double neg_scale = a.settings.neg_weight / double(a.n_negatives);
@@ -544,16 +548,54 @@ __global__ void __launch_bounds__(kRowThreads)
       const double al = stats[1 + k];
       const double dlogit = (wE * da[k] + wI * da[2 + k]) * al * (1 - al);
       const int32_t item = term_identity(a, neg_scale, r, slot).item;
-      double* ip = a.ws.item_dpre + (int64_t(k) * a.n_items + item) * H + h;
       const double pre = up + a.ws.item_pre[(int64_t(k) * a.n_items + item) * H + h];
       const double hid = pre > 0 ? pre : 0.0;
       dw2 += dlogit * hid;
-      const double dp = hid > 0 ? dlogit * w2 : 0.0;
-      dpre_row += dp;
-      if (dp != 0) atomicAdd(ip, dp);
+      dpre_row += hid > 0 ? dlogit * w2 : 0.0;
     }
     a.ws.row_dw2[r * 2 * H + x] = dw2;
     a.ws.row_dpre[r * 2 * H + x] = dpre_row;
+  }
+}
+
+// The item half of dJ/d(pre-activation), summed per item in a fixed order (no atomics): every
+// term's key is its item (INT32_MAX when skipped); after a stable sort by key, block p, when it
+// starts a run of equal keys, sums the run's terms in term order for each hidden unit of both
+// MLPs (recomputing each term's hidden activation) into item_dpre.
+__global__ void __launch_bounds__(kFlatThreads)
+    term_item_keys_kernel(const MaskStepArgs a, int32_t tpr, int32_t* keys, int32_t* idx) {
+  const double neg_scale = a.settings.neg_weight / double(a.n_negatives);
+  const int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t >= a.rows * tpr) return;
+  const int64_t r = t / tpr;
+  const int32_t slot = int32_t(t % tpr);
+  keys[t] = a.ws.term_stats[t * 5] == 0 ? INT32_MAX : term_identity(a, neg_scale, r, slot).item;
+  idx[t] = int32_t(t);
+}
+
+__global__ void __launch_bounds__(kRowThreads)
+    attention_item_kernel(const MaskStepArgs a, int32_t tpr, const int32_t* keys,
+                          const int32_t* idx) {
+  const int64_t p = blockIdx.x, n = a.rows * tpr;
+  const int32_t item = keys[p];
+  if (item == INT32_MAX || (p > 0 && keys[p - 1] == item)) return;  // the same in every thread
+  const int32_t H = a.layout.H;
+  const double wE = a.scalars[2], wI = a.scalars[3];
+  for (int32_t x = threadIdx.x; x < 2 * H; x += blockDim.x) {
+    const int k = x / H, h = x % H;
+    const double w2 = a.params[a.layout.w2[k] + h];
+    const double ip = a.ws.item_pre[(int64_t(k) * a.n_items + item) * H + h];
+    double acc = 0;
+    for (int64_t q = p; q < n && keys[q] == item; ++q) {
+      const int64_t t = idx[q], r = t / tpr;
+      const double* stats = a.ws.term_stats + t * 5;
+      const double* da = a.ws.term_dalpha + t * 4;
+      const double al = stats[1 + k];
+      const double dlogit = (wE * da[k] + wI * da[2 + k]) * al * (1 - al);
+      const double pre = a.ws.user_pre[r * 2 * H + x] + ip;
+      if (pre > 0) acc += dlogit * w2;
+    }
+    a.ws.item_dpre[(int64_t(k) * a.n_items + item) * H + h] = acc;
   }
 }
 
@@ -613,7 +655,8 @@ const char* mask_step_failed_launch() { return failed_launch; }
     PAINVRL_STEP_NAMED(#kernel, cudaGetLastError());          \
   } while (0)
 
-cudaError_t run_mask_step(const MaskStepArgs& a, const DeviceGemm& gemm, cudaStream_t stream) {
+cudaError_t run_mask_step(const MaskStepArgs& a, const DeviceGemm& gemm,
+                          const DeviceSortPairs& sort, cudaStream_t stream) {
   const MaskLayout& L = a.layout;
   const int32_t E = a.envs, D = L.D, H = L.H, tpr = mask_terms_per_row(a);
   const int64_t d = L.d, rows = a.rows;
@@ -677,6 +720,13 @@ cudaError_t run_mask_step(const MaskStepArgs& a, const DeviceGemm& gemm, cudaStr
   if (L.attention) {
     PAINVRL_STEP(fill(w.item_dpre, 2 * int64_t(a.n_items) * H, 0.0, stream));
     PAINVRL_STEP_LAUNCH(attention_backward_kernel, rows, kRowThreads, stream, a, tpr);
+    const int64_t n_terms = rows * tpr;
+    int32_t *keys_in = w.term_sort, *idx_in = keys_in + n_terms, *keys = idx_in + n_terms,
+            *idx = keys + n_terms;
+    PAINVRL_STEP_LAUNCH(term_item_keys_kernel, (n_terms + kFlatThreads - 1) / kFlatThreads,
+                        kFlatThreads, stream, a, tpr, keys_in, idx_in);
+    PAINVRL_STEP(sort(keys_in, keys, idx_in, idx, n_terms));
+    PAINVRL_STEP_LAUNCH(attention_item_kernel, n_terms, kRowThreads, stream, a, tpr, keys, idx);
     PAINVRL_STEP_LAUNCH(attention_sums_kernel, 2 * H + 2, kRowThreads, stream, a);
     for (int k = 0; k < 2; ++k) {
       // dJ/dw1u_k (H, 2D) = row_dpre_k^T (H, rows) [Pt_u, Pf_u] (rows, 2D)
@@ -792,7 +842,7 @@ cudaError_t launch_mask_update(const MaskUpdateArgs& a, cudaStream_t stream) {
 }
 
 cudaError_t run_mask_train_step(const MaskStepArgs& a, MaskTrainStep& t, const DeviceGemm& gemm,
-                                cudaStream_t stream) {
+                                const DeviceSortPairs& sort, cudaStream_t stream) {
   const uint32_t step = uint32_t(t.update.step);
   t.batch.step = t.update.step;
   PAINVRL_STEP(launch_mask_batch(t.batch, stream));
@@ -800,7 +850,7 @@ cudaError_t run_mask_train_step(const MaskStepArgs& a, MaskTrainStep& t, const D
                                        uint32_t(a.n_items), t.negatives, stream));
   PAINVRL_STEP(
       launch_mask_noise(t.noise_key, t.epoch, step, a.envs, a.layout.d, t.sigma, t.noise, stream));
-  PAINVRL_STEP(run_mask_step(a, gemm, stream));
+  PAINVRL_STEP(run_mask_step(a, gemm, sort, stream));
   t.update.grad = a.grad;
   t.update.mask_grad = a.mask_grad;
   t.update.mask_new = a.mask_new;

@@ -15,6 +15,7 @@
 // FLOPs per row: terms (2 D C dot + 2 D C user grad + D C atomics). At B = 512, N = 50, K = 10,
 // D = 64 with content: 31,232 terms, 16 MB of item rows read and 16 MB of atomic updates.
 #include <algorithm>
+#include <cstdint>
 
 #include "painvrl/cuda/kernels.h"
 #include "painvrl/math/ultragcn.h"
@@ -52,6 +53,8 @@ __global__ void __launch_bounds__(kWarpsPerBlock* kWarp)
   const int32_t u = a.users[row];
   const int32_t i = a.items[row];
   const bool grads = a.grad_pt || a.grad_pf || a.grad_t || a.grad_x;
+  const bool deterministic = a.term_coef != nullptr;  // coefficients out, no atomics
+  const int64_t key_block = a.row_env ? a.row_env[row] : 0;
   // HIM's batched environment models: row r scores with the content block of its environment,
   // X[j][e * D .. e * D + D) of rows x_stride wide.
   const int64_t x_stride = a.x_stride > 0 ? a.x_stride : D;
@@ -83,7 +86,13 @@ __global__ void __launch_bounds__(kWarpsPerBlock* kWarp)
       const int64_t slot = int64_t(i) * a.ii_k + (term - 1 - N);
       j = a.ii_neighbors[slot];
       w = a.ii_weights[slot];
-      if (w == 0.f) continue;  // padding: no loss, no gradient (as on the CPU)
+      if (w == 0.f) {  // padding: no loss, no gradient (as on the CPU)
+        if (deterministic && lane == 0) {
+          a.term_coef[row * terms + term] = 0.f;
+          a.term_key[row * terms + term] = INT32_MAX;
+        }
+        continue;
+      }
     }
     float t_row[kColsPerLane], x_row[kColsPerLane];
     float partial = 0.f;
@@ -104,20 +113,33 @@ __global__ void __launch_bounds__(kWarpsPerBlock* kWarp)
     } else {
       item_item += tl.loss;
     }
+    if (deterministic && lane == 0) {
+      a.term_coef[row * terms + term] = coef;
+      a.term_key[row * terms + term] = int32_t(int64_t(j) * (x_stride / D) + key_block);
+    }
     if (!grads || coef == 0.f) continue;
 #pragma unroll
     for (int k = 0; k < kColsPerLane; ++k) {
       const int32_t c = lane + k * kWarp;
       if (c >= D) break;
       grad_pt[k] += coef * t_row[k];
+      if (kContent) grad_pf[k] += coef * x_row[k];
+      if (deterministic) continue;
       if (a.grad_t) atomicAdd(a.grad_t + int64_t(j) * D + c, coef * pt[k]);
-      if (kContent) {
-        grad_pf[k] += coef * x_row[k];
-        if (a.grad_x) atomicAdd(a.grad_x + int64_t(j) * x_stride + x_offset + c, coef * pf[k]);
+      if (kContent && a.grad_x) {
+        atomicAdd(a.grad_x + int64_t(j) * x_stride + x_offset + c, coef * pf[k]);
       }
     }
   }
-  if (grads) {
+  if (deterministic) {  // this warp's user gradient, for the fixed-order sum
+#pragma unroll
+    for (int k = 0; k < kColsPerLane; ++k) {
+      const int32_t c = lane + k * kWarp;
+      if (c >= D) break;
+      a.warp_user_grad[warp * 2 * D + c] = grad_pt[k];
+      a.warp_user_grad[warp * 2 * D + D + c] = grad_pf[k];
+    }
+  } else if (grads) {
 #pragma unroll
     for (int k = 0; k < kColsPerLane; ++k) {
       const int32_t c = lane + k * kWarp;
@@ -129,6 +151,78 @@ __global__ void __launch_bounds__(kWarpsPerBlock* kWarp)
   if (lane == 0) {
     a.row_loss[2 * warp] = main;
     a.row_loss[2 * warp + 1] = item_item;
+  }
+}
+
+// Deterministic mode. iota: out[k] = k; keys of the warps: the row's user.
+__global__ void iota_kernel(int64_t n, int32_t* __restrict__ out) {
+  const int64_t k = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (k < n) out[k] = int32_t(k);
+}
+__global__ void warp_user_keys_kernel(const int32_t* __restrict__ users, int32_t term_chunks,
+                                      int64_t warps, int32_t* __restrict__ keys) {
+  const int64_t w = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (w < warps) keys[w] = users[w / term_chunks];
+}
+
+// Warp per sorted position; the first of each key's run sums the run in order (term order: the
+// sort is stable) and adds to the key's gradient rows: item rows dT_j (+= coef Pt_u) and
+// dX_j block (+= coef Pf_u), each owned by one warp.
+template <bool kContent>
+__global__ void __launch_bounds__(kWarpsPerBlock* kWarp)
+    reduce_item_rows_kernel(const FusedLossArgs a, int32_t terms, int64_t n,
+                            const int32_t* __restrict__ keys, const int32_t* __restrict__ idx) {
+  const int64_t p = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
+  const int lane = int(threadIdx.x % kWarp);
+  if (p >= n || (a.halt && *a.halt)) return;  // a halted step's fused launch wrote nothing
+  const int32_t key = keys[p];
+  if (key == INT32_MAX || (p > 0 && keys[p - 1] == key)) return;
+  const int32_t D = a.dim;
+  const int64_t x_stride = a.x_stride > 0 ? a.x_stride : D;
+  const int32_t blocks = int32_t(x_stride / D);  // 32-bit division: no subroutine call
+  const int64_t j = key / blocks, block = key % blocks;
+  float gt[kColsPerLane], gx[kColsPerLane];
+#pragma unroll
+  for (int k = 0; k < kColsPerLane; ++k) gt[k] = gx[k] = 0.f;
+  for (int64_t q = p; q < n && keys[q] == key; ++q) {
+    const int32_t t = idx[q];
+    const float coef = a.term_coef[t];
+    const int64_t u = a.users[t / terms];
+#pragma unroll
+    for (int k = 0; k < kColsPerLane; ++k) {
+      const int32_t c = lane + k * kWarp;
+      if (c >= D) break;
+      gt[k] += coef * a.pt[u * D + c];
+      if (kContent) gx[k] += coef * a.pf[u * D + c];
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < kColsPerLane; ++k) {
+    const int32_t c = lane + k * kWarp;
+    if (c >= D) break;
+    if (a.grad_t) a.grad_t[j * D + c] += gt[k];
+    if (kContent && a.grad_x) a.grad_x[j * x_stride + block * D + c] += gx[k];
+  }
+}
+
+// The same for user rows: the warps' user gradients summed in warp order per user.
+__global__ void __launch_bounds__(kWarpsPerBlock* kWarp)
+    reduce_user_rows_kernel(const FusedLossArgs a, int64_t n, const int32_t* __restrict__ keys,
+                            const int32_t* __restrict__ idx) {
+  const int64_t p = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
+  const int lane = int(threadIdx.x % kWarp);
+  if (p >= n || (a.halt && *a.halt)) return;
+  const int32_t u = keys[p];
+  if (p > 0 && keys[p - 1] == u) return;
+  const int32_t D = a.dim;
+  for (int32_t c = lane; c < D; c += kWarp) {
+    float g_pt = 0.f, g_pf = 0.f;
+    for (int64_t q = p; q < n && keys[q] == u; ++q) {
+      g_pt += a.warp_user_grad[int64_t(idx[q]) * 2 * D + c];
+      g_pf += a.warp_user_grad[int64_t(idx[q]) * 2 * D + D + c];
+    }
+    if (a.grad_pt) a.grad_pt[int64_t(u) * D + c] += g_pt;
+    if (a.grad_pf) a.grad_pf[int64_t(u) * D + c] += g_pf;
   }
 }
 
@@ -163,6 +257,42 @@ cudaError_t launch_fused_ultragcn_loss(const FusedLossArgs& a, cudaStream_t stre
                    stream, a);
   }
   return cudaGetLastError();
+}
+
+cudaError_t launch_fused_loss_reduce(const FusedLossArgs& a, int32_t* scratch,
+                                     const DeviceSortPairs& sort, cudaStream_t stream) {
+  if (a.rows <= 0) return cudaSuccess;
+  if (!a.term_coef || !a.term_key || !a.warp_user_grad || !scratch) return cudaErrorInvalidValue;
+  const int32_t terms = 1 + a.n_negatives + a.k_used;
+  const int64_t n_terms = a.rows * terms, warps = a.rows * a.term_chunks;
+  const int64_t n = n_terms > warps ? n_terms : warps;
+  int32_t *iota = scratch, *keys_in = scratch + n, *keys = scratch + 2 * n, *idx = scratch + 3 * n;
+  const int block = 256;
+  PAINVRL_LAUNCH(iota_kernel, unsigned((n + block - 1) / block), block, stream, n, iota);
+  cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) return e;
+  if (a.grad_t || a.grad_x) {
+    if ((e = sort(a.term_key, keys, iota, idx, n_terms)) != cudaSuccess) return e;
+    const unsigned blocks = unsigned((n_terms + kWarpsPerBlock - 1) / kWarpsPerBlock);
+    if (a.x != nullptr) {
+      PAINVRL_LAUNCH(reduce_item_rows_kernel<true>, blocks, kWarpsPerBlock * kWarp, stream, a,
+                     terms, n_terms, keys, idx);
+    } else {
+      PAINVRL_LAUNCH(reduce_item_rows_kernel<false>, blocks, kWarpsPerBlock * kWarp, stream, a,
+                     terms, n_terms, keys, idx);
+    }
+    if ((e = cudaGetLastError()) != cudaSuccess) return e;
+  }
+  if (a.grad_pt || a.grad_pf) {
+    PAINVRL_LAUNCH(warp_user_keys_kernel, unsigned((warps + block - 1) / block), block, stream,
+                   a.users, a.term_chunks, warps, keys_in);
+    if ((e = cudaGetLastError()) != cudaSuccess) return e;
+    if ((e = sort(keys_in, keys, iota, idx, warps)) != cudaSuccess) return e;
+    PAINVRL_LAUNCH(reduce_user_rows_kernel, unsigned((warps + kWarpsPerBlock - 1) / kWarpsPerBlock),
+                   kWarpsPerBlock * kWarp, stream, a, warps, keys, idx);
+    if ((e = cudaGetLastError()) != cudaSuccess) return e;
+  }
+  return cudaSuccess;
 }
 
 cudaError_t launch_broadcast_rows(const float* vec, int32_t dim, int64_t n_rows, int64_t width,

@@ -5,7 +5,8 @@
 // neighbours, on several seeds with fresh inputs and NaN-poisoned outputs; HIM's environment
 // models in one launch give the CPU's per-environment losses and dW, db; whole epochs of the
 // backend give the CPU's losses, parameters and scores (more users than one scoring block);
-// ranking on the device gives the host's ranking of the device's scores;
+// ranking on the device gives the host's ranking of the device's scores; deterministic runs are
+// bit-identical;
 // frozen tensors stay as they were and the rest trains as on the CPU; an epoch stopped after a
 // few steps and continued ends as an uninterrupted one; a non-finite loss stops at the CPU's
 // step; the optimiser state round-trips; what the backend does not implement is refused by name.
@@ -469,6 +470,39 @@ TEST(GpuBackend, EpochsGiveTheCpuLossesParametersAndScores) {
         }
       }
     }
+  }
+}
+
+// deterministic = true: two runs give bit-identical parameters, losses and scores (the gradient
+// rows summed in a fixed order), which stay within the usual tolerance of the CPU; with a repeated
+// user in every batch and item neighbours, for the ID-only and the content model.
+TEST(GpuBackend, DeterministicRunsAreBitIdentical) {
+  SKIP_WITHOUT_GPU();
+  for (bool content : {false, true}) {
+    const Toy toy = make_toy(6);
+    Config c = toy_config(6);
+    c.deterministic = true;
+    const TrainSetup setup = make_train_setup(c, toy.n_users, toy.n_items, toy.d, content, 3);
+    ASSERT_TRUE(setup.deterministic);
+    auto cpu_backend = make_cpu_backend();
+    auto first = cuda::make_cuda_backend();
+    auto second = cuda::make_cuda_backend();
+    cpu_backend->setup(setup, toy.graph, toy.features);
+    first->setup(setup, toy.graph, toy.features);
+    second->setup(setup, toy.graph, toy.features);
+    PairList shuffled;
+    for (uint32_t epoch = 0; epoch < 3; ++epoch) {
+      shuffle_pairs(toy.train, shuffled, c.seed, 3, epoch);
+      const EpochStats a = cpu_backend->train_epoch(shuffled, epoch);
+      const EpochStats b1 = first->train_epoch(shuffled, epoch);
+      const EpochStats b2 = second->train_epoch(shuffled, epoch);
+      EXPECT_EQ(b1.loss_total, b2.loss_total);
+      EXPECT_NEAR(b1.loss_total, a.loss_total, 1e-5 * std::fabs(a.loss_total));
+    }
+    const std::vector<float> p1 = first->parameters(), p2 = second->parameters(),
+                             pc = cpu_backend->parameters();
+    EXPECT_EQ(p1, p2) << "content " << content;
+    EXPECT_LT(scaled_error(p1.data(), pc.data(), int64_t(pc.size())), 1e-4);
   }
 }
 

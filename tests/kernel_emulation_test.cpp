@@ -2,10 +2,10 @@
 // include/painvrl/cuda/emulation.h, against the CPU backend on every machine (label `cpu`): the
 // fused loss kernel's loss and gradients (ID-only and content models, with and without item
 // neighbours, D of 8, 64, 100 and 256, one warp per row or per chunk of terms, several seeds,
-// NaN-poisoned outputs), the negatives bit for bit, Adam with the fused L2, frozen tensors and the
-// sums of squares,
-// the step end's accumulators and its halt on a non-finite loss, the scoring kernels, and the
-// ranking kernels (exclusions and top k) against the host's ranking. The
+// NaN-poisoned outputs), also in the deterministic mode (coefficients out, then fixed-order sums),
+// the negatives bit for bit, Adam with the fused L2, frozen tensors and the sums of squares, the
+// step end's accumulators and its halt on a non-finite loss, the scoring kernels, HIM's
+// reassignment, and the ranking kernels (exclusions and top k) against the host's ranking. The
 // `gpu` tests (tests/gpu_backend_test.cpp) check the same on a device; these prove the kernels'
 // indexing, warp reductions and barriers where no GPU is.
 #include <gtest/gtest.h>
@@ -16,6 +16,7 @@
 #include <set>
 #include <vector>
 
+#include "host_sort.h"
 #include "painvrl/cpu/ultragcn_loss.h"
 #include "painvrl/dataset.h"
 #include "painvrl/evaluate.h"
@@ -129,6 +130,41 @@ TEST(EmulatedKernels, FusedLossAndGradientEqualTheCpu) {
                 << what;
             EXPECT_LT(scaled_error(grad_x.data(), ws.item_vec_grad.data(), int64_t(x.size())), 1e-5)
                 << what;
+          }
+          // Deterministic mode: coefficients and warp user rows out, then the fixed-order sums
+          // (the sort a stable host sort here, CUB's radix sort on a device): the same gradient.
+          {
+            const int32_t terms = 1 + N + a.k_used;
+            std::vector<float> det_grad(size_t(L.total), 0.f), det_grad_x(x.size(), 0.f),
+                det_loss(row_loss.size(), std::nanf("")), coef(size_t(B * terms), std::nanf("")),
+                warp_grad(size_t(B * chunks * 2 * D), std::nanf(""));
+            std::vector<int32_t> key(size_t(B * terms), -1),
+                scratch(size_t(k::fused_loss_reduce_scratch(B, terms, chunks)), -1);
+            k::FusedLossArgs da = a;
+            da.grad_pt = det_grad.data() + L.pt;
+            da.grad_pf = content ? det_grad.data() + L.pf : nullptr;
+            da.grad_t = det_grad.data() + L.t;
+            da.grad_x = content ? det_grad_x.data() : nullptr;
+            da.row_loss = det_loss.data();
+            da.term_coef = coef.data();
+            da.term_key = key.data();
+            da.warp_user_grad = warp_grad.data();
+            const k::DeviceSortPairs host_sort = test::host_sort_pairs;
+            ASSERT_EQ(k::launch_fused_ultragcn_loss(da, nullptr), cudaSuccess);
+            EXPECT_EQ(det_loss, row_loss) << what;
+            ASSERT_EQ(k::launch_fused_loss_reduce(da, scratch.data(), host_sort, nullptr),
+                      cudaSuccess);
+            EXPECT_LT(scaled_error(det_grad.data() + L.pt, want.data() + L.pt, L.pf - L.pt), 1e-5)
+                << what;
+            EXPECT_LT(scaled_error(det_grad.data() + L.t, want.data() + L.t, L.w - L.t), 1e-5)
+                << what;
+            if (content) {
+              EXPECT_LT(scaled_error(det_grad.data() + L.pf, want.data() + L.pf, L.t - L.pf), 1e-5)
+                  << what;
+              EXPECT_LT(scaled_error(det_grad_x.data(), ws.item_vec_grad.data(), int64_t(x.size())),
+                        1e-5)
+                  << what;
+            }
           }
           // Without gradients the loss alone is written; a halted step writes nothing.
           std::vector<float> loss_only(row_loss.size(), std::nanf(""));

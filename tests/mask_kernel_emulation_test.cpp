@@ -25,6 +25,7 @@
 #include "painvrl/stages.h"
 
 #define PAINVRL_KERNEL_EMULATION 1
+#include "host_sort.h"
 #include "mask_problem.h"
 #include "painvrl/cuda/mask_kernels.h"
 
@@ -151,7 +152,7 @@ TEST(EmulatedMaskStep, EveryOutputEqualsTheCpuStep) {
       const MaskStepResult<double> want = mask_step<double>(
           p.layout, p.params.data(), p.mask.data(), cpu_problem, p.batches, p.noise.data(), s);
       DeviceStep dev(p, s);
-      ASSERT_EQ(k::run_mask_step(dev.args, host_gemm, nullptr), cudaSuccess);
+      ASSERT_EQ(k::run_mask_step(dev.args, host_gemm, test::host_sort_pairs, nullptr), cudaSuccess);
       const double tol = 1e-10;
       EXPECT_LT(scaled_err(dev.loss_env.data(), want.loss_env.data(), want.loss_env.size()), tol);
       EXPECT_NEAR(dev.scalars[0], want.L_ERM, tol * std::fabs(want.L_ERM));
@@ -180,8 +181,8 @@ TEST(EmulatedMaskStep, FloatFeatureRowsGiveTheSameStep) {
   const MaskSettings s = mask_test_settings(MaskObjective::kPareto, ParetoNormalize::kNone, 0.7);
   DeviceStep v1(p, s), v2(p, s);
   v2.args.features_f32 = f32.data();
-  ASSERT_EQ(k::run_mask_step(v1.args, host_gemm, nullptr), cudaSuccess);
-  ASSERT_EQ(k::run_mask_step(v2.args, host_gemm, nullptr), cudaSuccess);
+  ASSERT_EQ(k::run_mask_step(v1.args, host_gemm, test::host_sort_pairs, nullptr), cudaSuccess);
+  ASSERT_EQ(k::run_mask_step(v2.args, host_gemm, test::host_sort_pairs, nullptr), cudaSuccess);
   EXPECT_EQ(v2.loss_env, v1.loss_env);
   EXPECT_EQ(v2.scalars, v1.scalars);
   EXPECT_EQ(v2.G, v1.G);
@@ -198,7 +199,8 @@ TEST(EmulatedMaskStep, RefusesAnEmptyBatch) {
   const MaskTestProblem p(3, 4, 8, 2, true, 2, false);
   DeviceStep dev(p, mask_test_settings(MaskObjective::kPareto, ParetoNormalize::kNone, 0.5));
   dev.args.rows = 0;
-  EXPECT_EQ(k::run_mask_step(dev.args, host_gemm, nullptr), cudaErrorInvalidValue);
+  EXPECT_EQ(k::run_mask_step(dev.args, host_gemm, test::host_sort_pairs, nullptr),
+            cudaErrorInvalidValue);
 }
 
 TEST(EmulatedMaskStep, UpdateIsAdamAndTheMaskRuleAndHaltsOnNonFinite) {
@@ -417,7 +419,8 @@ TEST(EmulatedMaskStep, TrainingStepsEqualTheCpuRunner) {
       u.halt = &halt;
       u.halt_step = &halt_step;
       u.step = step;
-      EXPECT_EQ(k::run_mask_train_step(a, t, host_gemm, nullptr), cudaSuccess);
+      EXPECT_EQ(k::run_mask_train_step(a, t, host_gemm, test::host_sort_pairs, nullptr),
+                cudaSuccess);
       return MaskStepRecord{step, trace[size_t(4 * step)], trace[size_t(4 * step + 1)],
                             trace[size_t(4 * step + 2)], trace[size_t(4 * step + 3)]};
     };

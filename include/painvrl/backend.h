@@ -32,7 +32,8 @@ struct TrainSetup {
   // Parameter tensors held fixed (bits of Frozen): the optimiser skips them. HIM's environment
   // models with him_train = content | projection share the stage-0 ID branch this way.
   uint8_t frozen = 0;
-  bool tf32 = false;  // the CUDA backend's fp32 GEMMs on TF32 tensor cores (Config::tf32)
+  bool tf32 = false;           // the CUDA backend's fp32 GEMMs on TF32 tensor cores (Config::tf32)
+  bool deterministic = false;  // the CUDA backend's fixed-order gradient sums
 };
 
 enum Frozen : uint8_t { kFrozenPt = 1, kFrozenPf = 2, kFrozenT = 4, kFrozenWb = 8 };

@@ -2,7 +2,8 @@
 // the step on the device. Per step: negatives (kernels/sampling.cu), X = F W^T + b (cuBLAS),
 // the fused loss and gradients (kernels/ultragcn_loss.cu), dW = dX^T F and db (cuBLAS), Adam with
 // the L2 value (kernels/adam.cu) and the step end; the host reads the epoch's sums once per
-// train_steps call. Gradients are scattered with atomics, so runs agree with the CPU backend to
+// train_steps call. Gradients are scattered with atomics (or, with TrainSetup::deterministic,
+// summed in a fixed order: bit-identical runs), so runs agree with the CPU backend to
 // rounding, not bit for bit.
 //
 // Evaluation ranks on the device (prepare_ranking, rank: the scoring GEMM, the exclusions and the

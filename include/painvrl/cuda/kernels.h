@@ -16,6 +16,7 @@
 #endif
 
 #include <cstdint>
+#include <functional>
 
 #include "painvrl/math/adam.h"
 #include "painvrl/math/philox.h"
@@ -79,6 +80,13 @@ struct FusedLossArgs {
   int32_t term_chunks = 1;    // warps per row
   float* row_loss = nullptr;  // (rows * term_chunks, 2) written: main, item-item (unweighted)
   const int* halt = nullptr;  // optional device flag: nonzero, the kernel does nothing
+  // Deterministic mode (all three set): no atomics. Each term's coefficient (dL/ds, times kappa
+  // for a neighbour) and the key of the gradient row it adds to (j * blocks + block, blocks =
+  // x_stride / D, block = row_env; INT32_MAX for a skipped padding term) are written, and each
+  // warp's user gradient; launch_fused_loss_reduce then adds them in a fixed order.
+  float* term_coef = nullptr;       // (rows, terms) written
+  int32_t* term_key = nullptr;      // (rows, terms) written
+  float* warp_user_grad = nullptr;  // (rows * term_chunks, 2 D) written: dPt_u | dPf_u
 };
 constexpr int32_t kFusedLossMaxDim = 256;
 // Warps per row for a batch (below).
@@ -122,6 +130,25 @@ inline int32_t fused_loss_term_chunks(int64_t rows, int32_t terms) {
   return int32_t(wanted < 1 ? 1 : wanted > most ? most : wanted);
 }
 cudaError_t launch_fused_ultragcn_loss(const FusedLossArgs& args, cudaStream_t stream);
+
+// Stable sort of (key, value) pairs by key (CUB's radix sort on a device; std::stable_sort in
+// the emulated-kernel tests): keys_out, vals_out (n,). Enqueued on the launch's stream.
+using DeviceSortPairs =
+    std::function<cudaError_t(const int32_t* keys_in, int32_t* keys_out, const int32_t* vals_in,
+                              int32_t* vals_out, int64_t n)>;
+
+// The deterministic mode's second half (kernels/ultragcn_loss.cu): the fused launch `a` (with
+// term_coef, term_key and warp_user_grad set) has run; its item-row gradients (dT_j, dX_j) and
+// user-row gradients (dPt_u, dPf_u) are added to a's gradient tables, each row's contributions
+// summed in term order (terms sorted stably by row key). scratch: 4 * max(rows * terms, warps)
+// ints. The same sums in the same order on every run: bit-identical results.
+cudaError_t launch_fused_loss_reduce(const FusedLossArgs& a, int32_t* scratch,
+                                     const DeviceSortPairs& sort, cudaStream_t stream);
+// ints of scratch launch_fused_loss_reduce needs for a batch.
+inline int64_t fused_loss_reduce_scratch(int64_t rows, int32_t terms, int32_t term_chunks) {
+  const int64_t n = rows * terms > rows * term_chunks ? rows * terms : rows * term_chunks;
+  return 4 * n;
+}
 
 // Adam with the L2 gradient fused (math::adam_update), gradient zeroing, and the sums of squares
 // of the parameters before the update, per block (kernels/adam.cu). The buffer is cut at

@@ -63,6 +63,7 @@ struct MaskWorkspace {
   double* row_db2 = nullptr;      // (rows, 2)
   double* item_dpre = nullptr;    // (2, I, H) dJ/d(pre-activation) summed per item
   double* col_partial = nullptr;  // (kMaskColumnChunks, 2, d) g_E, g_I of each chunk of rows
+  int32_t* term_sort = nullptr;   // (4, rows * TPR) the terms' item keys and indices, sorted
 
   static int64_t doubles(int64_t rows, int32_t tpr, int32_t E, int32_t D, int64_t d, int32_t H,
                          int32_t n_items);
@@ -116,9 +117,11 @@ inline int32_t mask_terms_per_row(const MaskStepArgs& a) {
   return 1 + a.n_negatives + (a.settings.kappa > 0 ? a.ii_k : 0);
 }
 
-// One step: every output of mask_step<double> for the same inputs. Launches in order on `stream`
-// (the GEMM must run on the same stream); never synchronises.
-cudaError_t run_mask_step(const MaskStepArgs& args, const DeviceGemm& gemm, cudaStream_t stream);
+// One step: every output of mask_step<double> for the same inputs, the same on every run (no
+// atomics: the per-item attention gradient sums terms sorted stably by item). Launches in order
+// on `stream` (the GEMM and the sort must run on the same stream); never synchronises.
+cudaError_t run_mask_step(const MaskStepArgs& args, const DeviceGemm& gemm,
+                          const DeviceSortPairs& sort, cudaStream_t stream);
 
 // The optimiser of the mask model and the mask after a step (kernels/mask_step.cu): Adam on the
 // parameters (the L2 gradient already in grad); the mask either takes mask_new (sgd) or an Adam
@@ -188,6 +191,6 @@ struct MaskTrainStep {
 const char* mask_step_failed_launch();
 
 cudaError_t run_mask_train_step(const MaskStepArgs& args, MaskTrainStep& t, const DeviceGemm& gemm,
-                                cudaStream_t stream);
+                                const DeviceSortPairs& sort, cudaStream_t stream);
 
 }  // namespace painvrl::PAINVRL_KERNEL_NS
