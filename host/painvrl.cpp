@@ -395,7 +395,7 @@ std::vector<int32_t> identify_environments(const Config& c, const Graph& graph,
                                     wb.data() + size_t(envs) * c.dim * feat_dim};
 #ifdef PAINVRL_HAVE_CUDA
       if (c.device == "cuda")
-        new_env = cuda::assign_environments_on_device(view, psi.data(), pairs);
+        new_env = cuda::assign_environments_on_device(view, psi.data(), pairs, c.tf32);
 #endif
       if (c.device != "cuda") {
         std::vector<float> all_scores(static_cast<size_t>(P) * envs);  // (P, E)

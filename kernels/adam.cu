@@ -157,8 +157,9 @@ __global__ void score_pairs_kernel(const float* __restrict__ pt, const float* __
 }
 
 // HIM's reassignment (Eq. 9): pair p goes to the environment whose model scores it highest,
-// s_e = <Pt_u, T_j> + <Pf_u, X_j,e>, ties to the smaller e (thread per pair; the dot products in
-// the CPU's order, cpu::env_projection_score_pairs).
+// s_e = <Pt_u, T_j> + <Pf_u, X_j,e>, ties to the smaller e (thread per pair; each dot product
+// summed in column order, while the CPU's vectorised dot uses several accumulators, so a pair
+// whose best scores nearly tie may go elsewhere than on the CPU).
 __global__ void assign_environments_kernel(
     const float* __restrict__ pt, const float* __restrict__ pf, const float* __restrict__ t,
     int32_t dim, int32_t envs, const float* __restrict__ x_all, const int32_t* __restrict__ users,

@@ -2,8 +2,9 @@
 // enqueues one training step as negatives -> projection -> fused loss -> dW, db -> Adam -> step
 // end on one stream, with no allocation and no synchronisation inside a step; the epoch's sums
 // are read once at the end of train_steps. Matrix products go through cuBLAS in full fp32
-// (CUBLAS_DEFAULT_MATH: no TF32). Row-major tables are passed to column-major cuBLAS as their
-// transposes: row-major X (n_items, D) is column-major X^T (D, n_items), and so on.
+// (CUBLAS_DEFAULT_MATH), or on TF32 tensor cores with TrainSetup::tf32. Row-major tables are passed
+// to column-major cuBLAS as their transposes: row-major X (n_items, D) is column-major X^T (D,
+// n_items), and so on.
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <dlfcn.h>
@@ -45,6 +46,19 @@ struct StepBuffers {
   DeviceBuffer<int32_t> term_key, reduce_scratch;
   DeviceBuffer<char> sort_temp;
 };
+
+// Sizes the deterministic mode's buffers once for batches of up to max_rows rows (a fused launch
+// has fewer than 4096 + rows warps: fused_loss_term_chunks), so that no step allocates.
+void size_deterministic(StepBuffers& sb, int64_t max_rows, int32_t terms, int32_t dim,
+                        cudaStream_t stream) {
+  if (!sb.deterministic) return;
+  const int64_t warps = 4096 + max_rows, n = std::max<int64_t>(max_rows * terms, warps);
+  sb.term_coef.reserve(max_rows * terms);
+  sb.term_key.reserve(max_rows * terms);
+  sb.warp_user_grad.reserve(warps * 2 * dim);
+  sb.reduce_scratch.reserve(4 * n);
+  stable_sort_on(stream, sb.sort_temp, n);  // sizes CUB's storage
+}
 
 // The fused loss of `a` on ctx's stream: by atomics, or in the deterministic mode through the
 // coefficient buffers and the fixed-order sums (launch_fused_loss_reduce).
@@ -229,6 +243,8 @@ class CudaBackend final : public Backend {
     upload_problem(graph, L.content ? &features : nullptr, L.feat_dim, problem_, s);
     size_step_buffers(L, setup.batch_size, setup.negatives, step_, s);
     step_.deterministic = setup.deterministic;
+    size_deterministic(step_, setup.batch_size,
+                       1 + setup.negatives + (setup.loss.kappa != 0 ? graph.ii_k : 0), L.dim, s);
     block_sums_.reserve(2 * kAdamBlocks);
     acc_.reserve(1);
     halt_.reserve(1);
@@ -472,6 +488,11 @@ int64_t backend_device_bytes(const TrainSetup& setup, int32_t ii_k, int64_t n_pa
   floats += 2 * kAdamBlocks + 2 * n_pairs;          // block sums; the epoch's shuffled pairs
   floats += int64_t(L.n_items) * width;             // scoring rows
   floats += score_block * (width + L.n_items + 1);  // a scoring block
+  if (setup.deterministic) {  // size_deterministic's buffers; CUB's storage about as much again
+    const int64_t terms = 1 + setup.negatives + (setup.loss.kappa != 0 ? ii_k : 0);
+    const int64_t n = std::max<int64_t>(setup.batch_size * terms, 4096 + setup.batch_size);
+    floats += 2 * setup.batch_size * terms + (4096 + setup.batch_size) * 2 * L.dim + 6 * n;
+  }
   const int64_t cublas_workspace = int64_t(64) << 20;
   return 4 * floats + cublas_workspace;
 }
@@ -628,6 +649,7 @@ std::vector<float> train_env_models_projection_on_device(
   const int32_t B = c.batch_size, N = c.negatives;
   StepBuffers sb;
   sb.deterministic = c.deterministic;
+  size_deterministic(sb, int64_t(E) * B, 1 + c.negatives + (c.kappa != 0 ? graph.ii_k : 0), D, s);
   sb.row_loss.reserve(2 * (4096 + int64_t(E) * B));
   sb.negatives.reserve(int64_t(E) * B * std::max(N, 1));
   DeviceBuffer<double> epoch_loss;
@@ -722,10 +744,10 @@ std::vector<float> train_env_models_projection_on_device(
 }
 
 std::vector<int32_t> assign_environments_on_device(const cpu::EnvModelsView& m, const float* psi,
-                                                   const PairList& pairs) {
+                                                   const PairList& pairs, bool tf32) {
   const int32_t D = m.dim, E = m.envs, width = E * D;
   const int64_t P = int64_t(pairs.size());
-  StreamContext ctx;
+  StreamContext ctx(tf32);
   const cudaStream_t s = ctx.stream();
   DeviceBuffer<float> pt, pf, t, w_all, b_all, features, x;
   pt.upload(m.pt, int64_t(m.n_users) * D, s);

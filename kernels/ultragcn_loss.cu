@@ -187,6 +187,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock* kWarp)
   for (int64_t q = p; q < n && keys[q] == key; ++q) {
     const int32_t t = idx[q];
     const float coef = a.term_coef[t];
+    if (coef == 0.f) continue;  // as the atomic path: no 0 * Inf after a divergence
     const int64_t u = a.users[t / terms];
 #pragma unroll
     for (int k = 0; k < kColsPerLane; ++k) {
@@ -263,6 +264,9 @@ cudaError_t launch_fused_loss_reduce(const FusedLossArgs& a, int32_t* scratch,
                                      const DeviceSortPairs& sort, cudaStream_t stream) {
   if (a.rows <= 0) return cudaSuccess;
   if (!a.term_coef || !a.term_key || !a.warp_user_grad || !scratch) return cudaErrorInvalidValue;
+  // With several environment blocks an item row T_j would be keyed once per block: its runs
+  // would race. (HIM's models freeze T; the atomic path allows it.)
+  if (a.row_env && a.grad_t) return cudaErrorInvalidValue;
   const int32_t terms = 1 + a.n_negatives + a.k_used;
   const int64_t n_terms = a.rows * terms, warps = a.rows * a.term_chunks;
   const int64_t n = n_terms > warps ? n_terms : warps;

@@ -275,6 +275,27 @@ TEST(EmulatedKernels, EnvironmentModelsInOneLaunchEqualTheCpu) {
     for (int32_t e = 0; e < E; ++e)
       EXPECT_NEAR(got_loss[e], want_loss[e], 1e-5 * std::fabs(want_loss[e])) << "env " << e;
     EXPECT_LT(scaled_error(grad_x.data(), ws.item_vec_grad.data(), int64_t(x.size())), 1e-5);
+    // Deterministic mode: the environments' blocks of dX keyed apart (j * E + e), the same
+    // gradient; an item table gradient with several blocks is refused (its runs would race).
+    const int32_t terms = 1 + N + a.k_used;
+    std::vector<float> det_grad_x(x.size(), 0.f), coef(size_t(B * terms)),
+        warp_grad(size_t(B * 2 * 2 * D)), det_loss(row_loss.size());
+    std::vector<int32_t> key(size_t(B * terms)),
+        scratch(size_t(k::fused_loss_reduce_scratch(B, terms, 2)));
+    k::FusedLossArgs da = a;
+    da.grad_x = det_grad_x.data();
+    da.row_loss = det_loss.data();
+    da.term_coef = coef.data();
+    da.term_key = key.data();
+    da.warp_user_grad = warp_grad.data();
+    ASSERT_EQ(k::launch_fused_ultragcn_loss(da, nullptr), cudaSuccess);
+    ASSERT_EQ(k::launch_fused_loss_reduce(da, scratch.data(), test::host_sort_pairs, nullptr),
+              cudaSuccess);
+    EXPECT_LT(scaled_error(det_grad_x.data(), ws.item_vec_grad.data(), int64_t(x.size())), 1e-5);
+    std::vector<float> grad_t(t.size(), 0.f);
+    da.grad_t = grad_t.data();
+    EXPECT_EQ(k::launch_fused_loss_reduce(da, scratch.data(), test::host_sort_pairs, nullptr),
+              cudaErrorInvalidValue);
   }
 }
 

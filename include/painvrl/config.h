@@ -15,10 +15,8 @@ struct Config {
   uint64_t seed = 2233;
   int threads = 0;              // 0: all cores (OMP default)
   std::string device = "auto";  // cpu | cuda | auto (see device_select.h)
-  bool tf32 = false;
-  bool deterministic =
-      false;  // CUDA backend: fixed-order gradient sums, bit-identical runs  // CUDA backend: fp32
-              // GEMMs on TF32 tensor cores (projection, scoring)
+  bool tf32 = false;            // CUDA backend: fp32 GEMMs on TF32 tensor cores
+  bool deterministic = false;   // CUDA backend: fixed-order gradient sums, bit-identical runs
   // Checkpoints (host/checkpoint.cpp): the full state is saved at the end of every stage, on
   // SIGINT/SIGTERM, and every `checkpoint_every` epochs of a stage (0: only at stage ends).
   int checkpoint_every = 5;

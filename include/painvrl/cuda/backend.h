@@ -62,9 +62,10 @@ std::vector<float> train_env_models_projection_on_device(
 
 // HIM's reassignment on the device (Eq. 9): for every pair, the environment whose projection
 // model (m.w_all, m.b_all on the content psi (n_items, d)) scores it highest, ties to the smaller
-// id; what the CPU computes from cpu::env_projection_score_pairs.
+// id; what the CPU computes from cpu::env_projection_score_pairs. tf32: the projection on TF32
+// tensor cores (Config::tf32).
 std::vector<int32_t> assign_environments_on_device(const cpu::EnvModelsView& m, const float* psi,
-                                                   const PairList& pairs);
+                                                   const PairList& pairs, bool tf32 = false);
 
 // negatives (rows, N) drawn on the device (launch_sample_negatives), copied back; for tests.
 std::vector<int32_t> negatives_on_device(math::PhiloxKey key, uint32_t epoch, uint32_t step,
