@@ -27,21 +27,14 @@
 #include <string>
 #include <vector>
 
+#include "gpu_lab.h"
 #include "painvrl/cpu/ultragcn_loss.h"
 #include "painvrl/cuda/device.h"
 #include "painvrl/cuda/kernels.h"
 #include "painvrl/math/ultragcn.h"
 
 using namespace painvrl;
-
-#define CHECK(call)                                                                               \
-  do {                                                                                            \
-    const cudaError_t e_ = (call);                                                                \
-    if (e_ != cudaSuccess) {                                                                      \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_)); \
-      std::exit(2);                                                                               \
-    }                                                                                             \
-  } while (0)
+using painvrl::bench::copy_bandwidth_gbs;
 
 namespace {
 
@@ -159,30 +152,6 @@ double floor_bytes(const Shape& s) {
   const double C = s.content ? 2 : 1;
   const double terms = double(s.batch) * (1 + s.negatives + s.ii_k);
   return terms * 4.0 * s.dim * C * 3.0 + double(s.batch) * 4.0 * s.dim * C * 3.0 + terms * 8.0;
-}
-
-double copy_bandwidth_gbs() {
-  const size_t bytes = size_t(1) << 30;
-  void *a = nullptr, *b = nullptr;
-  CHECK(cudaMalloc(&a, bytes));
-  CHECK(cudaMalloc(&b, bytes));
-  cudaEvent_t e0, e1;
-  CHECK(cudaEventCreate(&e0));
-  CHECK(cudaEventCreate(&e1));
-  std::vector<float> ms;
-  for (int r = 0; r < 11; ++r) {
-    CHECK(cudaEventRecord(e0));
-    CHECK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice));
-    CHECK(cudaEventRecord(e1));
-    CHECK(cudaEventSynchronize(e1));
-    float t = 0;
-    CHECK(cudaEventElapsedTime(&t, e0, e1));
-    ms.push_back(t);
-  }
-  std::sort(ms.begin(), ms.end());
-  cudaFree(a);
-  cudaFree(b);
-  return 2.0 * double(bytes) / (ms[ms.size() / 2] * 1e-3) / 1e9;  // read + write
 }
 
 }  // namespace

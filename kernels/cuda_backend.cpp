@@ -45,6 +45,7 @@ struct StepBuffers {
   DeviceBuffer<float> term_coef, warp_user_grad;
   DeviceBuffer<int32_t> term_key, reduce_scratch;
   DeviceBuffer<char> sort_temp;
+  DeviceSortPairs sort;  // on the step's stream, storage in sort_temp (size_deterministic)
 };
 
 // Sizes the deterministic mode's buffers once for batches of up to max_rows rows (a fused launch
@@ -57,7 +58,7 @@ void size_deterministic(StepBuffers& sb, int64_t max_rows, int32_t terms, int32_
   sb.term_key.reserve(max_rows * terms);
   sb.warp_user_grad.reserve(warps * 2 * dim);
   sb.reduce_scratch.reserve(4 * n);
-  stable_sort_on(stream, sb.sort_temp, n);  // sizes CUB's storage
+  sb.sort = stable_sort_on(stream, sb.sort_temp, n);
 }
 
 // The fused loss of `a` on ctx's stream: by atomics, or in the deterministic mode through the
@@ -67,19 +68,12 @@ void launch_loss(const StreamContext& ctx, FusedLossArgs a, StepBuffers& sb) {
     PAINVRL_CUDA_CHECK(launch_fused_ultragcn_loss(a, ctx.stream()));
     return;
   }
-  const int32_t terms = 1 + a.n_negatives + a.k_used;
-  const int64_t warps = a.rows * a.term_chunks;
-  sb.term_coef.reserve(a.rows * terms);
-  sb.term_key.reserve(a.rows * terms);
-  sb.warp_user_grad.reserve(warps * 2 * a.dim);
-  sb.reduce_scratch.reserve(fused_loss_reduce_scratch(a.rows, terms, a.term_chunks));
-  const DeviceSortPairs sort =
-      stable_sort_on(ctx.stream(), sb.sort_temp, std::max<int64_t>(a.rows * terms, warps));
+  if (!sb.sort) throw std::logic_error("launch_loss: size_deterministic was not called");
   a.term_coef = sb.term_coef.data();
   a.term_key = sb.term_key.data();
   a.warp_user_grad = sb.warp_user_grad.data();
   PAINVRL_CUDA_CHECK(launch_fused_ultragcn_loss(a, ctx.stream()));
-  PAINVRL_CUDA_CHECK(launch_fused_loss_reduce(a, sb.reduce_scratch.data(), sort, ctx.stream()));
+  PAINVRL_CUDA_CHECK(launch_fused_loss_reduce(a, sb.reduce_scratch.data(), sb.sort, ctx.stream()));
 }
 
 // X (n_items, D) = F (n_items, d) W^T + b into x with row stride `ldx` (D, or 2D when writing the
