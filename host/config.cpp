@@ -96,7 +96,8 @@ const std::vector<Key>& keys() {
       {"mask_step", &Config::mask_step, "s: mask step size (sgd) or Adam learning rate"},
       {"mask_optimizer", &Config::mask_optimizer, "sgd | adam"},
       {"objective", &Config::objective, "pareto | erm | irm"},
-      {"pareto_normalize", &Config::pareto_normalize, "none | l2 | loss (MGDA normalisation)"},
+      {"pareto_normalize", &Config::pareto_normalize,
+       "none | l2 | loss | initial | running: the scale of g_E, g_I in Eq. 17"},
       {"mask_w_init", &Config::mask_w_init,
        "mask model's W, b: pretrained (stage 0's) | random (N(0, init_std), InvRL's choice)"},
       {"attention", &Config::attention, "attention MLPs of Eq. 13-14"},
@@ -323,8 +324,9 @@ void validate(const Config& c) {
   need(c.mask_optimizer == "sgd" || c.mask_optimizer == "adam", "mask_optimizer", "sgd or adam");
   need(c.objective == "pareto" || c.objective == "erm" || c.objective == "irm", "objective",
        "pareto, erm or irm");
-  need(c.pareto_normalize == "none" || c.pareto_normalize == "l2" || c.pareto_normalize == "loss",
-       "pareto_normalize", "none, l2 or loss");
+  need(c.pareto_normalize == "none" || c.pareto_normalize == "l2" || c.pareto_normalize == "loss" ||
+           c.pareto_normalize == "initial" || c.pareto_normalize == "running",
+       "pareto_normalize", "none, l2, loss, initial or running");
   need(c.attention_hidden > 0, "attention_hidden", "a positive integer");
   need(c.mask_w_init == "pretrained" || c.mask_w_init == "random", "mask_w_init",
        "pretrained or random");

@@ -45,13 +45,17 @@ class CpuMaskRunner final : public MaskRunner {
     std::copy(noise_.begin(), noise_.end(), noise_d_.begin());
     std::vector<double>& params = *st_.params;
     std::vector<double>& mask = *st_.mask;
-    const MaskStepResult<double> r = mask_step<double>(
-        S_.layout, params.data(), mask.data(), S_.problem, batches, noise_d_.data(), S_.settings);
+    MaskSettings settings = S_.settings;
+    if (st_.scale) settings.scale = *st_.scale;
+    MaskStepResult<double>& r = result_;
+    mask_step<double>(S_.layout, params.data(), mask.data(), S_.problem, batches, noise_d_.data(),
+                      settings, ws_, r);
     if (!std::isfinite(r.L_ERM) || !std::isfinite(r.L_IRM) || !all_finite(r.grad) ||
         !all_finite(r.mask_grad) || !all_finite(r.mask_new)) {
       pending_.failed = MaskDrain::Failure{step, r.L_ERM, r.L_IRM};
       return;
     }
+    if (st_.scale) *st_.scale = r.scale;
     const math::AdamStep as = math::make_adam_step(
         float(c.lr), float(c.adam_beta1), float(c.adam_beta2), float(c.adam_eps), ++*st_.adam_t);
     for (size_t k = 0; k < params.size(); ++k) {
@@ -92,6 +96,8 @@ class CpuMaskRunner final : public MaskRunner {
   std::vector<float> noise_;     // (E, d) as drawn
   std::vector<double> noise_d_;  // (E, d) for the double step
   MaskDrain pending_;
+  MaskStepWorkspace<double> ws_;
+  MaskStepResult<double> result_;
 };
 
 }  // namespace

@@ -1,18 +1,32 @@
-// One PaInvRL mask-generation step in closed form; the derivation is in include/painvrl/mask_step.h
-// and docs/mask-step.md. Three passes over the environments' terms (a term = one positive, negative
-// or neighbour of a batch row; all terms of a row share the row's user):
-//   1. forward: losses L^e, G_e = sum_r Pf_u (sum_t delta_t h_t)^T, and g_E;
-//   2. with V and R_e known: gamma_t, the IRM h-adjoint a_t, g_I, and the per-row and per-term
-//      pieces of the ERM and IRM parameter gradients (kept apart until w_ERM is known);
-//   3. w_ERM, then the weighted parameter gradients (the attention MLPs' backward included).
-// Terms are recomputed rather than stored, so memory is O(rows * (d + 2H) + items * H).
-// Rows run in parallel; every reduction sums in a fixed order (the same for any thread count).
+// One PaInvRL mask-generation step in closed form (the production step, variant 1 of
+// bench/mask-step); the derivation is in include/painvrl/mask_step.h and docs/mask-step.md.
+//
+// A term t is one positive, negative or neighbour of a batch row r (user u, environment e, item j).
+// h_t = (alpha_Psi + diff mu_e) * f_j with diff = alpha_Phi - alpha_Psi, so every d-long quantity a
+// term needs is a dot product of f_j with a per-row vector, and every d-long sum over a row's terms
+// is a weighted sum of its items' feature rows. Per term the step does four dot products and four
+// axpys of length d and the two attention MLPs (hidden H); everything else is a dense product:
+//   pass 1  A = <q_r, f_j>, B = <q_r mu_e, f_j>  (q_r = W^T Pf_u);  s_t = base + <Pt_u, T_j>
+//           + alpha_Psi A + diff B;  S1_r = sum delta alpha_Psi f_j,  S2_r = sum delta diff f_j
+//   G_e   = Pf_e^T (S1 + mu_e S2)  (GEMM);  V, L_IRM, R_e elementwise;  RU_e = Pf_e R_e (GEMM)
+//   pass 2  C = <ru_r, f_j>, Dq = <ru_r mu_e, f_j>;  gamma_t = delta2 (alpha_Psi C + diff Dq);
+//           S3_r = sum gamma alpha_Psi f_j,  S4_r = sum gamma diff f_j
+//   g_E   = (1/E) sum_e open_e sum_r q_r S2_r;  g_I = 2 m sum_k V^2 + sum_e open_e sum_r (q_r S4_r
+//           + ru_r S2_r);  dJ/dW = Pf^T (wE (S1 + mu S2) / E + wI (S3 + mu S4))  (GEMM)
+//   attention: dJ/dalpha from the four dots; the MLPs' first layers by GEMMs over the rows and the
+//           touched items.
+// FLOPs per step: about 16 d per term plus 8 H per term (attention), and the GEMMs: 2 (D+d) 2H
+// per touched item twice, 6 D d per row. Bytes: each term reads its feature row twice (passes 1
+// and 2), 2 d * sizeof(T). Rows run in parallel; every reduction sums in a fixed order, so the
+// result does not depend on the thread count (BLAS runs single-threaded, on fixed row chunks).
 #include "painvrl/mask_step.h"
 
+#include <cblas.h>
 #include <omp.h>
 
 #include <algorithm>
 #include <cmath>
+#include <numeric>
 
 #include "painvrl/math/activations.h"
 #include "painvrl/math/mask.h"
@@ -75,351 +89,19 @@ T pareto_weight(const std::vector<T>& g_E, const std::vector<T>& g_I) {
   return math::pareto_weight_from_sums(num, den);
 }
 
-namespace {
-
 template <class T>
-T dot(const T* a, const T* b, int64_t n) {
-  T s = 0;
-  for (int64_t k = 0; k < n; ++k) s += a[k] * b[k];
-  return s;
-}
-
-// Everything one term needs, recomputed identically in every pass.
-template <class T>
-struct TermEval {
-  int32_t item = 0;
-  T c = 0;            // loss weight c_t
-  bool positive = 0;  // y_t
-  T alpha_phi = 1, alpha_psi = 0;
-  T s = 0, delta = 0, delta2 = 0, loss = 0;
-};
-
-template <class T>
-struct StepContext {
-  const MaskLayout& L;
-  const T* params;
-  const T* mask;
-  const MaskProblem<T>& P;
-  const EnvBatches& B;
-  const T* noise;
-  const MaskSettings& S;
-  int32_t E, N, K, H, D;
-  int64_t d;
-  int32_t terms_per_row;
-  std::vector<T> item_pre;  // (2, I, H): w1i_k [T_j; f_j] + b1_k
-  std::vector<T> gate;      // (E, d): mu_e
-  std::vector<T> open;      // (E, d): 1 where 0 < m + eps < 1
-
-  StepContext(const MaskLayout& L_, const T* params_, const T* mask_, const MaskProblem<T>& P_,
-              const EnvBatches& B_, const T* noise_, const MaskSettings& S_)
-      : L(L_), params(params_), mask(mask_), P(P_), B(B_), noise(noise_), S(S_) {
-    E = B.E();
-    N = B.n_negatives;
-    K = S.kappa > 0 ? P.ii_k : 0;
-    H = L.H;
-    D = L.D;
-    d = L.d;
-    terms_per_row = 1 + N + K;
-    gate.resize(size_t(E) * d);
-    open.resize(size_t(E) * d);
-    for (int32_t e = 0; e < E; ++e) {
-      for (int64_t j = 0; j < d; ++j) {
-        gate[size_t(e) * d + j] =
-            math::mask_gate(mask[j], noise[size_t(e) * d + j], open[size_t(e) * d + j]);
-      }
-    }
-    if (L.attention) {
-      item_pre.assign(size_t(2) * P.n_items * H, T(0));
-#pragma omp parallel for schedule(static)
-      for (int32_t j = 0; j < P.n_items; ++j) {
-        for (int k = 0; k < 2; ++k) {
-          for (int32_t h = 0; h < H; ++h) {
-            const T* w = params + L.w1i[k] + size_t(h) * (D + d);
-            T v = params[L.b1[k] + h] + dot(w, P.Ti + size_t(j) * D, D) +
-                  dot(w + D, P.features + size_t(j) * d, d);
-            item_pre[(size_t(k) * P.n_items + j) * H + h] = v;
-          }
-        }
-      }
-    }
-  }
-
-  // The environment that owns batch row r.
-  int32_t env_of_row(int64_t r) const {
-    return int32_t(std::upper_bound(B.env_offsets.begin(), B.env_offsets.end(), r) -
-                   B.env_offsets.begin()) -
-           1;
-  }
-
-  // The term's item, weight and label.
-  void term_identity(int64_t row, int32_t slot, TermEval<T>& t) const {
-    const int32_t u = B.users[row], i = B.items[row];
-    const T bu = P.beta_user[u];
-    if (slot == 0) {
-      t.item = i;
-      t.c = math::pair_weight(T(S.w1), T(S.w2), bu, P.beta_item[i]);
-      t.positive = true;
-    } else if (slot <= N) {
-      t.item = B.negatives[size_t(row) * N + slot - 1];
-      t.c = T(S.neg_weight) / T(N) * math::pair_weight(T(S.w3), T(S.w4), bu, P.beta_item[t.item]);
-      t.positive = false;
-    } else {
-      const int32_t k = slot - 1 - N;
-      t.item = P.ii_neighbors[size_t(i) * P.ii_k + k];
-      t.c = T(S.kappa) * P.ii_weights[size_t(i) * P.ii_k + k];
-      t.positive = true;
-    }
-  }
-
-  // user_pre: (2, H) w1u_k [Pt_u; Pf_u]; hid: (2, H) out; h: (d) out.
-  void forward(int32_t e, int32_t u, const T* q_u, const T* user_pre, T base, TermEval<T>& t,
-               T* hid, T* h) const {
-    const T* mu = gate.data() + size_t(e) * d;
-    const T* f = P.features + size_t(t.item) * d;
-    if (L.attention) {
-      T a[2];
-      for (int k = 0; k < 2; ++k) {
-        const T* ip = item_pre.data() + (size_t(k) * P.n_items + t.item) * H;
-        const T* w2 = params + L.w2[k];
-        T acc = params[L.b2[k]];
-        for (int32_t x = 0; x < H; ++x) {
-          const T pre = user_pre[k * H + x] + ip[x];
-          hid[k * H + x] = pre > T(0) ? pre : T(0);
-          acc += w2[x] * hid[k * H + x];
-        }
-        a[k] = acc;
-      }
-      t.alpha_phi = math::sigmoid(a[0]);
-      t.alpha_psi = math::sigmoid(a[1]);
-    }
-    const T diff = t.alpha_phi - t.alpha_psi;
-    for (int64_t j = 0; j < d; ++j) h[j] = (t.alpha_psi + diff * mu[j]) * f[j];
-    t.s = base + dot(P.Ti + size_t(t.item) * D, P.Pt + size_t(u) * D, D) + dot(q_u, h, d);
-    const math::MaskTermLoss<T> b = math::mask_term_loss(t.s, t.c, t.positive);
-    t.delta = b.delta;
-    t.delta2 = b.delta2;
-    t.loss = b.loss;
-  }
-
-  // Per-row user quantities: q_u = W^T Pf_u (d), base = <Pf_u, b>, user_pre (2, H).
-  void row_setup(int32_t u, T* q_u, T& base, T* user_pre) const {
-    const T* pf = P.Pf + size_t(u) * D;
-    const T* W = params + L.W;
-    for (int64_t j = 0; j < d; ++j) q_u[j] = 0;
-    for (int32_t k = 0; k < D; ++k) {
-      const T pk = pf[k];
-      const T* wrow = W + size_t(k) * d;
-      for (int64_t j = 0; j < d; ++j) q_u[j] += pk * wrow[j];
-    }
-    base = dot(pf, params + L.b, D);
-    if (L.attention) {
-      for (int k = 0; k < 2; ++k) {
-        for (int32_t x = 0; x < H; ++x) {
-          const T* w = params + L.w1u[k] + size_t(x) * 2 * D;
-          user_pre[k * H + x] = dot(w, P.Pt + size_t(u) * D, D) + dot(w + D, pf, D);
-        }
-      }
-    }
-  }
-};
-
-// out (D, d) += sum_r Pf_{u_r} vec_r^T over rows [r0, r1), parallel over D (fixed order per k).
-template <class T>
-void accumulate_outer(const StepContext<T>& C, int64_t r0, int64_t r1, const std::vector<T>& vec,
-                      T scale, T* out) {
-  const int64_t d = C.d;
-#pragma omp parallel for schedule(static)
-  for (int32_t k = 0; k < C.D; ++k) {
-    T* o = out + size_t(k) * d;
-    for (int64_t r = r0; r < r1; ++r) {
-      const T p = scale * C.P.Pf[size_t(C.B.users[r]) * C.D + k];
-      const T* v = vec.data() + size_t(r) * d;
-      for (int64_t j = 0; j < d; ++j) o[j] += p * v[j];
-    }
-  }
-}
-
-}  // namespace
-
-template <class T>
-MaskStepResult<T> mask_step(const MaskLayout& L, const T* params, const T* mask,
-                            const MaskProblem<T>& P, const EnvBatches& B, const T* noise,
-                            const MaskSettings& S) {
-  StepContext<T> C(L, params, mask, P, B, noise, S);
-  const int32_t E = C.E, D = C.D, H = C.H, TPR = C.terms_per_row;
-  const int64_t d = C.d;
-  const int64_t rows = B.env_offsets.back();
-  MaskStepResult<T> R;
-  R.loss_env.assign(size_t(E), T(0));
-  R.G.assign(size_t(E) * D * d, T(0));
-  R.V.assign(size_t(D) * d, T(0));
-  R.g_E.assign(size_t(d), T(0));
-  R.g_I.assign(size_t(d), T(0));
-  R.grad.assign(size_t(L.total), T(0));
-
-  // Per-row scratch shared by the passes.
-  std::vector<T> row_vec(size_t(rows) * d);  // pass 1: sum_t delta_t h_t; pass 2: sum gamma_t h_t
-  std::vector<T> row_vec_erm(size_t(rows) * d);  // pass 2: sum_t delta_t h_t (kept for grad_W)
-  std::vector<T> row_mask_e(size_t(rows) * d);   // g_E contribution per row (before open, 1/E)
-  std::vector<T> row_mask_i(size_t(rows) * d);   // g_I contribution per row (before open)
-  std::vector<T> row_loss(static_cast<size_t>(rows));
-  // Sums over a row's terms of delta_t / E and gamma_t, accumulated in double: the positive and
-  // negative terms nearly cancel in dJ/db, which float accumulation would blur.
-  std::vector<double> row_delta_sum(static_cast<size_t>(rows)),
-      row_gamma_sum(static_cast<size_t>(rows));
-  // Per term: dJ/dalpha pieces for the MLPs, ERM and IRM apart: (rows * TPR, 4).
-  std::vector<T> term_dalpha(L.attention ? size_t(rows) * TPR * 4 : 0);
-
-  // ---- pass 1: forward, L^e, G_e, g_E pieces
-#pragma omp parallel
-  {
-    std::vector<T> q(d), up(size_t(2) * H), hid(size_t(2) * H), h(d);
-#pragma omp for schedule(static)
-    for (int64_t r = 0; r < rows; ++r) {
-      const int32_t e = C.env_of_row(r);
-      const int32_t u = B.users[r];
-      T base;
-      C.row_setup(u, q.data(), base, up.data());
-      T* acc = row_vec.data() + size_t(r) * d;
-      T* me = row_mask_e.data() + size_t(r) * d;
-      std::fill(acc, acc + d, T(0));
-      std::fill(me, me + d, T(0));
-      T loss = 0;
-      for (int32_t slot = 0; slot < TPR; ++slot) {
-        TermEval<T> t;
-        C.term_identity(r, slot, t);
-        if (t.c == T(0)) continue;
-        C.forward(e, u, q.data(), up.data(), base, t, hid.data(), h.data());
-        loss += t.loss;
-        const T diff = t.alpha_phi - t.alpha_psi;
-        const T* f = P.features + size_t(t.item) * d;
-        for (int64_t j = 0; j < d; ++j) {
-          acc[j] += t.delta * h[j];
-          me[j] += t.delta * q[j] * diff * f[j];
-        }
-      }
-      row_loss[r] = loss;
-    }
-  }
-  for (int32_t e = 0; e < E; ++e) {
-    for (int64_t r = B.env_offsets[e]; r < B.env_offsets[e + 1]; ++r) R.loss_env[e] += row_loss[r];
-    accumulate_outer(C, B.env_offsets[e], B.env_offsets[e + 1], row_vec, T(1),
-                     R.G.data() + size_t(e) * D * d);
-    R.L_ERM += R.loss_env[e] / T(E);
-  }
-  // V = (1/E) sum_e (G_e - Gbar)^2; L_IRM = sum (V m)^2; Rm = dL_IRM/dG_e = (4/E) m^2 V (G_e -
-  // Gbar)
-  std::vector<T> Gbar(size_t(D) * d, T(0));
-  for (int32_t e = 0; e < E; ++e) {
-    for (size_t k = 0; k < Gbar.size(); ++k) Gbar[k] += R.G[size_t(e) * D * d + k] / T(E);
-  }
-  for (int32_t e = 0; e < E; ++e) {
-    for (size_t k = 0; k < Gbar.size(); ++k) {
-      const T dev = R.G[size_t(e) * D * d + k] - Gbar[k];
-      R.V[k] += dev * dev / T(E);
-    }
-  }
-  for (int32_t k = 0; k < D; ++k) {
-    for (int64_t j = 0; j < d; ++j) {
-      const T vm = R.V[size_t(k) * d + j] * mask[j];
-      R.L_IRM += vm * vm;
-      R.g_I[j] += T(2) * mask[j] * R.V[size_t(k) * d + j] * R.V[size_t(k) * d + j];
-    }
-  }
-  std::vector<T> Radj(size_t(E) * D * d);  // (E, D, d)
-  for (int32_t e = 0; e < E; ++e) {
-    for (int32_t k = 0; k < D; ++k) {
-      for (int64_t j = 0; j < d; ++j) {
-        const size_t x = size_t(k) * d + j;
-        Radj[size_t(e) * D * d + x] =
-            T(4) / T(E) * mask[j] * mask[j] * R.V[x] * (R.G[size_t(e) * D * d + x] - Gbar[x]);
-      }
-    }
-  }
-
-  // ---- pass 2: gamma_t, a_t, g_I pieces, gradient pieces
-#pragma omp parallel
-  {
-    std::vector<T> q(d), up(size_t(2) * H), hid(size_t(2) * H), h(d), ru(d);
-#pragma omp for schedule(static)
-    for (int64_t r = 0; r < rows; ++r) {
-      const int32_t e = C.env_of_row(r);
-      const int32_t u = B.users[r];
-      const T* mu = C.gate.data() + size_t(e) * d;
-      T base;
-      C.row_setup(u, q.data(), base, up.data());
-      // r_u = R_e^T Pf_u
-      std::fill(ru.begin(), ru.end(), T(0));
-      const T* Re = Radj.data() + size_t(e) * D * d;
-      for (int32_t k = 0; k < D; ++k) {
-        const T pk = P.Pf[size_t(u) * D + k];
-        for (int64_t j = 0; j < d; ++j) ru[j] += pk * Re[size_t(k) * d + j];
-      }
-      T* kg = row_vec.data() + size_t(r) * d;      // sum gamma_t h_t
-      T* ke = row_vec_erm.data() + size_t(r) * d;  // sum delta_t h_t / E
-      T* mi = row_mask_i.data() + size_t(r) * d;
-      std::fill(kg, kg + d, T(0));
-      std::fill(ke, ke + d, T(0));
-      std::fill(mi, mi + d, T(0));
-      double gsum = 0, dsum = 0;
-      for (int32_t slot = 0; slot < TPR; ++slot) {
-        TermEval<T> t;
-        C.term_identity(r, slot, t);
-        if (t.c == T(0)) continue;
-        C.forward(e, u, q.data(), up.data(), base, t, hid.data(), h.data());
-        const T gamma = t.delta2 * dot(ru.data(), h.data(), d);
-        gsum += gamma;
-        dsum += t.delta / T(E);
-        const T diff = t.alpha_phi - t.alpha_psi;
-        const T* f = P.features + size_t(t.item) * d;
-        T dphi_i = 0, dpsi_i = 0, dphi_e = 0, dpsi_e = 0;
-        for (int64_t j = 0; j < d; ++j) {
-          kg[j] += gamma * h[j];
-          ke[j] += t.delta / T(E) * h[j];
-          const T a = gamma * q[j] + t.delta * ru[j];  // dL_IRM/dh_tj
-          const T ae = t.delta / T(E) * q[j];          // dL_ERM/dh_tj
-          mi[j] += a * diff * f[j];
-          dphi_i += a * mu[j] * f[j];
-          dpsi_i += a * (T(1) - mu[j]) * f[j];
-          dphi_e += ae * mu[j] * f[j];
-          dpsi_e += ae * (T(1) - mu[j]) * f[j];
-        }
-        if (L.attention) {
-          T* da = term_dalpha.data() + (size_t(r) * TPR + slot) * 4;
-          da[0] = dphi_e;
-          da[1] = dpsi_e;
-          da[2] = dphi_i;
-          da[3] = dpsi_i;
-        }
-      }
-      row_gamma_sum[r] = gsum;
-      row_delta_sum[r] = dsum;
-    }
-  }
-  // g_E, g_I: rows in order, gated by the environment's open mask.
-  for (int32_t e = 0; e < E; ++e) {
-    const T* op = C.open.data() + size_t(e) * d;
-    for (int64_t r = B.env_offsets[e]; r < B.env_offsets[e + 1]; ++r) {
-      for (int64_t j = 0; j < d; ++j) {
-        R.g_E[j] += op[j] * row_mask_e[size_t(r) * d + j] / T(E);
-        R.g_I[j] += op[j] * row_mask_i[size_t(r) * d + j];
-      }
-    }
-  }
-
-  // ---- pass 3: w_ERM, the mask direction, and the weighted parameter gradient
-  std::vector<T> gE = R.g_E, gI = R.g_I;
-  auto scale_by = [](std::vector<T>& v, T s) {
-    if (s > T(0)) {
-      for (T& x : v) x /= s;
-    }
-  };
-  if (S.normalize == ParetoNormalize::kL2) {
-    scale_by(gE, std::sqrt(dot(gE.data(), gE.data(), d)));
-    scale_by(gI, std::sqrt(dot(gI.data(), gI.data(), d)));
-  } else if (S.normalize == ParetoNormalize::kLoss) {
-    scale_by(gE, R.L_ERM);
-    scale_by(gI, R.L_IRM);
+void weigh_objectives(const MaskSettings& S, const T* mask, int64_t d, MaskStepResult<T>& R) {
+  double sq_E = 0, sq_I = 0;
+  for (T x : R.g_E) sq_E += double(x) * double(x);
+  for (T x : R.g_I) sq_I += double(x) * double(x);
+  double sE = 1, sI = 1;  // g_E / sE and g_I / sI enter Eq. 17 and the mask direction
+  R.scale = S.scale;
+  math::pareto_scales(S.normalize, sq_E, sq_I, double(R.L_ERM), double(R.L_IRM), d, R.scale, sE,
+                      sI);
+  std::vector<T> gE(R.g_E.size()), gI(R.g_I.size());
+  for (size_t j = 0; j < gE.size(); ++j) {
+    gE[j] = T(double(R.g_E[j]) / sE);
+    gI[j] = T(double(R.g_I[j]) / sI);
   }
   T wE = 1, wI = 0;
   switch (S.objective) {
@@ -428,136 +110,568 @@ MaskStepResult<T> mask_step(const MaskLayout& L, const T* params, const T* mask,
       wI = T(1) - wE;
       break;
     case MaskObjective::kErm:
-      wE = 1;
-      wI = 0;
       break;
     case MaskObjective::kIrm:
       wE = 0;
       wI = 1;
       break;
     case MaskObjective::kFixed:
-      wE = 1;
       wI = T(S.fixed_alpha);
       break;
   }
   R.w_ERM = wE;
+  R.w_IRM = wI;
   R.mask_grad.resize(size_t(d));
   R.mask_new.resize(size_t(d));
   for (int64_t j = 0; j < d; ++j) {
     R.mask_grad[j] = math::mask_direction(wE, gE[j], wI, gI[j], T(S.lambda), mask[j], T(S.center));
     R.mask_new[j] = math::mask_sgd(mask[j], T(S.step), R.mask_grad[j]);
   }
-
-  // W and b: sum_r Pf_u (wE * ke_r + wI * kg_r)^T (+ 2 gamma_w W)
-  std::vector<T> combined(size_t(rows) * d);
-  for (size_t x = 0; x < combined.size(); ++x) combined[x] = wE * row_vec_erm[x] + wI * row_vec[x];
-  accumulate_outer(C, 0, rows, combined, T(1), R.grad.data() + L.W);
-  for (int32_t k = 0; k < D; ++k) {
-    double acc = 0;
-    for (int64_t r = 0; r < rows; ++r) {
-      acc += (wE * row_delta_sum[r] + wI * row_gamma_sum[r]) * P.Pf[size_t(B.users[r]) * D + k];
-    }
-    R.grad[L.b + k] = T(acc);
-  }
-  for (int64_t x = 0; x < int64_t(D) * d; ++x)
-    R.grad[L.W + x] += T(2 * S.gamma_w) * params[L.W + x];
-  for (int32_t k = 0; k < D; ++k) R.grad[L.b + k] += T(2 * S.gamma_w) * params[L.b + k];
-
-  if (L.attention) {
-    // Per row: dpre of the user half (2, H); per term: dpre of the item half, summed by item.
-    std::vector<T> row_dpre(size_t(rows) * 2 * H, T(0));
-    std::vector<T> term_dpre(size_t(rows) * TPR * 2 * H, T(0));
-    std::vector<T> row_dw2(size_t(rows) * 2 * H, T(0)), row_db2(size_t(rows) * 2, T(0));
-#pragma omp parallel
-    {
-      std::vector<T> q(d), up(size_t(2) * H), hid(size_t(2) * H), h(d);
-#pragma omp for schedule(static)
-      for (int64_t r = 0; r < rows; ++r) {
-        const int32_t e = C.env_of_row(r);
-        const int32_t u = B.users[r];
-        T base;
-        C.row_setup(u, q.data(), base, up.data());
-        for (int32_t slot = 0; slot < TPR; ++slot) {
-          TermEval<T> t;
-          C.term_identity(r, slot, t);
-          if (t.c == T(0)) continue;
-          C.forward(e, u, q.data(), up.data(), base, t, hid.data(), h.data());
-          const T* da = term_dalpha.data() + (size_t(r) * TPR + slot) * 4;
-          const T dalpha[2] = {wE * da[0] + wI * da[2], wE * da[1] + wI * da[3]};
-          const T alpha[2] = {t.alpha_phi, t.alpha_psi};
-          for (int k = 0; k < 2; ++k) {
-            const T dlogit = dalpha[k] * alpha[k] * (T(1) - alpha[k]);
-            row_db2[size_t(r) * 2 + k] += dlogit;
-            const T* w2 = params + L.w2[k];
-            for (int32_t x = 0; x < H; ++x) {
-              row_dw2[(size_t(r) * 2 + k) * H + x] += dlogit * hid[k * H + x];
-              const T dp = hid[k * H + x] > T(0) ? dlogit * w2[x] : T(0);
-              row_dpre[(size_t(r) * 2 + k) * H + x] += dp;
-              term_dpre[((size_t(r) * TPR + slot) * 2 + k) * H + x] = dp;
-            }
-          }
-        }
-      }
-    }
-    for (int k = 0; k < 2; ++k) {
-      T* gw1u = R.grad.data() + L.w1u[k];
-      T* gw1i = R.grad.data() + L.w1i[k];
-      T* gb1 = R.grad.data() + L.b1[k];
-      T* gw2 = R.grad.data() + L.w2[k];
-      // user half: sum_r dpre_r [Pt_u; Pf_u]^T
-#pragma omp parallel for schedule(static)
-      for (int32_t x = 0; x < H; ++x) {
-        for (int64_t r = 0; r < rows; ++r) {
-          const T dp = row_dpre[(size_t(r) * 2 + k) * H + x];
-          if (dp == T(0)) continue;
-          const int32_t u = B.users[r];
-          for (int32_t c = 0; c < D; ++c) {
-            gw1u[size_t(x) * 2 * D + c] += dp * P.Pt[size_t(u) * D + c];
-            gw1u[size_t(x) * 2 * D + D + c] += dp * P.Pf[size_t(u) * D + c];
-          }
-        }
-      }
-      // item half: dpre summed per item, then sum_j dpre_j [T_j; f_j]^T
-      std::vector<T> item_dpre(size_t(P.n_items) * H, T(0));
-      for (int64_t r = 0; r < rows; ++r) {
-        for (int32_t slot = 0; slot < TPR; ++slot) {
-          TermEval<T> t;
-          C.term_identity(r, slot, t);
-          if (t.c == T(0)) continue;
-          const T* dp = term_dpre.data() + ((size_t(r) * TPR + slot) * 2 + k) * H;
-          T* acc = item_dpre.data() + size_t(t.item) * H;
-          for (int32_t x = 0; x < H; ++x) acc[x] += dp[x];
-        }
-      }
-#pragma omp parallel for schedule(static)
-      for (int32_t x = 0; x < H; ++x) {
-        for (int32_t j = 0; j < P.n_items; ++j) {
-          const T dp = item_dpre[size_t(j) * H + x];
-          if (dp == T(0)) continue;
-          T* g = gw1i + size_t(x) * (D + d);
-          for (int32_t c = 0; c < D; ++c) g[c] += dp * P.Ti[size_t(j) * D + c];
-          for (int64_t c = 0; c < d; ++c) g[D + c] += dp * P.features[size_t(j) * d + c];
-        }
-      }
-      for (int64_t r = 0; r < rows; ++r) {
-        for (int32_t x = 0; x < H; ++x) {
-          gb1[x] += row_dpre[(size_t(r) * 2 + k) * H + x];
-          gw2[x] += row_dw2[(size_t(r) * 2 + k) * H + x];
-        }
-        R.grad[L.b2[k]] += row_db2[size_t(r) * 2 + k];
-      }
-    }
-  }
-  return R;
 }
 
-template float pareto_weight<float>(const std::vector<float>&, const std::vector<float>&);
-template double pareto_weight<double>(const std::vector<double>&, const std::vector<double>&);
-template MaskStepResult<float> mask_step<float>(const MaskLayout&, const float*, const float*,
-                                                const MaskProblem<float>&, const EnvBatches&,
-                                                const float*, const MaskSettings&);
-template MaskStepResult<double> mask_step<double>(const MaskLayout&, const double*, const double*,
-                                                  const MaskProblem<double>&, const EnvBatches&,
-                                                  const double*, const MaskSettings&);
+namespace {
+
+// Row-major GEMM, C (m x n) = alpha op(A) op(B) + beta C.
+void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, double alpha, const double* a,
+          int64_t lda, const double* b, int64_t ldb, double beta, double* c, int64_t ldc) {
+  if (m <= 0 || n <= 0) return;
+  if (k <= 0) {
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == 0 ? 0 : beta * c[i * ldc + j];
+    return;
+  }
+  cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, int(m),
+              int(n), int(k), alpha, a, int(lda), b, int(ldb), beta, c, int(ldc));
+}
+void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+          int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  if (m <= 0 || n <= 0) return;
+  if (k <= 0) {
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == 0 ? 0 : beta * c[i * ldc + j];
+    return;
+  }
+  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, int(m),
+              int(n), int(k), alpha, a, int(lda), b, int(ldb), beta, c, int(ldc));
+}
+
+// C (m x n) = op(A) B with A's rows (or, transposed, its columns) cut into fixed chunks of
+// kChunk output rows that threads take in turn: every output element is computed by the same
+// single-threaded BLAS call whatever the thread count.
+constexpr int64_t kChunk = 64;
+template <class T>
+void gemm_rows(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda,
+               const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
+  const int64_t chunks = (m + kChunk - 1) / kChunk;
+#pragma omp parallel for schedule(dynamic, 1) if (chunks > 1)
+  for (int64_t x = 0; x < chunks; ++x) {
+    const int64_t r0 = x * kChunk, rows = std::min(kChunk, m - r0);
+    const T* a0 = ta ? a + r0 : a + r0 * lda;
+    gemm(ta, tb, rows, n, k, T(1), a0, lda, b, ldb, beta, c + r0 * ldc, ldc);
+  }
+}
+
+// The term loops' vector pieces. `omp simd` reductions keep several partial sums in a fixed
+// order set at compile time (the same on every run and thread count) instead of one serial chain.
+template <class T>
+T dot(const T* a, const T* b, int64_t n) {
+  T s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t k = 0; k < n; ++k) s += a[k] * b[k];
+  return s;
+}
+// (<a, f>, <b, f>)
+template <class T>
+void dot2(const T* a, const T* b, const T* f, int64_t n, T& sa, T& sb) {
+  T x = 0, y = 0;
+#pragma omp simd reduction(+ : x, y)
+  for (int64_t k = 0; k < n; ++k) {
+    x += a[k] * f[k];
+    y += b[k] * f[k];
+  }
+  sa = x;
+  sb = y;
+}
+// ya += ca f, yb += cb f
+template <class T>
+void axpy2(T ca, T cb, const T* f, T* ya, T* yb, int64_t n) {
+#pragma omp simd
+  for (int64_t k = 0; k < n; ++k) {
+    ya[k] += ca * f[k];
+    yb[k] += cb * f[k];
+  }
+}
+
+// Per-term values kept between the passes (MaskStepWorkspace::term).
+enum TermField : int {
+  kAlphaPhi,
+  kAlphaPsi,
+  kA,       // <q_r, f_j>
+  kB,       // <q_r mu_e, f_j>
+  kDelta,   // dloss/ds
+  kDelta2,  // d^2loss/ds^2
+  kGamma,
+  kDAlphaPhiErm,  // dL_ERM/dalpha_Phi, then dJ/dlogit_Phi
+  kDAlphaPsiErm,  // dL_ERM/dalpha_Psi, then dJ/dlogit_Psi
+  kDAlphaPhiIrm,
+  kDAlphaPsiIrm,
+  kTermFields
+};
+
+template <class T>
+void resize(std::vector<T>& v, size_t n) {
+  if (v.size() != n) v.resize(n);
+}
+
+}  // namespace
+
+template <class T>
+void mask_step(const MaskLayout& L, const T* params, const T* mask, const MaskProblem<T>& P,
+               const EnvBatches& B, const T* noise, const MaskSettings& S, MaskStepWorkspace<T>& ws,
+               MaskStepResult<T>& R) {
+  const int32_t E = B.E(), N = B.n_negatives, D = L.D, H = L.H;
+  const int32_t K = S.kappa > 0 ? P.ii_k : 0;
+  const int32_t TPR = 1 + N + K;  // terms per row
+  const int64_t d = L.d;
+  const int64_t rows = B.env_offsets.back();
+  const int64_t n_terms = rows * TPR;
+  const bool att = L.attention;
+  const T* W = params + L.W;
+
+  // ---- the gate, each row's user quantities and the touched items
+  resize(ws.gate, size_t(E) * d);
+  resize(ws.open, size_t(E) * d);
+  for (int32_t e = 0; e < E; ++e) {
+    for (int64_t j = 0; j < d; ++j) {
+      const size_t x = size_t(e) * d + j;
+      ws.gate[x] = math::mask_gate(mask[j], noise[x], ws.open[x]);
+    }
+  }
+  std::vector<int32_t> row_env(static_cast<size_t>(rows));
+  for (int32_t e = 0; e < E; ++e)
+    for (int64_t r = B.env_offsets[e]; r < B.env_offsets[e + 1]; ++r) row_env[r] = e;
+  resize(ws.pf_rows, size_t(rows) * D);
+  resize(ws.term_item, size_t(n_terms));
+  resize(ws.term, size_t(n_terms) * kTermFields);
+  std::vector<T> term_weight(static_cast<size_t>(n_terms));
+  std::vector<uint8_t> term_positive(static_cast<size_t>(n_terms));
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    const int32_t u = B.users[r], i = B.items[r];
+    std::copy(P.Pf + size_t(u) * D, P.Pf + size_t(u + 1) * D, ws.pf_rows.data() + size_t(r) * D);
+    const T bu = P.beta_user[u];
+    for (int32_t slot = 0; slot < TPR; ++slot) {
+      const int64_t t = r * TPR + slot;
+      int32_t item;
+      T c;
+      bool positive = true;
+      if (slot == 0) {
+        item = i;
+        c = math::pair_weight(T(S.w1), T(S.w2), bu, P.beta_item[i]);
+      } else if (slot <= N) {
+        item = B.negatives[size_t(r) * N + slot - 1];
+        c = T(S.neg_weight) / T(N) * math::pair_weight(T(S.w3), T(S.w4), bu, P.beta_item[item]);
+        positive = false;
+      } else {
+        const int32_t k = slot - 1 - N;
+        item = P.ii_neighbors[size_t(i) * P.ii_k + k];
+        c = T(S.kappa) * P.ii_weights[size_t(i) * P.ii_k + k];
+      }
+      ws.term_item[t] = c == T(0) ? -1 : item;
+      term_weight[t] = c;
+      term_positive[t] = positive;
+    }
+  }
+  // q = Pf_rows W (rows, d)
+  resize(ws.q, size_t(rows) * d);
+  gemm_rows<T>(false, false, rows, d, D, ws.pf_rows.data(), D, W, d, T(0), ws.q.data(), d);
+  int64_t n_touched = 0;
+  if (att) {
+    // Touched items in first-seen order, and their [T_j, f_j] rows.
+    resize(ws.item_slot, size_t(P.n_items));
+    std::fill(ws.item_slot.begin(), ws.item_slot.end(), -1);
+    ws.touched.clear();
+    for (int64_t t = 0; t < n_terms; ++t) {
+      const int32_t j = ws.term_item[t];
+      if (j >= 0 && ws.item_slot[j] < 0) {
+        ws.item_slot[j] = int32_t(ws.touched.size());
+        ws.touched.push_back(j);
+      }
+    }
+    n_touched = int64_t(ws.touched.size());
+    const int64_t w_in = D + d;
+    resize(ws.item_in, size_t(n_touched) * w_in);
+#pragma omp parallel for schedule(static)
+    for (int64_t x = 0; x < n_touched; ++x) {
+      const int32_t j = ws.touched[x];
+      T* dst = ws.item_in.data() + size_t(x) * w_in;
+      std::copy(P.Ti + size_t(j) * D, P.Ti + size_t(j + 1) * D, dst);
+      std::copy(P.features + size_t(j) * d, P.features + size_t(j + 1) * d, dst + D);
+    }
+    resize(ws.user_in, size_t(rows) * 2 * D);
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+      const int32_t u = B.users[r];
+      T* dst = ws.user_in.data() + size_t(r) * 2 * D;
+      std::copy(P.Pt + size_t(u) * D, P.Pt + size_t(u + 1) * D, dst);
+      std::copy(P.Pf + size_t(u) * D, P.Pf + size_t(u + 1) * D, dst + D);
+    }
+    resize(ws.user_pre, size_t(2) * rows * H);
+    resize(ws.item_pre, size_t(2) * n_touched * H);
+    for (int k = 0; k < 2; ++k) {
+      // user_pre_k (rows, H) = user_in (rows, 2D) w1u_k^T;  item_pre_k = item_in w1i_k^T + b1_k
+      gemm_rows<T>(false, true, rows, H, 2 * D, ws.user_in.data(), 2 * D, params + L.w1u[k], 2 * D,
+                   T(0), ws.user_pre.data() + size_t(k) * rows * H, H);
+      T* ip = ws.item_pre.data() + size_t(k) * n_touched * H;
+      for (int64_t x = 0; x < n_touched; ++x)
+        std::copy(params + L.b1[k], params + L.b1[k] + H, ip + size_t(x) * H);
+      gemm_rows<T>(false, true, n_touched, H, w_in, ws.item_in.data(), w_in, params + L.w1i[k],
+                   w_in, T(1), ip, H);
+    }
+  }
+  // The attention logit of term t's MLP k; hid (H) gets relu(pre) when not null.
+  auto logit = [&](int k, int64_t r, int32_t j, T* hid) {
+    const T* up = ws.user_pre.data() + (size_t(k) * rows + r) * H;
+    const T* ip = ws.item_pre.data() + (size_t(k) * n_touched + ws.item_slot[j]) * H;
+    const T* w2 = params + L.w2[k];
+    T acc = 0;
+    if (hid) {
+#pragma omp simd reduction(+ : acc)
+      for (int32_t x = 0; x < H; ++x) {
+        const T pre = up[x] + ip[x];
+        const T h = pre > T(0) ? pre : T(0);
+        hid[x] = h;
+        acc += w2[x] * h;
+      }
+    } else {
+#pragma omp simd reduction(+ : acc)
+      for (int32_t x = 0; x < H; ++x) {
+        const T pre = up[x] + ip[x];
+        acc += w2[x] * (pre > T(0) ? pre : T(0));
+      }
+    }
+    return params[L.b2[k]] + acc;
+  };
+
+  // ---- pass 1: scores, losses, S1 and S2
+  resize(ws.s1, size_t(rows) * d);
+  resize(ws.s2, size_t(rows) * d);
+  resize(ws.row_loss, size_t(rows));
+  resize(ws.row_dsum, size_t(rows));
+  resize(ws.row_gsum, size_t(rows));
+#pragma omp parallel
+  {
+    std::vector<T> qmu(static_cast<size_t>(d));
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+      const int32_t e = row_env[r], u = B.users[r];
+      const T* mu = ws.gate.data() + size_t(e) * d;
+      const T* q = ws.q.data() + size_t(r) * d;
+      for (int64_t j = 0; j < d; ++j) qmu[j] = q[j] * mu[j];
+      const T base = dot(ws.pf_rows.data() + size_t(r) * D, params + L.b, D);
+      T* s1 = ws.s1.data() + size_t(r) * d;
+      T* s2 = ws.s2.data() + size_t(r) * d;
+      std::fill(s1, s1 + d, T(0));
+      std::fill(s2, s2 + d, T(0));
+      double loss = 0;
+      for (int32_t slot = 0; slot < TPR; ++slot) {
+        const int64_t t = r * TPR + slot;
+        const int32_t j = ws.term_item[t];
+        T* tv = ws.term.data() + size_t(t) * kTermFields;
+        if (j < 0) continue;
+        T a_phi = 1, a_psi = 0;
+        if (att) {
+          a_phi = math::sigmoid(logit(0, r, j, nullptr));
+          a_psi = math::sigmoid(logit(1, r, j, nullptr));
+        }
+        const T diff = a_phi - a_psi;
+        const T* f = P.features + size_t(j) * d;
+        T A, Bq;
+        dot2(q, qmu.data(), f, d, A, Bq);
+        const T s =
+            base + dot(P.Ti + size_t(j) * D, P.Pt + size_t(u) * D, D) + a_psi * A + diff * Bq;
+        const math::MaskTermLoss<T> bl = math::mask_term_loss(s, term_weight[t], term_positive[t]);
+        loss += double(bl.loss);
+        axpy2(bl.delta * a_psi, bl.delta * diff, f, s1, s2, d);
+        tv[kAlphaPhi] = a_phi;
+        tv[kAlphaPsi] = a_psi;
+        tv[kA] = A;
+        tv[kB] = Bq;
+        tv[kDelta] = bl.delta;
+        tv[kDelta2] = bl.delta2;
+      }
+      ws.row_loss[r] = loss;
+    }
+  }
+
+  // ---- G_e, L^e, g_E, V, L_IRM, R_e
+  R.loss_env.assign(size_t(E), T(0));
+  resize(R.G, size_t(E) * D * d);
+  resize(R.V, size_t(D) * d);
+  R.g_E.assign(size_t(d), T(0));
+  R.g_I.assign(size_t(d), T(0));
+  resize(ws.row_vec, size_t(rows) * d);
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {  // S1 + mu_e S2 = sum_t delta_t h_t
+    const T* mu = ws.gate.data() + size_t(row_env[r]) * d;
+    const T* s1 = ws.s1.data() + size_t(r) * d;
+    const T* s2 = ws.s2.data() + size_t(r) * d;
+    T* v = ws.row_vec.data() + size_t(r) * d;
+    for (int64_t x = 0; x < d; ++x) v[x] = s1[x] + mu[x] * s2[x];
+  }
+  R.L_ERM = 0;
+  for (int32_t e = 0; e < E; ++e) {
+    const int64_t r0 = B.env_offsets[e], re = B.env_offsets[e + 1] - r0;
+    double le = 0;
+    for (int64_t r = r0; r < r0 + re; ++r) le += ws.row_loss[r];
+    R.loss_env[e] = T(le);
+    R.L_ERM += R.loss_env[e] / T(E);
+    // G_e (D, d) = Pf_e^T (rows_e, D)^T row_vec_e (rows_e, d)
+    gemm_rows<T>(true, false, D, d, re, ws.pf_rows.data() + size_t(r0) * D, D,
+                 ws.row_vec.data() + size_t(r0) * d, d, T(0), R.G.data() + size_t(e) * D * d, d);
+  }
+  resize(ws.gbar, size_t(D) * d);
+  resize(ws.radj, size_t(E) * D * d);
+  T L_IRM = 0;
+  std::vector<T> v2_col(static_cast<size_t>(d), T(0));  // sum_k V_kj^2
+  for (int32_t k = 0; k < D; ++k) {
+    for (int64_t j = 0; j < d; ++j) {
+      const size_t x = size_t(k) * d + j;
+      T gb = 0;
+      for (int32_t e = 0; e < E; ++e) gb += R.G[size_t(e) * D * d + x] / T(E);
+      ws.gbar[x] = gb;
+      T v = 0;
+      for (int32_t e = 0; e < E; ++e) {
+        const T dev = R.G[size_t(e) * D * d + x] - gb;
+        v += dev * dev / T(E);
+      }
+      R.V[x] = v;
+      const T vm = v * mask[j];
+      L_IRM += vm * vm;
+      v2_col[j] += v * v;
+      for (int32_t e = 0; e < E; ++e) {
+        ws.radj[size_t(e) * D * d + x] =
+            T(4) / T(E) * mask[j] * mask[j] * v * (R.G[size_t(e) * D * d + x] - gb);
+      }
+    }
+  }
+  R.L_IRM = L_IRM;
+  // RU_e (rows_e, d) = Pf_e (rows_e, D) R_e (D, d)
+  resize(ws.ru, size_t(rows) * d);
+  for (int32_t e = 0; e < E; ++e) {
+    const int64_t r0 = B.env_offsets[e], re = B.env_offsets[e + 1] - r0;
+    gemm_rows<T>(false, false, re, d, D, ws.pf_rows.data() + size_t(r0) * D, D,
+                 ws.radj.data() + size_t(e) * D * d, d, T(0), ws.ru.data() + size_t(r0) * d, d);
+  }
+
+  // ---- pass 2: gamma, S3, S4 and the pieces of dJ/dalpha
+  resize(ws.s3, size_t(rows) * d);
+  resize(ws.s4, size_t(rows) * d);
+  const T inv_E = T(1) / T(E);
+#pragma omp parallel
+  {
+    std::vector<T> rumu(static_cast<size_t>(d));
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* mu = ws.gate.data() + size_t(row_env[r]) * d;
+      const T* ru = ws.ru.data() + size_t(r) * d;
+      for (int64_t j = 0; j < d; ++j) rumu[j] = ru[j] * mu[j];
+      T* s3 = ws.s3.data() + size_t(r) * d;
+      T* s4 = ws.s4.data() + size_t(r) * d;
+      std::fill(s3, s3 + d, T(0));
+      std::fill(s4, s4 + d, T(0));
+      double gsum = 0, dsum = 0;
+      for (int32_t slot = 0; slot < TPR; ++slot) {
+        const int64_t t = r * TPR + slot;
+        const int32_t j = ws.term_item[t];
+        if (j < 0) continue;
+        T* tv = ws.term.data() + size_t(t) * kTermFields;
+        const T* f = P.features + size_t(j) * d;
+        T C, Dq;
+        dot2(ru, rumu.data(), f, d, C, Dq);
+        const T a_psi = tv[kAlphaPsi], diff = tv[kAlphaPhi] - a_psi;
+        const T delta = tv[kDelta];
+        const T gamma = tv[kDelta2] * (a_psi * C + diff * Dq);
+        gsum += double(gamma);
+        dsum += double(delta * inv_E);
+        axpy2(gamma * a_psi, gamma * diff, f, s3, s4, d);
+        tv[kGamma] = gamma;
+        tv[kDAlphaPhiErm] = delta * inv_E * tv[kB];
+        tv[kDAlphaPsiErm] = delta * inv_E * (tv[kA] - tv[kB]);
+        tv[kDAlphaPhiIrm] = gamma * tv[kB] + delta * Dq;
+        tv[kDAlphaPsiIrm] = gamma * (tv[kA] - tv[kB]) + delta * (C - Dq);
+      }
+      ws.row_gsum[r] = gsum;
+      ws.row_dsum[r] = dsum;
+    }
+  }
+  // g_E and g_I: per column, the rows in order, gated by their environment's open indicator.
+#pragma omp parallel for schedule(static)
+  for (int64_t j = 0; j < d; ++j) {
+    T gE = 0, gI = 0;
+    for (int32_t e = 0; e < E; ++e) {
+      const T op = ws.open[size_t(e) * d + j];
+      T se = 0, si = 0;
+      for (int64_t r = B.env_offsets[e]; r < B.env_offsets[e + 1]; ++r) {
+        const size_t x = size_t(r) * d + j;
+        se += ws.q[x] * ws.s2[x];
+        si += ws.q[x] * ws.s4[x] + ws.ru[x] * ws.s2[x];
+      }
+      gE += op * se * inv_E;
+      gI += op * si;
+    }
+    R.g_E[j] = gE;
+    R.g_I[j] = T(2) * mask[j] * v2_col[j] + gI;
+  }
+
+  // ---- w_ERM, the mask direction, then the weighted parameter gradient
+  weigh_objectives(S, mask, d, R);
+  const T wE = R.w_ERM, wI = R.w_IRM;
+  R.grad.assign(size_t(L.total), T(0));
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {  // wE sum delta h / E + wI sum gamma h
+    const T* mu = ws.gate.data() + size_t(row_env[r]) * d;
+    const size_t o = size_t(r) * d;
+    T* v = ws.row_vec.data() + o;
+    for (int64_t x = 0; x < d; ++x) {
+      v[x] = wE * inv_E * (ws.s1[o + x] + mu[x] * ws.s2[o + x]) +
+             wI * (ws.s3[o + x] + mu[x] * ws.s4[o + x]);
+    }
+  }
+  gemm_rows<T>(true, false, D, d, rows, ws.pf_rows.data(), D, ws.row_vec.data(), d, T(0),
+               R.grad.data() + L.W, d);
+  for (int32_t k = 0; k < D; ++k) {
+    double acc = 0;
+    for (int64_t r = 0; r < rows; ++r)
+      acc += (double(wE) * ws.row_dsum[r] + double(wI) * ws.row_gsum[r]) *
+             double(ws.pf_rows[size_t(r) * D + k]);
+    R.grad[L.b + k] = T(acc);
+  }
+  for (int64_t x = 0; x < int64_t(D) * d; ++x) R.grad[L.W + x] += T(2 * S.gamma_w) * W[x];
+  for (int32_t k = 0; k < D; ++k) R.grad[L.b + k] += T(2 * S.gamma_w) * params[L.b + k];
+
+  if (!att) return;
+  // ---- the attention MLPs' backward
+  // Per row: dpre of the user half, dw2 and db2; dJ/dlogit per term for the item pass.
+  resize(ws.row_dpre, size_t(2) * rows * H);
+  resize(ws.row_dw2, size_t(rows) * 2 * H);
+  resize(ws.row_db2, size_t(rows) * 2);
+#pragma omp parallel
+  {
+    std::vector<T> hid(static_cast<size_t>(H));
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+      T* dw2 = ws.row_dw2.data() + size_t(r) * 2 * H;
+      std::fill(dw2, dw2 + 2 * H, T(0));
+      T db2[2] = {0, 0};
+      T* dpre[2] = {ws.row_dpre.data() + size_t(r) * H,
+                    ws.row_dpre.data() + (size_t(rows) + r) * H};
+      std::fill(dpre[0], dpre[0] + H, T(0));
+      std::fill(dpre[1], dpre[1] + H, T(0));
+      for (int32_t slot = 0; slot < TPR; ++slot) {
+        const int64_t t = r * TPR + slot;
+        const int32_t j = ws.term_item[t];
+        if (j < 0) continue;
+        T* tv = ws.term.data() + size_t(t) * kTermFields;
+        const T alpha[2] = {tv[kAlphaPhi], tv[kAlphaPsi]};
+        const T dalpha[2] = {wE * tv[kDAlphaPhiErm] + wI * tv[kDAlphaPhiIrm],
+                             wE * tv[kDAlphaPsiErm] + wI * tv[kDAlphaPsiIrm]};
+        for (int k = 0; k < 2; ++k) {
+          const T dlogit = dalpha[k] * alpha[k] * (T(1) - alpha[k]);
+          tv[kDAlphaPhiErm + k] = dlogit;  // kept for the item pass
+          logit(k, r, j, hid.data());
+          db2[k] += dlogit;
+          const T* w2 = params + L.w2[k];
+          T* dwk = dw2 + k * H;
+          T* dpk = dpre[k];
+#pragma omp simd
+          for (int32_t x = 0; x < H; ++x) {
+            dwk[x] += dlogit * hid[x];
+            dpk[x] += T(hid[x] > T(0)) * (dlogit * w2[x]);  // no branch: vectorises
+          }
+        }
+      }
+      ws.row_db2[size_t(r) * 2] = db2[0];
+      ws.row_db2[size_t(r) * 2 + 1] = db2[1];
+    }
+  }
+  // Terms grouped by touched item (rows in order within an item), then per item the sum of dpre.
+  resize(ws.item_term_offsets, size_t(n_touched) + 1);
+  std::fill(ws.item_term_offsets.begin(), ws.item_term_offsets.end(), 0);
+  for (int64_t t = 0; t < n_terms; ++t) {
+    if (ws.term_item[t] >= 0) ++ws.item_term_offsets[size_t(ws.item_slot[ws.term_item[t]]) + 1];
+  }
+  for (int64_t x = 0; x < n_touched; ++x) ws.item_term_offsets[x + 1] += ws.item_term_offsets[x];
+  resize(ws.item_terms, size_t(ws.item_term_offsets[n_touched]));
+  {
+    std::vector<int64_t> cursor(ws.item_term_offsets.begin(), ws.item_term_offsets.end() - 1);
+    for (int64_t t = 0; t < n_terms; ++t) {
+      if (ws.term_item[t] >= 0) ws.item_terms[cursor[ws.item_slot[ws.term_item[t]]]++] = t;
+    }
+  }
+  resize(ws.item_dpre, size_t(2) * n_touched * H);
+#pragma omp parallel for schedule(dynamic, 64)
+  for (int64_t x = 0; x < n_touched; ++x) {
+    for (int k = 0; k < 2; ++k) {
+      T* acc = ws.item_dpre.data() + (size_t(k) * n_touched + x) * H;
+      std::fill(acc, acc + H, T(0));
+      const T* ip = ws.item_pre.data() + (size_t(k) * n_touched + x) * H;
+      const T* w2 = params + L.w2[k];
+      for (int64_t p = ws.item_term_offsets[x]; p < ws.item_term_offsets[x + 1]; ++p) {
+        const int64_t t = ws.item_terms[p];
+        const int64_t r = t / TPR;
+        const T dlogit = ws.term[size_t(t) * kTermFields + kDAlphaPhiErm + k];
+        const T* up = ws.user_pre.data() + (size_t(k) * rows + r) * H;
+#pragma omp simd
+        for (int32_t h = 0; h < H; ++h) acc[h] += T(up[h] + ip[h] > T(0)) * (dlogit * w2[h]);
+      }
+    }
+  }
+  const int64_t w_in = D + d;
+  for (int k = 0; k < 2; ++k) {
+    // dJ/dw1u_k (H, 2D) = row_dpre_k^T (H, rows) user_in (rows, 2D)
+    gemm_rows<T>(true, false, H, 2 * D, rows, ws.row_dpre.data() + size_t(k) * rows * H, H,
+                 ws.user_in.data(), 2 * D, T(0), R.grad.data() + L.w1u[k], 2 * D);
+    // dJ/dw1i_k (H, D + d) = item_dpre_k^T (H, touched) item_in (touched, D + d)
+    gemm_rows<T>(true, false, H, w_in, n_touched, ws.item_dpre.data() + size_t(k) * n_touched * H,
+                 H, ws.item_in.data(), w_in, T(0), R.grad.data() + L.w1i[k], w_in);
+    T* gb1 = R.grad.data() + L.b1[k];
+    T* gw2 = R.grad.data() + L.w2[k];
+    T gb2 = 0;
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* dp = ws.row_dpre.data() + (size_t(k) * rows + r) * H;
+      const T* dw = ws.row_dw2.data() + size_t(r) * 2 * H + size_t(k) * H;
+      for (int32_t x = 0; x < H; ++x) {
+        gb1[x] += dp[x];
+        gw2[x] += dw[x];
+      }
+      gb2 += ws.row_db2[size_t(r) * 2 + k];
+    }
+    R.grad[L.b2[k]] = gb2;
+  }
+}
+
+template <class T>
+MaskStepResult<T> mask_step(const MaskLayout& layout, const T* params, const T* mask,
+                            const MaskProblem<T>& problem, const EnvBatches& batches,
+                            const T* noise, const MaskSettings& settings) {
+  MaskStepWorkspace<T> ws;
+  MaskStepResult<T> r;
+  mask_step(layout, params, mask, problem, batches, noise, settings, ws, r);
+  return r;
+}
+
+#define PAINVRL_MASK_STEP(T)                                                                     \
+  template T pareto_weight<T>(const std::vector<T>&, const std::vector<T>&);                     \
+  template void weigh_objectives<T>(const MaskSettings&, const T*, int64_t, MaskStepResult<T>&); \
+  template MaskStepResult<T> mask_step<T>(const MaskLayout&, const T*, const T*,                 \
+                                          const MaskProblem<T>&, const EnvBatches&, const T*,    \
+                                          const MaskSettings&);                                  \
+  template void mask_step<T>(const MaskLayout&, const T*, const T*, const MaskProblem<T>&,       \
+                             const EnvBatches&, const T*, const MaskSettings&,                   \
+                             MaskStepWorkspace<T>&, MaskStepResult<T>&);
+PAINVRL_MASK_STEP(float)
+PAINVRL_MASK_STEP(double)
+#undef PAINVRL_MASK_STEP
 
 }  // namespace painvrl

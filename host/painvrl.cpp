@@ -108,9 +108,11 @@ MaskSettings mask_settings_from(const Config& c) {
   ms.lambda = c.mask_lambda;
   ms.center = invrl ? 0.5 : c.mask_center;
   ms.step = c.mask_step;
-  ms.normalize = c.pareto_normalize == "l2"     ? ParetoNormalize::kL2
-                 : c.pareto_normalize == "loss" ? ParetoNormalize::kLoss
-                                                : ParetoNormalize::kNone;
+  ms.normalize = c.pareto_normalize == "l2"        ? ParetoNormalize::kL2
+                 : c.pareto_normalize == "loss"    ? ParetoNormalize::kLoss
+                 : c.pareto_normalize == "initial" ? ParetoNormalize::kInitial
+                 : c.pareto_normalize == "running" ? ParetoNormalize::kRunning
+                                                   : ParetoNormalize::kNone;
   ms.objective = invrl                  ? MaskObjective::kFixed
                  : c.objective == "erm" ? MaskObjective::kErm
                  : c.objective == "irm" ? MaskObjective::kIrm
@@ -493,6 +495,7 @@ struct PipelineState {
 struct MaskStageState {
   std::vector<double> params, adam_m, adam_v;  // (ml.total,)
   long long adam_t = 0;
+  ParetoScale scale;  // pareto_normalize = initial | running
   double sum_w = 0, sum_erm = 0, sum_irm = 0;
   int64_t n_steps = 0;
 
@@ -501,6 +504,9 @@ struct MaskStageState {
     ck.put("mask_params_adam_m", adam_m);
     ck.put("mask_params_adam_v", adam_v);
     ck.meta["mask_stage"] = {{"adam_t", adam_t},
+                             {"pareto_rms_E", scale.rms_E},
+                             {"pareto_rms_I", scale.rms_I},
+                             {"pareto_steps", scale.steps},
                              {"sum_w", sum_w},
                              {"sum_erm", sum_erm},
                              {"sum_irm", sum_irm},
@@ -512,6 +518,9 @@ struct MaskStageState {
     adam_v = ck.get<double>("mask_params_adam_v");
     const nlohmann::json& j = ck.meta.at("mask_stage");
     adam_t = j.at("adam_t").get<long long>();
+    scale.rms_E = j.value("pareto_rms_E", 0.0);
+    scale.rms_I = j.value("pareto_rms_I", 0.0);
+    scale.steps = j.value("pareto_steps", int64_t(0));
     sum_w = j.at("sum_w").get<double>();
     sum_erm = j.at("sum_erm").get<double>();
     sum_irm = j.at("sum_irm").get<double>();
@@ -686,8 +695,8 @@ SelectionResult run_invariant_pipeline(const Config& c, const Evaluator& eval,
       rs.envs = n_envs;
       rs.neg_key = math::make_key(c.seed, math::stream_id(math::RngStream::kNegative, stage));
       rs.noise_key = math::make_key(c.seed, math::stream_id(math::RngStream::kMaskNoise, stage));
-      const MaskRunState run_state{&st.params, &st.adam_m, &st.adam_v, &st.adam_t,
-                                   &mask,      &ps.mask_m, &ps.mask_v, &ps.mask_t};
+      const MaskRunState run_state{&st.params, &st.adam_m, &st.adam_v, &st.adam_t, &mask,
+                                   &ps.mask_m, &ps.mask_v, &ps.mask_t, &st.scale};
       std::unique_ptr<MaskRunner> runner;
 #ifdef PAINVRL_HAVE_CUDA
       if (c.device == "cuda") runner = cuda::make_mask_runner(rs, run_state, env_pairs);

@@ -77,7 +77,7 @@ struct DeviceMaskStep {
 
   static int64_t doubles(const MaskLayout& L, int64_t rows, int32_t tpr, int32_t E,
                          int32_t n_items) {
-    return MaskWorkspace::doubles(rows, tpr, E, L.D, L.d, L.H, n_items) + E + 4 +
+    return MaskWorkspace::doubles(rows, tpr, E, L.D, L.d, L.H, n_items) + E + 7 +
            (int64_t(E) + 1) * L.D * L.d + 4 * L.d + L.total;
   }
 
@@ -92,7 +92,7 @@ struct DeviceMaskStep {
       return b.data();
     };
     a.loss_env = out(loss_env, a.envs);
-    a.scalars = out(scalars, 4);
+    a.scalars = out(scalars, 7);
     a.G = out(G, int64_t(a.envs) * L.D * L.d);
     a.V = out(V, int64_t(L.D) * L.d);
     a.g_E = out(g_E, L.d);
@@ -223,10 +223,13 @@ class DeviceMaskRunner final : public MaskRunner {
     halt_.zero(1, s);
     halt_step_.reserve(1);
     halt_step_.zero(1, s);
+    const ParetoScale sc = st_.scale ? *st_.scale : S_.settings.scale;
+    pareto_state_.upload(std::vector<double>{sc.rms_E, sc.rms_I, double(sc.steps)}, s);
 
     bind_problem(args_, problem_);
     in_.bind(args_, batch_offsets_.data());
     step_.bind(args_);
+    args_.pareto_state = pareto_state_.data();
     gemm_ = dgemm_on(ctx_.cublas());
     sort_ = stable_sort_on(ctx_.stream(), sort_temp_, rows_ * mask_terms_per_row(args_));
   }
@@ -320,7 +323,10 @@ class DeviceMaskRunner final : public MaskRunner {
     in_.mask.download(st_.mask->data(), int64_t(st_.mask->size()), s);
     mask_m_.download(st_.mask_m->data(), int64_t(st_.mask_m->size()), s);
     mask_v_.download(st_.mask_v->data(), int64_t(st_.mask_v->size()), s);
+    double sc[3];
+    pareto_state_.download(sc, 3, s);
     ctx_.sync();
+    if (st_.scale) *st_.scale = ParetoScale{sc[0], sc[1], int64_t(sc[2])};
   }
 
  private:
@@ -343,6 +349,7 @@ class DeviceMaskRunner final : public MaskRunner {
   DeviceBuffer<double> trace_;            // (steps per epoch, 4)
   DeviceBuffer<int> halt_;
   DeviceBuffer<long long> halt_step_;
+  DeviceBuffer<double> pareto_state_;  // (3,) the normalisation state (MaskStepArgs)
   MaskStepArgs args_;
   DeviceMaskStep step_;
   std::vector<int64_t> pending_steps_;  // the steps enqueued since the last drain
@@ -390,7 +397,7 @@ MaskStepResult<double> mask_step_on_device(const MaskLayout& layout, const doubl
   };
   std::vector<double> scalars;
   fetch(a.loss_env, r.loss_env, E);
-  fetch(a.scalars, scalars, 4);
+  fetch(a.scalars, scalars, 7);
   fetch(a.G, r.G, int64_t(E) * layout.D * d);
   fetch(a.V, r.V, int64_t(layout.D) * d);
   fetch(a.g_E, r.g_E, d);
@@ -402,6 +409,8 @@ MaskStepResult<double> mask_step_on_device(const MaskLayout& layout, const doubl
   r.L_ERM = scalars[0];
   r.L_IRM = scalars[1];
   r.w_ERM = scalars[2];
+  r.w_IRM = scalars[3];
+  r.scale = ParetoScale{scalars[4], scalars[5], int64_t(scalars[6])};
   return r;
 }
 

@@ -442,16 +442,15 @@ __global__ void __launch_bounds__(kRowThreads) pareto_kernel(const MaskStepArgs 
   }
   block_sums<3>(v, scratch);
   const double L_ERM = a.scalars[0], L_IRM = v[0];
-  double sE = 1, sI = 1;  // the directions are g / s (s > 0 only)
-  if (S.normalize == ParetoNormalize::kL2) {
-    sE = sqrt(v[1]);
-    sI = sqrt(v[2]);
-  } else if (S.normalize == ParetoNormalize::kLoss) {
-    sE = L_ERM;
-    sI = L_IRM;
+  double sE = 1, sI = 1;  // the directions are g / s
+  // The normalisation state: the run's (updated here) or, for a single step, the settings'.
+  math::ParetoScale scale = S.scale;
+  if (a.pareto_state) {
+    scale.rms_E = a.pareto_state[0];
+    scale.rms_I = a.pareto_state[1];
+    scale.steps = int64_t(a.pareto_state[2]);
   }
-  if (!(sE > 0)) sE = 1;
-  if (!(sI > 0)) sI = 1;
+  math::pareto_scales(S.normalize, v[1], v[2], L_ERM, L_IRM, d, scale, sE, sI);
   double wE = 1, wI = 0;
   if (S.objective == MaskObjective::kPareto) {
     double w[2] = {0, 0};  // num, den
@@ -479,6 +478,14 @@ __global__ void __launch_bounds__(kRowThreads) pareto_kernel(const MaskStepArgs 
     a.scalars[1] = L_IRM;
     a.scalars[2] = wE;
     a.scalars[3] = wI;
+    a.scalars[4] = scale.rms_E;
+    a.scalars[5] = scale.rms_I;
+    a.scalars[6] = double(scale.steps);
+    if (a.pareto_state) {
+      a.pareto_state[0] = scale.rms_E;
+      a.pareto_state[1] = scale.rms_I;
+      a.pareto_state[2] = double(scale.steps);
+    }
   }
 }
 

@@ -106,7 +106,7 @@ struct DeviceStep {
       return v.data();
     };
     a.loss_env = out(loss_env, size_t(p.E));
-    a.scalars = out(scalars, 4);
+    a.scalars = out(scalars, 7);
     a.G = out(G, size_t(p.E) * p.D * p.d);
     a.V = out(V, size_t(p.D) * p.d);
     a.g_E = out(g_E, size_t(p.d));

@@ -28,6 +28,7 @@ struct MaskRunState {
   std::vector<double>* mask_m = nullptr;
   std::vector<double>* mask_v = nullptr;
   long long* mask_t = nullptr;
+  ParetoScale* scale = nullptr;  // the stage-relative normalisation (pareto_normalize)
 };
 
 // What one outer iteration's mask generation needs besides its state.

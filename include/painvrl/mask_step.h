@@ -15,9 +15,12 @@
 #include <string>
 #include <vector>
 
+#include "painvrl/math/mask.h"
+
 namespace painvrl {
 
-enum class ParetoNormalize { kNone, kL2, kLoss };
+using math::ParetoNormalize;  // pareto_normalize (math/mask.h)
+using math::ParetoScale;
 enum class MaskObjective { kPareto, kErm, kIrm, kFixed };  // kFixed: L_ERM + alpha L_IRM (InvRL)
 
 // Trainable tensors of the mask model in one buffer: W (D, d), b (D), then for each attention MLP
@@ -60,6 +63,7 @@ struct MaskSettings {
   ParetoNormalize normalize = ParetoNormalize::kNone;
   MaskObjective objective = MaskObjective::kPareto;
   double fixed_alpha = 1;  // kFixed: weight of L_IRM
+  ParetoScale scale;       // kInitial / kRunning: the state before this step
 };
 
 // The environments' batches: env e owns rows env_offsets[e] .. env_offsets[e + 1].
@@ -74,7 +78,8 @@ struct EnvBatches {
 template <class T>
 struct MaskStepResult {
   std::vector<T> loss_env;  // (E,)
-  T L_ERM = 0, L_IRM = 0, w_ERM = 0;
+  T L_ERM = 0, L_IRM = 0, w_ERM = 0, w_IRM = 0;
+  ParetoScale scale;         // the normalisation state after this step
   std::vector<T> G;          // (E, D, d)
   std::vector<T> V;          // (D, d)
   std::vector<T> g_E, g_I;   // (d,) before normalisation
@@ -83,11 +88,55 @@ struct MaskStepResult {
   std::vector<T> mask_new;   // (d,) clip(m - step * mask_grad, 0, 1)
 };
 
-// noise: (E, d). Returns every intermediate the debug dump records.
+// Scratch of mask_step, reused from step to step so that a step allocates nothing once warm.
+template <class T>
+struct MaskStepWorkspace {
+  std::vector<T> gate, open;        // (E, d) mu_e and the unclipped indicator
+  std::vector<T> pf_rows, user_in;  // (rows, D) Pf_u; (rows, 2D) [Pt_u, Pf_u]
+  std::vector<T> q, ru;             // (rows, d) W^T Pf_u; R_e^T Pf_u
+  std::vector<T> s1, s2, s3, s4;    // (rows, d) per-row term sums (see mask_step.cpp)
+  std::vector<T> row_vec;           // (rows, d) products' right-hand sides
+  std::vector<T> user_pre;          // (2, rows, H) w1u_k [Pt_u; Pf_u]
+  std::vector<T> item_pre;          // (2, touched, H) w1i_k [T_j; f_j] + b1_k
+  std::vector<T> item_in;           // (touched, D + d) [T_j, f_j] of the touched items
+  std::vector<int32_t> item_slot;   // (n_items,) index among the touched items, or -1
+  std::vector<int32_t> touched;     // (touched,) item ids in first-seen order
+  std::vector<T> term;              // (rows * terms, kTermFields) per-term values
+  std::vector<int32_t> term_item;   // (rows * terms,) item id, -1 for a zero-weight term
+  std::vector<double> row_loss, row_dsum, row_gsum;  // (rows,)
+  std::vector<T> gbar, radj;                         // (D, d); (E, D, d)
+  std::vector<T> row_dpre, item_dpre;                // (2, rows, H); (2, touched, H)
+  std::vector<T> row_dw2;                            // (rows, 2H)
+  std::vector<T> row_db2;                            // (rows, 2)
+  std::vector<int64_t> item_term_offsets;            // (touched + 1,) terms grouped by touched item
+  std::vector<int64_t> item_terms;  // (nonzero terms,) term indices, row order per item
+};
+
+// noise: (E, d). Returns every intermediate the debug dump records. The production step
+// (host/mask_step.cpp); the overload with a workspace fills `out` and allocates nothing once
+// the workspace has seen a step of this size.
 template <class T>
 MaskStepResult<T> mask_step(const MaskLayout& layout, const T* params, const T* mask,
                             const MaskProblem<T>& problem, const EnvBatches& batches,
                             const T* noise, const MaskSettings& settings);
+template <class T>
+void mask_step(const MaskLayout& layout, const T* params, const T* mask,
+               const MaskProblem<T>& problem, const EnvBatches& batches, const T* noise,
+               const MaskSettings& settings, MaskStepWorkspace<T>& ws, MaskStepResult<T>& out);
+// Variant 0 (host/mask_step_v0.cpp): the first implementation, term by term; bench/mask-step's
+// baseline and the tests' second oracle.
+template <class T>
+MaskStepResult<T> mask_step_v0(const MaskLayout& layout, const T* params, const T* mask,
+                               const MaskProblem<T>& problem, const EnvBatches& batches,
+                               const T* noise, const MaskSettings& settings);
+
+// The weighting shared by every variant: scales g_E and g_I (settings.normalize), sets w_ERM and
+// w_IRM (Eq. 17-18, or the objective's fixed weights), the mask direction (on the scaled
+// gradients) and the clipped SGD step (Eq. 19), and the normalisation state after the step.
+// Reads R.g_E, R.g_I, R.L_ERM, R.L_IRM; writes R.w_ERM, R.w_IRM, R.mask_grad, R.mask_new,
+// R.scale.
+template <class T>
+void weigh_objectives(const MaskSettings& settings, const T* mask, int64_t d, MaskStepResult<T>& R);
 
 // The closed-form Pareto weight (Eq. 17-18): clip(((gI - gE) . gI) / |gE - gI|^2, 0, 1), 0.5 when
 // the denominator is below 1e-12.

@@ -101,8 +101,11 @@ struct MaskStepArgs {
   const double* mask = nullptr;    // (d,)
   MaskWorkspace ws;
   // Outputs (device), every element written.
-  double* loss_env = nullptr;   // (E,)
-  double* scalars = nullptr;    // (4,) L_ERM, L_IRM, w_ERM, w_IRM
+  double* loss_env = nullptr;  // (E,)
+  double* scalars = nullptr;   // (7,) L_ERM, L_IRM, w_ERM, w_IRM, the scale state after
+  // The run's normalisation state (3,): rms_E, rms_I, steps; read and updated by the step. Null:
+  // the step starts from settings.scale and only reports the state after it (scalars 4-6).
+  double* pareto_state = nullptr;
   double* G = nullptr;          // (E, D, d)
   double* V = nullptr;          // (D, d)
   double* g_E = nullptr;        // (d,) before normalisation
