@@ -98,10 +98,17 @@ MemoryEstimate estimate_host_memory(const Config& c, const ProblemSize& s) {
     const MaskLayout ml =
         MaskLayout::make(c.dim, d, c.attention_hidden, c.method == "painvrl" && c.attention);
     Parts mask = mask_inputs;
-    // host/mask_step.cpp: per-row d-vectors (five of them) over E * mask_batch rows, and the
-    // per-environment gradients G_e, their deviations and V (E, D, d).
+    // host/mask_step.cpp (MaskStepWorkspace): per row seven d-vectors (q, R_e^T Pf_u, S1-S4,
+    // the products' right-hand side) and the user quantities (Pf_u, [Pt_u, Pf_u], the attention
+    // pre-activations and their gradients); per term eleven values, its item, weight and label;
+    // per touched item [T_j, f_j] and the attention pre-activations; the per-environment
+    // gradients G_e, their deviations and V (E, D, d).
     const int64_t rows = E * c.mask_batch;
-    mask.push_back({"mask step per-row vectors", 8 * rows * d * 6});
+    const int64_t terms = rows * (1 + c.negatives + (c.kappa > 0 ? c.ii_neighbors : 0));
+    const int64_t touched = std::min<int64_t>(s.n_items, terms);
+    mask.push_back({"mask step per-row vectors", 8 * rows * (7 * d + 3 * D + 6 * ml.H)});
+    mask.push_back({"mask step per-term values", terms * (11 * 8 + 8 + 4 + 1)});
+    mask.push_back({"mask step touched items", 8 * touched * (D + d + 4 * ml.H) + 8 * s.n_items});
     mask.push_back({"mask model (double, with Adam) and per-environment gradients",
                     8 * ml.total * 4 + 8 * D * d * (2 * E + 4)});
     mask.push_back({"mask, its moments and gate noise", 8 * d * (4 + 2 * E)});
