@@ -73,7 +73,8 @@ const std::vector<Key>& keys() {
       {"ndcg", &Config::ndcg, "standard | invrl"},
       {"eval_block", &Config::eval_block, "users scored per block"},
       {"candidates", &Config::candidates,
-       "all | cold (rank test items among the cold items; validation always ranks all)"},
+       "auto | all | cold: the test's ranking candidates (auto: the dataset's test_candidates; "
+       "cold: the items without training pairs; validation always ranks all)"},
       {"normalize_features", &Config::normalize_features,
        "-1: as the dataset says; 0/1: off/on (row L2 per modality)"},
       {"pretrain_epochs", &Config::pretrain_epochs, "stage 0 epochs (backbone on full features)"},
@@ -87,6 +88,10 @@ const std::vector<Key>& keys() {
       {"him_train", &Config::him_train,
        "what an environment model trains: all (fresh backbone, InvRL) | content (stage-0 start, "
        "ID branch frozen) | projection (stage-0 start, only W, b)"},
+      {"him_assign", &Config::him_assign,
+       "Eq. 9's comparison of the environment models: likelihood (log-probability of the item "
+       "among all items) | standardized (z-score over the items) | centered (minus the mean over "
+       "the items) | score (the raw score)"},
       {"mask_epochs", &Config::mask_epochs, "mask-generation epochs per outer iteration"},
       {"mask_batch", &Config::mask_batch, "positives per environment per mask step"},
       {"mask_init", &Config::mask_init, "initial mask value"},
@@ -102,6 +107,11 @@ const std::vector<Key>& keys() {
        "mask model's W, b: pretrained (stage 0's) | random (N(0, init_std), InvRL's choice)"},
       {"attention", &Config::attention, "attention MLPs of Eq. 13-14"},
       {"attention_hidden", &Config::attention_hidden, "hidden units H of each attention MLP"},
+      {"attention_bias", &Config::attention_bias,
+       "initial output bias of the attention MLPs: +b for alpha_Phi, -b for alpha_Psi"},
+      {"mask_file", &Config::mask_file,
+       "painvrl/invrl: train the final model on this fixed mask (.npy, d values in [0, 1]) "
+       "instead of learning one"},
       {"invrl_alpha", &Config::invrl_alpha, "invrl: weight of L_IRM"},
       {"invrl_growth", &Config::invrl_growth, "invrl: growth of alpha and lambda per iteration"},
   };
@@ -305,7 +315,8 @@ void validate(const Config& c) {
   need(c.method == "ultragcn" || c.method == "ultragcn-mm" || c.method == "mostpop" ||
            c.method == "invrl" || c.method == "painvrl",
        "method", "ultragcn, ultragcn-mm, mostpop, invrl or painvrl");
-  need(c.candidates == "all" || c.candidates == "cold", "candidates", "all or cold");
+  need(c.candidates == "auto" || c.candidates == "all" || c.candidates == "cold", "candidates",
+       "auto, all or cold");
   need(c.pretrain_epochs >= 0, "pretrain_epochs", "an integer >= 0");
   need(c.outer_iterations >= 1, "outer_iterations", "an integer >= 1");
   need(c.envs >= 1 && c.envs <= 1000, "envs", "an integer in [1, 1000]");
@@ -315,6 +326,9 @@ void validate(const Config& c) {
   need(c.him_move_tol >= 0 && c.him_move_tol <= 1, "him_move_tol", "a value in [0, 1]");
   need(c.him_train == "all" || c.him_train == "content" || c.him_train == "projection", "him_train",
        "all, content or projection");
+  need(c.him_assign == "centered" || c.him_assign == "score" || c.him_assign == "standardized" ||
+           c.him_assign == "likelihood",
+       "him_assign", "centered, score, standardized or likelihood");
   need(c.mask_epochs >= 0, "mask_epochs", "an integer >= 0");
   need(c.mask_batch > 0, "mask_batch", "a positive integer");
   need(c.mask_init >= 0 && c.mask_init <= 1, "mask_init", "a value in [0, 1]");

@@ -295,6 +295,8 @@ struct DatasetSpec {
   std::string train, valid, test, file;  // paths (joined with the directory)
   std::optional<int64_t> n_users, n_items;
   bool normalize = true;
+  std::string test_candidates = "all";
+  std::vector<TestSet> test_sets;    // file joined with the directory
   std::vector<Modality> modalities;  // file joined with the directory
   std::string toml_path;             // empty when the layout was detected
 };
@@ -392,8 +394,8 @@ class SpecReader {
     DatasetSpec spec;
     spec.toml_path = toml_path_;
     static const std::vector<std::string_view> kKeys = {
-        "name", "format",  "train",   "valid",     "test",
-        "file", "n_users", "n_items", "normalize", "modality"};
+        "name",    "format",  "train",     "valid",           "test",     "file",
+        "n_users", "n_items", "normalize", "test_candidates", "test_set", "modality"};
     for (auto&& [key_object, node] : root) {
       const std::string_view key = key_object.str();
       if (key == "name") {
@@ -424,6 +426,10 @@ class SpecReader {
         spec.normalize = value->get();
       } else if (key == "modality") {
         read_modalities(node, spec.modalities);
+      } else if (key == "test_candidates") {
+        spec.test_candidates = candidates_value(node, key);
+      } else if (key == "test_set") {
+        read_test_sets(node, spec.test_sets);
       } else {
         input_error("{}:{}: unknown key '{}'{}; expected one of {}", toml_path_, line_of(node),
                     printable(key), suggestion(key, kKeys), join_names(kKeys));
@@ -464,6 +470,50 @@ class SpecReader {
   }
 
   std::string data_path(const std::string& file) const { return (fs::path(dir_) / file).string(); }
+
+  std::string candidates_value(const toml::node& node, std::string_view key) const {
+    const std::string v = nonempty_string(node, key);
+    if (v != "all" && v != "cold") {
+      input_error("{}:{}: key '{}' = \"{}\"; expected \"all\" or \"cold\"", toml_path_,
+                  line_of(node), key, printable(v));
+    }
+    return v;
+  }
+
+  void read_test_sets(const toml::node& node, std::vector<TestSet>& sets) const {
+    const auto* array = node.as_array();
+    if (!array) wrong_type(node, "test_set", "an array of tables ([[test_set]] sections)");
+    static const std::vector<std::string_view> kKeys = {"name", "file", "candidates"};
+    for (const toml::node& element : *array) {
+      const auto* table = element.as_table();
+      if (!table) wrong_type(element, "test_set", "a table ([[test_set]] with name and file)");
+      TestSet set;
+      for (auto&& [key_object, value] : *table) {
+        const std::string_view key = key_object.str();
+        if (key == "name") {
+          set.name = nonempty_string(value, "test_set.name");
+        } else if (key == "file") {
+          set.file = data_path(nonempty_string(value, "test_set.file"));
+        } else if (key == "candidates") {
+          set.candidates = candidates_value(value, "test_set.candidates");
+        } else {
+          input_error("{}:{}: unknown key 'test_set.{}'{}; expected name, file and candidates",
+                      toml_path_, line_of(value), printable(key), suggestion(key, kKeys));
+        }
+      }
+      if (set.name.empty() || set.file.empty()) {
+        input_error("{}:{}: [[test_set]] needs both 'name' and 'file'", toml_path_,
+                    line_of(element));
+      }
+      for (const TestSet& earlier : sets) {
+        if (earlier.name == set.name) {
+          input_error("{}:{}: two [[test_set]] sections are named '{}'; names must differ",
+                      toml_path_, line_of(element), printable(set.name));
+        }
+      }
+      sets.push_back(std::move(set));
+    }
+  }
 
   void read_modalities(const toml::node& node, std::vector<Modality>& modalities) const {
     const auto* array = node.as_array();
@@ -518,6 +568,10 @@ class SpecReader {
       if (spec.file.empty()) {
         input_error("{}: missing required key 'file' (the .inter file) for format = \"inter\"",
                     toml_path_);
+      }
+      if (root.contains("test_set")) {
+        input_error("{}:{}: [[test_set]] applies to the lightgcn and tsv formats only", toml_path_,
+                    line_of(*root.get("test_set")));
       }
       return;
     }
@@ -815,6 +869,8 @@ Dataset load_dataset(const std::string& dir, const LoadOptions& options) {
   dataset.format = spec.format;
   dataset.normalized = options.normalize == -1 ? spec.normalize : options.normalize == 1;
   dataset.modalities = spec.modalities;
+  dataset.test_candidates = spec.test_candidates;
+  dataset.test_sets = spec.test_sets;
 
   const IdRule users{"user", spec.n_users.value_or(kIdLimit), spec.n_users ? toml_path : ""};
   const IdRule items{"item", spec.n_items.value_or(kIdLimit), spec.n_items ? toml_path : ""};
@@ -836,6 +892,7 @@ Dataset load_dataset(const std::string& dir, const LoadOptions& options) {
     dataset.train = read(spec.train);
     if (!spec.valid.empty()) dataset.valid = read(spec.valid);
     dataset.test = read(spec.test);
+    for (TestSet& set : dataset.test_sets) set.pairs = read(set.file);
   } else {
     auto read = [&](const std::string& path) {
       return tsv_pairs(read_data_file(path), path, users, items);
@@ -843,17 +900,24 @@ Dataset load_dataset(const std::string& dir, const LoadOptions& options) {
     dataset.train = read(spec.train);
     if (!spec.valid.empty()) dataset.valid = read(spec.valid);
     dataset.test = read(spec.test);
+    for (TestSet& set : dataset.test_sets) set.pairs = read(set.file);
   }
   if (dataset.train.size() == 0) {
     input_error("{}: no training pairs; expected at least one (user, item) pair", train_source);
   }
   if (dataset.test.size() == 0) log_warn(fmt::format("{}: no test pairs", test_source));
 
+  int64_t largest_set_user = largest_listed_user, largest_set_item = -1;
+  for (const TestSet& set : dataset.test_sets) {
+    largest_set_user = std::max<int64_t>(largest_set_user, max_id(set.pairs.user));
+    largest_set_item = std::max<int64_t>(largest_set_item, max_id(set.pairs.item));
+  }
   dataset.n_users =
       id_count(spec.n_users, "user", dir,
-               {&dataset.train.user, &dataset.valid.user, &dataset.test.user}, largest_listed_user);
-  dataset.n_items = id_count(spec.n_items, "item", dir,
-                             {&dataset.train.item, &dataset.valid.item, &dataset.test.item});
+               {&dataset.train.user, &dataset.valid.user, &dataset.test.user}, largest_set_user);
+  dataset.n_items =
+      id_count(spec.n_items, "item", dir,
+               {&dataset.train.item, &dataset.valid.item, &dataset.test.item}, largest_set_item);
 
   DataReport& report = dataset.report;
   std::vector<uint64_t> train_keys, scratch_keys;
@@ -870,6 +934,14 @@ Dataset load_dataset(const std::string& dir, const LoadOptions& options) {
   const int64_t valid_in_train = drop_training_pairs(dataset.valid, train_keys);
   const int64_t test_in_train = drop_training_pairs(dataset.test, train_keys);
   report.heldout_in_train = valid_in_train + test_in_train;
+  for (TestSet& set : dataset.test_sets) {
+    const int64_t dup = drop_duplicates(set.pairs, scratch_keys);
+    const int64_t rep = drop_training_pairs(set.pairs, train_keys);
+    if (dup + rep > 0) {
+      log_warn(fmt::format("{}: dropped {} duplicate pairs and {} that repeat a training pair",
+                           set.file, dup, rep));
+    }
+  }
   if (report.heldout_in_train > 0) {
     log_warn(
         fmt::format("{}: dropped {} held-out pairs that repeat a training pair ({} valid, {} "
@@ -887,9 +959,18 @@ Dataset load_dataset(const std::string& dir, const LoadOptions& options) {
     log_warn(fmt::format("{}: {} of {} users have no training pairs", dir,
                          report.users_without_train, dataset.n_users));
   }
+  bool declares_cold = dataset.test_candidates == "cold";
+  for (const TestSet& set : dataset.test_sets) declares_cold |= set.candidates == "cold";
   if (report.items_without_train > 0) {
-    log_warn(fmt::format("{}: {} of {} items have no training pairs", dir,
-                         report.items_without_train, dataset.n_items));
+    // Expected in the cold-item protocol, where those items are the cold test's candidates.
+    const std::string msg =
+        fmt::format("{}: {} of {} items have no training pairs{}", dir, report.items_without_train,
+                    dataset.n_items, declares_cold ? " (the cold items of its cold tests)" : "");
+    if (declares_cold) {
+      log_info(msg);
+    } else {
+      log_warn(msg);
+    }
   }
 
   if (options.load_features) load_features(dataset);

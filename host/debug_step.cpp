@@ -5,6 +5,7 @@
 // mask_init, or uniform in [0.1, 0.9] with --random-mask so that every coordinate differs.
 // The step runs in double from the float inputs, as the CPU trainer runs it, or with --float in
 // float32 (the arithmetic a GPU kernel would use); outputs are written as float32 either way.
+#include <cmath>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
@@ -24,7 +25,7 @@ std::vector<float> to_float(const std::vector<double>& v) {
 }  // namespace
 
 void run_debug_step(const Config& asked, const std::string& data_dir, const std::string& out_dir,
-                    bool random_mask, bool in_double) {
+                    bool random_mask, bool in_double, const std::vector<double>& pareto_state) {
   // Always on the CPU: the CUDA backend has not passed its device check, and only `train`
   // resolves --device (with its PAINVRL_UNVERIFIED_CUDA gate).
   Config c = asked;
@@ -49,7 +50,7 @@ void run_debug_step(const Config& asked, const std::string& data_dir, const std:
   const bool attention = c.method != "invrl" && c.attention;
   const MaskLayout ml = MaskLayout::make(c.dim, d, c.attention_hidden, attention);
   const uint32_t stage = stage_id::mask(0);
-  std::vector<float> params = init_mask_params(ml, c.seed, stage, c.init_std);
+  std::vector<float> params = init_mask_params(ml, c.seed, stage, c.init_std, c.attention_bias);
   seed_mask_model(c, frozen, bl, ml, params);
   std::vector<float> mask(size_t(d), float(c.mask_init));
   const math::PhiloxKey split_key =
@@ -91,7 +92,14 @@ void run_debug_step(const Config& asked, const std::string& data_dir, const std:
                                    graph.ii_neighbors.data(),
                                    graph.ii_weights.data(),
                                    graph.ii_k};
-  const MaskSettings ms = mask_settings_from(c);
+  MaskSettings ms = mask_settings_from(c);
+  if (!pareto_state.empty()) {  // the stage's normalisation state before this step
+    if (pareto_state.size() != 3 || !(pareto_state[0] >= 0) || !(pareto_state[1] >= 0) ||
+        !(pareto_state[2] >= 0) || pareto_state[2] != std::floor(pareto_state[2])) {
+      input_error("--pareto-state: expected RMS_E,RMS_I,STEPS (two values >= 0 and a count)");
+    }
+    ms.scale = ParetoScale{pareto_state[0], pareto_state[1], int64_t(pareto_state[2])};
+  }
   MaskStepResult<float> r;
   if (!in_double) {
     r = mask_step<float>(ml, params.data(), mask.data(), problem, batches, noise.data(), ms);
@@ -206,6 +214,9 @@ void run_debug_step(const Config& asked, const std::string& data_dir, const std:
                             {"gamma_w", c.gamma_w},
                             {"attention", attention},
                             {"pareto_normalize", c.pareto_normalize},
+                            {"pareto_rms_E", ms.scale.rms_E},
+                            {"pareto_rms_I", ms.scale.rms_I},
+                            {"pareto_steps", ms.scale.steps},
                             {"mask_optimizer", "sgd"},
                             {"objective", c.method == "invrl" ? "fixed" : c.objective},
                             {"seed", c.seed},

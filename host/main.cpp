@@ -5,6 +5,7 @@
 // with the state checkpointed (continue with --resume), 128 + signal after a second signal.
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <filesystem>
 
 #include "painvrl/checkpoint.h"
 #include "painvrl/config.h"
@@ -87,6 +88,7 @@ int main(int argc, char** argv) {
   std::string dbg_data, dbg_out, dbg_preset, dbg_config;
   std::vector<std::string> dbg_overrides;
   bool dbg_random_mask = false, dbg_float = false;
+  std::vector<double> dbg_pareto_state;
   dbg->add_option("--data", dbg_data, "dataset directory (with features)")->required();
   dbg->add_option("--out", dbg_out, "dump directory to create")->required();
   dbg->add_option("--preset", dbg_preset, "shipped preset");
@@ -96,6 +98,11 @@ int main(int argc, char** argv) {
   dbg->add_flag("--float", dbg_float,
                 "compute the step in float32 (the GPU's arithmetic) instead of double (the CPU "
                 "trainer's)");
+  dbg->add_option("--pareto-state", dbg_pareto_state,
+                  "RMS_E,RMS_I,STEPS: the mask stage's normalisation state before the step "
+                  "(pareto_normalize initial | running; default: the stage's first step)")
+      ->delimiter(',')
+      ->expected(3);
 
   // split
   CLI::App* split = app.add_subcommand("split", "write the OOD/IID or cold-item protocol datasets");
@@ -143,11 +150,45 @@ int main(int argc, char** argv) {
       ->add_option("--mid-strength", so.mid_strength,
                    "spurious sign/strength of the middle environment")
       ->capture_default_str();
+  synth
+      ->add_option("--env-strengths", so.env_strengths,
+                   "spurious strength of each environment (replaces the three above)")
+      ->delimiter(',');
+  synth
+      ->add_option("--env-shares", so.env_shares,
+                   "share of each environment, as --env-strengths (environment 0 takes the rest)")
+      ->delimiter(',');
+  synth
+      ->add_option("--shared-taste", so.shared_taste,
+                   "weight of the spurious taste all users share")
+      ->capture_default_str();
+  synth
+      ->add_option("--personal-taste", so.personal_taste,
+                   "weight of each user's own spurious taste (0: popularity-like)")
+      ->capture_default_str();
+  synth->add_option("--view-noise", so.view_noise, "noise of the invariant and spurious views")
+      ->capture_default_str();
+  synth
+      ->add_option("--modalities", so.modalities,
+                   "1 (one content file) or 3 (visual, acoustic = the spurious block, textual)")
+      ->capture_default_str();
+  synth->add_option("--temperature", so.temperature, "softmax temperature of item choice")
+      ->capture_default_str();
+  synth
+      ->add_option("--protocol", so.protocol,
+                   "ood (train on all but the OOD environment; OOD, IID and cold-item tests) | "
+                   "mixed (every pair split at random)")
+      ->capture_default_str();
+  synth->add_option("--cold-fraction", so.cold_fraction, "share of cold items (protocol ood)")
+      ->capture_default_str();
+  synth->add_option("--test-env", so.test_env,
+                    "the OOD environment (default: the lowest spurious strength)");
 
   // inspect
-  CLI::App* inspect = app.add_subcommand("inspect", "print a dataset's counts and feature widths");
+  CLI::App* inspect = app.add_subcommand(
+      "inspect", "print a dataset's counts and feature widths, or a finished run's results");
   std::string inspect_dir;
-  inspect->add_option("DIR", inspect_dir, "dataset directory")->required();
+  inspect->add_option("DIR", inspect_dir, "dataset or run directory")->required();
 
   // sweep
   CLI::App* sweep = app.add_subcommand("sweep", "many runs from one spec, locally or on Slurm");
@@ -233,7 +274,7 @@ int main(int argc, char** argv) {
       if (!dbg_preset.empty()) apply_preset(config, dbg_preset);
       if (!dbg_config.empty()) apply_toml(config, read_text_file(dbg_config), dbg_config);
       for (const std::string& o : dbg_overrides) apply_override(config, o);
-      run_debug_step(config, dbg_data, dbg_out, dbg_random_mask, !dbg_float);
+      run_debug_step(config, dbg_data, dbg_out, dbg_random_mask, !dbg_float, dbg_pareto_state);
     } else if (*split) {
       Config config;
       if (!split_config.empty()) apply_toml(config, read_text_file(split_config), split_config);
@@ -243,7 +284,11 @@ int main(int argc, char** argv) {
       write_synthetic_dataset(synth_out, so);
       std::fprintf(stderr, "wrote synthetic dataset %s\n", synth_out.c_str());
     } else if (*inspect) {
-      inspect_dataset(inspect_dir);
+      if (std::filesystem::exists(inspect_dir + "/summary.json")) {
+        inspect_run(inspect_dir);
+      } else {
+        inspect_dataset(inspect_dir);
+      }
     } else if (*sw_plan) {
       sweep_plan(sweep_spec, sweep_dir);
     } else if (*sw_run) {

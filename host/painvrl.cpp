@@ -20,6 +20,7 @@
 // mask puts the spurious block below the invariant one on every seed we ran. InvRL's code has
 // a never-called init_frontmodel() that loads and freezes the pretrained model in the same
 // spirit. him_train = all keeps the DESIGN.md / InvRL behaviour (configs/invrl.toml).
+#include <cblas.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -27,6 +28,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <numeric>
@@ -74,9 +76,10 @@ void draw_noise(math::PhiloxKey key, uint32_t epoch, uint32_t step, uint32_t env
     eps[j] = math::mask_noise(key, epoch, step, env, uint64_t(j), sigma);
 }
 
-// Initial mask-model parameters: W ~ N(0, init_std), b = 0; attention layers N(0, 1/fan_in).
+// Initial mask-model parameters: W ~ N(0, init_std), b = 0; attention layers N(0, 1/fan_in), the
+// output biases +attention_bias (alpha_Phi) and -attention_bias (alpha_Psi).
 std::vector<float> init_mask_params(const MaskLayout& L, uint64_t seed, uint32_t stage,
-                                    double init_std) {
+                                    double init_std, double attention_bias) {
   std::vector<float> p(size_t(L.total), 0.f);
   const math::PhiloxKey key = math::make_key(seed, math::stream_id(math::RngStream::kInit, stage));
   auto fill = [&](int64_t off, int64_t n, float std_dev, uint32_t tensor) {
@@ -90,6 +93,7 @@ std::vector<float> init_mask_params(const MaskLayout& L, uint64_t seed, uint32_t
       fill(L.w1i[k], int64_t(L.H) * (L.D + L.d), float(1.0 / std::sqrt(double(3 * L.D + L.d))),
            20 + k);
       fill(L.w2[k], L.H, float(1.0 / std::sqrt(double(L.H))), 30 + k);
+      p[size_t(L.b2[k])] = float(k == 0 ? attention_bias : -attention_bias);
     }
   }
   return p;
@@ -327,6 +331,157 @@ std::vector<float> train_env_models_projection(const Config& c, const Graph& gra
   return params;
 }
 
+namespace {
+
+// mean_j psi_j over all items (d,), in double.
+std::vector<double> mean_item_row(const std::vector<float>& psi, int64_t d) {
+  std::vector<double> mean(static_cast<size_t>(d), 0.0);
+  const int64_t n = d > 0 ? int64_t(psi.size()) / d : 0;
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < d; ++j) mean[j] += psi[size_t(i * d + j)];
+  for (double& x : mean) x /= double(std::max<int64_t>(n, 1));
+  return mean;
+}
+
+// W_all (E D, d) then b_all (E D): b_e <- -W_e mean_j psi_j.
+void centre_env_biases(std::vector<float>& wb, const std::vector<float>& psi, int64_t d, int envs,
+                       int32_t D) {
+  const std::vector<double> mean = mean_item_row(psi, d);
+  float* b_all = wb.data() + size_t(envs) * D * d;
+  for (int64_t r = 0; r < int64_t(envs) * D; ++r) {
+    double acc = 0;
+    for (int64_t j = 0; j < d; ++j) acc += double(wb[size_t(r * d + j)]) * mean[j];
+    b_all[r] = float(-acc);
+  }
+}
+
+// Per user and model (U, E): the offset and the scale Eq. 9's comparison divides by, for the
+// projection models of `m` (raw W_all, b_all): centered: mean_j s_e(u, j) and 1; standardized:
+// the mean and the standard deviation over items; likelihood: log sum_j exp s_e(u, j) and 1
+// (the score becomes the model's log-probability of the item among all items, a softmax choice).
+void assignment_offsets(const cpu::EnvModelsView& m, const std::vector<float>& psi,
+                        const std::string& mode, std::vector<double>& offset,
+                        std::vector<double>& scale) {
+  const int32_t U = m.n_users, I = m.n_items, D = m.dim, E = m.envs;
+  const int64_t d = m.feat_dim, D2 = 2 * int64_t(D);
+  offset.assign(size_t(U) * E, 0.0);
+  scale.assign(size_t(U) * E, 1.0);
+  // Item rows [T_j, X_e[j]] (I, 2D) per model, X_e = psi W_e^T + b_e.
+  std::vector<float> rows(size_t(I) * D2);
+  std::vector<double> mean(static_cast<size_t>(D2)), cov;
+  for (int32_t e = 0; e < E; ++e) {
+#pragma omp parallel for schedule(static)
+    for (int32_t j = 0; j < I; ++j) {
+      float* r = rows.data() + size_t(j) * D2;
+      std::copy(m.t + size_t(j) * D, m.t + size_t(j + 1) * D, r);
+      for (int32_t k = 0; k < D; ++k) {
+        const float* w = m.w_all + (size_t(e) * D + k) * d;
+        double acc = m.b_all[size_t(e) * D + k];
+        for (int64_t x = 0; x < d; ++x) acc += double(w[x]) * psi[size_t(j) * d + x];
+        r[D + k] = float(acc);
+      }
+    }
+    std::fill(mean.begin(), mean.end(), 0.0);
+    for (int32_t j = 0; j < I; ++j)
+      for (int64_t k = 0; k < D2; ++k) mean[k] += rows[size_t(j) * D2 + k];
+    for (double& v : mean) v /= double(std::max(I, 1));
+    if (mode == "standardized") {
+      cov.assign(size_t(D2 * D2), 0.0);
+#pragma omp parallel for schedule(static)
+      for (int64_t a = 0; a < D2; ++a) {
+        for (int64_t b = 0; b < D2; ++b) {
+          double acc = 0;
+          for (int32_t j = 0; j < I; ++j) {
+            acc += (rows[size_t(j) * D2 + a] - mean[a]) * (rows[size_t(j) * D2 + b] - mean[b]);
+          }
+          cov[size_t(a * D2 + b)] = acc / double(std::max(I, 1));
+        }
+      }
+    }
+#pragma omp parallel
+    {
+      std::vector<double> x(static_cast<size_t>(D2));
+#pragma omp for schedule(static)
+      for (int32_t u = 0; u < U; ++u) {
+        for (int32_t k = 0; k < D; ++k) {
+          x[k] = m.pt[size_t(u) * D + k];
+          x[D + k] = m.pf[size_t(u) * D + k];
+        }
+        double mu = 0;
+        for (int64_t k = 0; k < D2; ++k) mu += x[k] * mean[k];
+        double& off = offset[size_t(u) * E + e];
+        if (mode == "centered" || mode == "standardized") off = mu;
+        if (mode == "standardized") {
+          double var = 0;
+          for (int64_t a = 0; a < D2; ++a) {
+            double row = 0;
+            for (int64_t b = 0; b < D2; ++b) row += cov[size_t(a * D2 + b)] * x[b];
+            var += x[a] * row;
+          }
+          scale[size_t(u) * E + e] = var > 0 ? std::sqrt(var) : 1.0;
+        }
+      }
+    }
+    if (mode == "likelihood") {
+      // log sum_j exp s_e(u, j): the scores of a block of users by one GEMM, then per user the
+      // log-sum-exp over the items (in double, from the largest score).
+      constexpr int32_t kBlock = 256;
+      std::vector<float> xu(size_t(kBlock) * D2), sc(size_t(kBlock) * I);
+      for (int32_t u0 = 0; u0 < U; u0 += kBlock) {
+        const int32_t nb = std::min(kBlock, U - u0);
+        for (int32_t r = 0; r < nb; ++r) {
+          std::copy(m.pt + size_t(u0 + r) * D, m.pt + size_t(u0 + r + 1) * D,
+                    xu.data() + size_t(r) * D2);
+          std::copy(m.pf + size_t(u0 + r) * D, m.pf + size_t(u0 + r + 1) * D,
+                    xu.data() + size_t(r) * D2 + D);
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nb, I, int(D2), 1.f, xu.data(),
+                    int(D2), rows.data(), int(D2), 0.f, sc.data(), I);
+#pragma omp parallel for schedule(static)
+        for (int32_t r = 0; r < nb; ++r) {
+          const float* row = sc.data() + size_t(r) * I;
+          double top = -INFINITY;
+          for (int32_t j = 0; j < I; ++j) top = std::max(top, double(row[j]));
+          double z = 0;
+          for (int32_t j = 0; j < I; ++j) z += std::exp(double(row[j]) - top);
+          offset[size_t(u0 + r) * E + e] = top + std::log(z);
+        }
+      }
+    }
+  }
+}
+
+// scores[p] -= the model's mean score over all items for pairs.user[p]:
+// <Pt_u, mean_j T_j> + <Pf_u, W mean_j psi_j + b>.
+void subtract_user_mean_scores(const Backend& model, const Graph& graph,
+                               const std::vector<float>& psi, int64_t d, int32_t D,
+                               const PairList& pairs, std::vector<float>& scores) {
+  const std::vector<float> prm = model.parameters();
+  const ParamLayout L = ParamLayout::make(graph.n_users, graph.n_items, D, d, true);
+  const std::vector<double> mean_psi = mean_item_row(psi, d);
+  std::vector<double> mean_t(static_cast<size_t>(D), 0.0), x(static_cast<size_t>(D), 0.0);
+  for (int32_t i = 0; i < graph.n_items; ++i)
+    for (int32_t k = 0; k < D; ++k) mean_t[k] += prm[size_t(L.t + int64_t(i) * D + k)];
+  for (double& v : mean_t) v /= double(std::max(graph.n_items, 1));
+  for (int32_t k = 0; k < D; ++k) {
+    double acc = prm[size_t(L.b + k)];
+    for (int64_t j = 0; j < d; ++j) acc += double(prm[size_t(L.w + k * d + j)]) * mean_psi[j];
+    x[k] = acc;
+  }
+  std::vector<float> user_mean(static_cast<size_t>(graph.n_users));
+  for (int32_t u = 0; u < graph.n_users; ++u) {
+    double acc = 0;
+    for (int32_t k = 0; k < D; ++k) {
+      acc += double(prm[size_t(L.pt + int64_t(u) * D + k)]) * mean_t[k] +
+             double(prm[size_t(L.pf + int64_t(u) * D + k)]) * x[k];
+    }
+    user_mean[u] = float(acc);
+  }
+  for (size_t p = 0; p < pairs.size(); ++p) scores[p] -= user_mean[pairs.user[p]];
+}
+
+}  // namespace
+
 std::vector<int32_t> identify_environments(const Config& c, const Graph& graph,
                                            const PairList& pairs, const std::vector<float>& psi,
                                            int64_t feat_dim, int envs, int outer,
@@ -385,6 +540,24 @@ std::vector<int32_t> identify_environments(const Config& c, const Graph& graph,
                              train_env_models_projection(c, graph, mine, psi, feat_dim, *backbone,
                                                          stages, c.him_epochs);
       const ParamLayout bl = ParamLayout::make(graph.n_users, graph.n_items, c.dim, feat_dim, true);
+      // him_assign = centered: each model's bias becomes -W_e mean_j psi_j, so that its score
+      // is <Pt_u, T_i> + <Pf_u, W_e (psi_i - mean_j psi_j)>; <Pt_u, T_i> is the same in every
+      // model, so the argmax is that of the score minus the model's mean over items for u.
+      std::vector<float> wb_assign = wb;
+      if (c.him_assign == "centered") centre_env_biases(wb_assign, psi, feat_dim, envs, c.dim);
+      const bool host_assign = c.him_assign == "standardized" || c.him_assign == "likelihood";
+      const cpu::EnvModelsView raw_view{graph.n_users,
+                                        graph.n_items,
+                                        c.dim,
+                                        envs,
+                                        feat_dim,
+                                        backbone->data() + bl.pt,
+                                        backbone->data() + bl.pf,
+                                        backbone->data() + bl.t,
+                                        wb.data(),
+                                        wb.data() + size_t(envs) * c.dim * feat_dim};
+      std::vector<double> offset, scale;
+      if (host_assign) assignment_offsets(raw_view, psi, c.him_assign, offset, scale);
       const cpu::EnvModelsView view{graph.n_users,
                                     graph.n_items,
                                     c.dim,
@@ -393,21 +566,27 @@ std::vector<int32_t> identify_environments(const Config& c, const Graph& graph,
                                     backbone->data() + bl.pt,
                                     backbone->data() + bl.pf,
                                     backbone->data() + bl.t,
-                                    wb.data(),
-                                    wb.data() + size_t(envs) * c.dim * feat_dim};
+                                    wb_assign.data(),
+                                    wb_assign.data() + size_t(envs) * c.dim * feat_dim};
 #ifdef PAINVRL_HAVE_CUDA
-      if (c.device == "cuda")
+      if (c.device == "cuda" && !host_assign)
         new_env = cuda::assign_environments_on_device(view, psi.data(), pairs, c.tf32);
 #endif
-      if (c.device != "cuda") {
+      if (c.device != "cuda" || host_assign) {
         std::vector<float> all_scores(static_cast<size_t>(P) * envs);  // (P, E)
         cpu::LossWorkspace<float> ws;
-        cpu::env_projection_score_pairs(view, psi.data(), pairs.user.data(), pairs.item.data(), P,
-                                        all_scores.data(), ws);
+        cpu::env_projection_score_pairs(host_assign ? raw_view : view, psi.data(),
+                                        pairs.user.data(), pairs.item.data(), P, all_scores.data(),
+                                        ws);
         for (int64_t p = 0; p < P; ++p) {
           for (int e = 0; e < envs; ++e) {
-            if (all_scores[size_t(p) * envs + e] > best[p]) {  // ties keep the smaller id
-              best[p] = all_scores[size_t(p) * envs + e];
+            float v = all_scores[size_t(p) * envs + e];
+            if (host_assign) {
+              const size_t ue = size_t(pairs.user[p]) * envs + e;
+              v = float((double(v) - offset[ue]) / scale[ue]);
+            }
+            if (v > best[p]) {  // ties keep the smaller id
+              best[p] = v;
               new_env[p] = e;
             }
           }
@@ -424,6 +603,9 @@ std::vector<int32_t> identify_environments(const Config& c, const Graph& graph,
                       c.him_epochs, "", frozen ? backbone : nullptr, frozen);
       model->prepare_scoring();
       model->score_pairs(pairs.user.data(), pairs.item.data(), P, scores.data());
+      if (c.him_assign == "centered") {
+        subtract_user_mean_scores(*model, graph, psi, feat_dim, c.dim, pairs, scores);
+      }
       for (int64_t p = 0; p < P; ++p) {
         if (scores[p] > best[p]) {  // ties keep the smaller environment id
           best[p] = scores[p];
@@ -542,6 +724,24 @@ void shuffle_env_pairs(std::vector<std::vector<int32_t>>& env_pairs, math::Philo
 
 }  // namespace
 
+std::vector<double> read_mask_file(const std::string& path, int64_t d) {
+  const NpyArray a = read_npy(path);
+  if (a.dtype != NpyDtype::kFloat32 && a.dtype != NpyDtype::kFloat64) {
+    input_error("mask_file {}: expected float32 or float64 values", path);
+  }
+  if (a.size() != d || a.shape.size() > 2 || (a.shape.size() == 2 && a.shape[0] != 1)) {
+    input_error("mask_file {}: shape [{}]; expected ({},): one value per feature column", path,
+                fmt::join(a.shape, ", "), d);
+  }
+  std::vector<double> m = a.to_double();
+  for (size_t j = 0; j < m.size(); ++j) {
+    if (!(m[j] >= 0 && m[j] <= 1)) {
+      input_error("mask_file {}: value {} (column {}) is not in [0, 1]", path, m[j], j);
+    }
+  }
+  return m;
+}
+
 SelectionResult run_invariant_pipeline(const Config& c, const Evaluator& eval,
                                        const std::string& run_dir, std::ostream& metrics_out,
                                        std::ostream& trace, nlohmann::json& summary,
@@ -551,6 +751,7 @@ SelectionResult run_invariant_pipeline(const Config& c, const Evaluator& eval,
   const int64_t d = data.feature_dim;
   const bool invrl = c.method == "invrl";
   const bool attention = !invrl && c.attention;
+  const bool pareto = !invrl && c.objective == "pareto";  // w_ERM from Eq. 17 (else fixed)
   const Position at = resume ? resume->position : Position{};
   PipelineState ps;
   ps.mask.assign(size_t(d), c.mask_init);
@@ -566,9 +767,18 @@ SelectionResult run_invariant_pipeline(const Config& c, const Evaluator& eval,
   };
   const Position after_outer_end =
       c.outer_iterations > 0 ? Position{"him", 0, 0, 0} : Position{"final", 0, 0, 0};
+  // A given mask (mask_file): no stage 0, HIM or mask generation; the final model trains on it.
+  const bool fixed_mask = !c.mask_file.empty();
+  if (fixed_mask) {
+    ps.mask = read_mask_file(c.mask_file, d);
+    summary["mask_file"] = std::filesystem::absolute(c.mask_file).lexically_normal().string();
+    log_info(fmt::format("mask from {}: the final model only", c.mask_file));
+  }
 
   // Stage 0: the backbone on the full features; Pt, Pf, T frozen for the mask model.
-  if (at.phase == "start" || at.phase == "pretrain") {
+  if (fixed_mask) {
+    if (resume) ps.load(*resume);
+  } else if (at.phase == "start" || at.phase == "pretrain") {
     log_info(fmt::format("stage 0: backbone on the full features, {} epochs", c.pretrain_epochs));
     const auto t_pre = Clock::now();
     StageCheckpoints sc;
@@ -590,9 +800,10 @@ SelectionResult run_invariant_pipeline(const Config& c, const Evaluator& eval,
   const ParamLayout bl = make_train_setup(c, data.n_users, data.n_items, d, true, 0).layout;
   const MaskLayout ml = MaskLayout::make(c.dim, d, c.attention_hidden, attention);
   MaskSettings ms = mask_settings_from(c);
-  const int first_outer = at.phase == "him" || at.phase == "mask" ? at.outer
-                          : at.phase == "final"                   ? c.outer_iterations
-                                                                  : 0;
+  const int first_outer = fixed_mask                                ? c.outer_iterations
+                          : at.phase == "him" || at.phase == "mask" ? at.outer
+                          : at.phase == "final"                     ? c.outer_iterations
+                                                                    : 0;
   for (int outer = 0; outer < first_outer && invrl; ++outer) {  // the growth so far, in order
     ms.fixed_alpha *= c.invrl_growth;
     ms.lambda *= c.invrl_growth;
@@ -658,7 +869,8 @@ SelectionResult run_invariant_pipeline(const Config& c, const Evaluator& eval,
           write_text_atomic(fmt::format("{}/environments-{}.tsv", run_dir, outer), text);
         }
         // The mask model: W ~ N(0, init_std) (or stage 0's W, b), attention N(0, 1/fan_in).
-        const std::vector<float> params_init = init_mask_params(ml, c.seed, stage, c.init_std);
+        const std::vector<float> params_init =
+            init_mask_params(ml, c.seed, stage, c.init_std, c.attention_bias);
         st.params.assign(params_init.begin(), params_init.end());
         seed_mask_model(c, frozen, bl, ml, st.params);
         st.adam_m.assign(st.params.size(), 0.0);
@@ -711,11 +923,12 @@ SelectionResult run_invariant_pipeline(const Config& c, const Evaluator& eval,
       auto drain = [&] {
         const MaskDrain dr = runner->drain();
         for (const MaskStepRecord& r : dr.records) {
-          trace << nlohmann::json{{"outer", outer},          {"epoch", epoch},   {"step", r.step},
-                                  {"w_ERM", r.w_ERM},        {"L_ERM", r.L_ERM}, {"L_IRM", r.L_IRM},
-                                  {"mask_mean", r.mask_mean}}
-                       .dump()
-                << "\n";
+          nlohmann::json line = {{"outer", outer}, {"epoch", epoch}, {"step", r.step}};
+          if (pareto) line["w_ERM"] = r.w_ERM;  // fixed weights (erm, irm, invrl): no w_ERM
+          line["L_ERM"] = r.L_ERM;
+          line["L_IRM"] = r.L_IRM;
+          line["mask_mean"] = r.mask_mean;
+          trace << line.dump() << "\n";
           st.sum_w += r.w_ERM;
           st.sum_erm += r.L_ERM;
           st.sum_irm += r.L_IRM;
@@ -755,10 +968,12 @@ SelectionResult run_invariant_pipeline(const Config& c, const Evaluator& eval,
             hi = std::max(hi, double(x));
           }
           log_info(fmt::format(
-              "mask outer {} epoch {:>3}/{}: mean w_ERM {:.3f}, L_ERM {:.4g}, L_IRM {:.4g}; mask "
-              "mean {:.3f} [{:.3f}, {:.3f}]",
-              outer, epoch, c.mask_epochs, st.sum_w / st.n_steps, st.sum_erm / st.n_steps,
-              st.sum_irm / st.n_steps, mean / double(std::max<int64_t>(d, 1)), lo, hi));
+              "mask outer {} epoch {:>3}/{}: {}L_ERM {:.4g}, L_IRM {:.4g}; mask mean {:.3f} "
+              "[{:.3f}, {:.3f}]",
+              outer, epoch, c.mask_epochs,
+              pareto ? fmt::format("mean w_ERM {:.3f}, ", st.sum_w / st.n_steps) : "",
+              st.sum_erm / st.n_steps, st.sum_irm / st.n_steps,
+              mean / double(std::max<int64_t>(d, 1)), lo, hi));
           st.sum_w = st.sum_erm = st.sum_irm = 0;
           st.n_steps = 0;
         }

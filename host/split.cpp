@@ -55,7 +55,8 @@ void per_user_holdout(const PairList& pairs, int32_t n_users, double share, math
 
 void write_split_dataset(const std::string& dir, const Dataset& src, const PairList& train,
                          const PairList& valid, const PairList& test, const std::string& note,
-                         const std::map<std::pair<int32_t, int32_t>, int32_t>& env_of) {
+                         const std::map<std::pair<int32_t, int32_t>, int32_t>& env_of,
+                         const char* test_candidates = "all") {
   fs::create_directories(dir);
   // The environment of every pair, for `environments = file` runs (diagnostics, oracle envs).
   std::string tsv = "user\titem\tenv\tsplit\n";
@@ -74,9 +75,9 @@ void write_split_dataset(const std::string& dir, const Dataset& src, const PairL
   std::string toml = fmt::format(
       "# Written by `painvrl split` ({}); see ../manifest.json.\nname = \"{}\"\n"
       "format = \"lightgcn\"\ntrain = \"train.txt\"\nvalid = \"val.txt\"\ntest = \"test.txt\"\n"
-      "n_users = {}\nn_items = {}\nnormalize = {}\n",
+      "n_users = {}\nn_items = {}\nnormalize = {}\ntest_candidates = \"{}\"\n",
       note, fs::path(dir).filename().string(), src.n_users, src.n_items,
-      src.normalized ? "true" : "false");
+      src.normalized ? "true" : "false", test_candidates);
   for (const Modality& m : src.modalities) {
     toml += fmt::format("[[modality]]\nname = \"{}\"\nfile = \"{}\"\n", m.name,
                         fs::absolute(m.file).string());
@@ -112,6 +113,9 @@ void run_split(const Config& asked, const std::string& data_dir, const std::stri
   PairList all = src.train;
   for (const PairList* part : {&src.valid, &src.test}) {
     for (size_t p = 0; p < part->size(); ++p) all.push(part->user[p], part->item[p]);
+  }
+  for (const TestSet& set : src.test_sets) {
+    for (size_t p = 0; p < set.pairs.size(); ++p) all.push(set.pairs.user[p], set.pairs.item[p]);
   }
 
   // 1. Two environments.
@@ -226,9 +230,9 @@ void run_split(const Config& asked, const std::string& data_dir, const std::stri
       };
       const PairList ood_test = seen_only(cold_minor), iid_test = seen_only(cold_major);
       write_split_dataset(tmp + "/cold-ood", src, train, valid, ood_test,
-                          "cold items, test env; train with candidates = cold", env_of);
+                          "cold items, test env, ranked among the cold items", env_of, "cold");
       write_split_dataset(tmp + "/cold-iid", src, train, valid, iid_test,
-                          "cold items, training envs; train with candidates = cold", env_of);
+                          "cold items, training envs, ranked among the cold items", env_of, "cold");
       manifest["cold_fraction"] = cold_fraction;
       manifest["cold_items"] = n_cold;
       manifest["counts"] = {{"train", train.size()},
@@ -241,7 +245,7 @@ void run_split(const Config& asked, const std::string& data_dir, const std::stri
           "envs' pairs of warm items minus a per-user 10% validation; cold-ood test = minority env "
           "pairs of cold items, cold-iid test = the training envs' pairs of cold items, both "
           "restricted "
-          "to users in train; evaluate with candidates = cold";
+          "to users in train; ranked among the cold items (dataset.toml test_candidates)";
     }
     write_text_atomic(tmp + "/manifest.json", manifest.dump(2) + "\n");
     fs::rename(tmp, out_dir);

@@ -1,13 +1,16 @@
 // Synthetic dataset with a planted environment shift (`painvrl synth`; DESIGN.md section 4).
 //
 // The model. L = options.latent, C = kSpuriousFactors (2), T = temperature, lambda =
-// spurious_strength, s = kViewNoise (0.1). Every variable below is drawn independently.
+// spurious_strength, s = view_noise (0.1), a = shared_taste (1), b = personal_taste (1). Every
+// variable below is drawn independently.
 //
 //   items  i:  z_i ~ N(0, I_L)                 latent invariant factors
 //              c_i ~ N(0, I_C)                 latent spurious property
 //   users  u:  p_u ~ N(0, I_L)                 invariant preference
-//              q_u = e_1 + n_u,  n_u ~ N(0, I_C)   spurious taste: a taste shared by all users
-//                                              (e_1, the first axis) plus a personal one
+//              q_u = a e_1 + b n_u,  n_u ~ N(0, I_C)   spurious taste: a taste shared by all
+//                                              users (e_1, the first axis) plus a personal one;
+//                                              b = 0 makes it a popularity-like property of the
+//                                              item that every user responds to alike
 //   maps:      A ~ N(0, 1/L)^(invariant x L),  B ~ N(0, 1/C)^(spurious x C)
 //   features:  f_i = [ A z_i + s eps_i ;  B c_i + s eps'_i ;  eta_i ]   (float32, items x d)
 //              eps, eps', eta ~ N(0, I): the invariant block is a noisy linear view of z_i (so
@@ -17,18 +20,26 @@
 //   counts:    n_u = min(max(1, items / 2), n0 + G_u),  n0 = min(5, max(1, floor(per_user))),
 //              G_u ~ Geometric on {0, 1, ...} with mean per_user - n0 (so E n_u = per_user
 //              before the cap).
-//   pairs:     user u makes n_u draws k = 0 .. n_u - 1. Draw k picks its environment
-//              e ~ Bernoulli(minority) (0 = majority, 1 = minority) and then an item from
+//   pairs:     user u makes n_u draws k = 0 .. n_u - 1. Draw k picks its environment e with
+//              the environments' shares (by default 0 majority, sign +1; 1 minority, -1; 2
+//              middle, mid_strength; or env_strengths / env_shares) and then an item from
 //              P(i | u, e) = exp(score_e(u, i) / T) / sum_(j not yet drawn) exp(score_e(u, j) / T)
-//              score_e(u, i) = <p_u, z_i> / sqrt(L) + sign_e * lambda * <q_u, c_i> / sqrt(C + 1)
-//              with sign_0 = +1, sign_1 = -1. Both terms have unit variance over (u, i). The
-//              invariant term drives choices the same way in both environments; the spurious
-//              term flips: in the majority environment users (on average) pick items with
-//              c_i1 > 0, in the minority environment items with c_i1 < 0.
-//   split:     each user's pairs are shuffled; the first round_s(test_share * n_u) are test, the
-//              next round_s(valid_share * n_u) valid, the rest train (round_s: stochastic
-//              rounding, so the expected shares are exact); valid, then test, is shortened until
-//              at least one training pair remains. Items may end up without a training pair.
+//              score_e(u, i) = <p_u, z_i> / sqrt(L) + sign_e * lambda * <q_u, c_i> / sqrt(a^2 + C
+//              b^2) Both terms have unit variance over (u, i). The invariant term drives choices
+//              the same way in every environment; the spurious term changes sign: in the majority
+//              environment users (on average) pick items with c_i1 > 0, in the minority
+//              environment items with c_i1 < 0.
+//   split:     (protocol mixed) each user's pairs are shuffled; the first round_s(test_share *
+//              n_u) are test, the next round_s(valid_share * n_u) valid, the rest train
+//              (round_s: stochastic rounding, so the expected shares are exact); valid, then
+//              test, is shortened until at least one training pair remains. Items may end up
+//              without a training pair. (protocol ood, the default) each item is cold with
+//              probability cold_fraction; the same per-user rule splits a user's pairs of warm
+//              items from the training environments (all but the OOD test environment) into
+//              train / valid / iid; the OOD environment's pairs of warm items are the test, its
+//              pairs of cold items `cold-ood`, the training environments' pairs of cold items
+//              `cold-iid`; every test keeps only users with a training pair, and the OOD test
+//              only items with one.
 //
 // Sampling without replacement uses one Fenwick tree of exp(logit - max) per environment and
 // user (O(log items) per draw); a tree whose remaining mass has shrunk below 1e-6 of its mass at
@@ -40,9 +51,12 @@
 // whatever the number of threads.
 //
 // Outputs (written to a temporary sibling directory, then renamed to out_dir): dataset.toml,
-// train.txt / val.txt / test.txt (LightGCN text), features.npy, environments.tsv (`user item
-// env split`, one row per pair, users in order, each user's pairs in draw order) and
-// manifest.json (options, model constants, block column ranges, counts, and under "truth" the
+// train.txt / val.txt / test.txt (LightGCN text; with protocol ood also test_iid.txt,
+// test_cold_ood.txt and test_cold_iid.txt, listed as [[test_set]]s), features.npy (or
+// visual.npy, acoustic.npy, textual.npy), planted_mask.npy (1 on the invariant columns, 0
+// elsewhere: the oracle mask), environments.tsv (`user item env split`, one row per pair, users
+// in order, each user's pairs in draw order) and manifest.json (options, model constants, the
+// kind of every column, block column ranges for one modality, counts, and under "truth" the
 // spurious readout w: a vector over the spurious block with w . (B c) = c_1, so w . f_spurious is
 // an item's shared spurious property up to the view noise; null when the block has < C columns).
 #include "painvrl/synth.h"
@@ -51,6 +65,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <bit>
 #include <cerrno>
@@ -74,9 +89,8 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-constexpr int kGeneratorVersion = 1;
+constexpr int kGeneratorVersion = 2;
 constexpr int kSpuriousFactors = 2;  // C, the dimension of c_i and q_u
-constexpr double kViewNoise = 0.1;   // s, noise of the invariant and spurious views
 constexpr int kMinPerUser = 5;
 constexpr double kRebuildShrink = 1e-6;
 
@@ -95,7 +109,38 @@ enum class Draw : uint32_t {
   kInteraction = 11,    // draw k of user u: entity u, index k (environment, item)
   kSplitShuffle = 12,   // Fisher-Yates step k of user u
   kSplitRound = 13,     // stochastic rounding of user u's split sizes
+  kColdItem = 14,       // whether item i is cold (protocol ood): entity i
 };
+
+// One environment: its share of the draws and the sign/strength of its spurious preference.
+struct EnvSpec {
+  double share = 0, strength = 0;
+};
+
+// The environments the options describe: env_strengths / env_shares, or majority (+1),
+// minority (-1) and middle (mid_strength) with the minority / mid_share shares.
+std::vector<EnvSpec> environments_of(const SynthOptions& o) {
+  std::vector<EnvSpec> envs;
+  if (!o.env_strengths.empty()) {
+    double rest = 1;
+    for (size_t k = 1; k < o.env_shares.size(); ++k) rest -= o.env_shares[k];
+    for (size_t k = 0; k < o.env_strengths.size(); ++k)
+      envs.push_back({k == 0 ? rest : o.env_shares[k], o.env_strengths[k]});
+    return envs;
+  }
+  return {{1 - o.minority - o.mid_share, 1.0}, {o.minority, -1.0}, {o.mid_share, o.mid_strength}};
+}
+
+// The OOD test environment: test_env, or the lowest strength among the environments with pairs
+// (the smaller id on a tie).
+int32_t ood_env_of(const SynthOptions& o, const std::vector<EnvSpec>& envs) {
+  if (o.test_env >= 0) return o.test_env;
+  int32_t best = -1;
+  for (int32_t e = 0; e < int32_t(envs.size()); ++e) {
+    if (envs[e].share > 0 && (best < 0 || envs[e].strength < envs[best].strength)) best = e;
+  }
+  return best;
+}
 
 class Rng {
  public:
@@ -160,6 +205,58 @@ void validate(const SynthOptions& o) {
   if (!(o.valid_share + o.test_share < 1))
     input_error("synth: options `valid_share` + `test_share` must be < 1 (got {} + {})",
                 o.valid_share, o.test_share);
+  if (o.env_strengths.size() != o.env_shares.size())
+    input_error(
+        "synth: options `env_strengths` ({} values) and `env_shares` ({} values) must have "
+        "the same length",
+        o.env_strengths.size(), o.env_shares.size());
+  if (!o.env_strengths.empty()) {
+    if (o.env_strengths.size() < 2 || o.env_strengths.size() > 32)
+      input_error("synth: options `env_strengths` / `env_shares`: 2 to 32 environments (got {})",
+                  o.env_strengths.size());
+    double rest = 1;
+    for (size_t k = 0; k < o.env_strengths.size(); ++k) {
+      if (!std::isfinite(o.env_strengths[k]))
+        input_error("synth: option `env_strengths`: value {} is not finite", k);
+      if (!(o.env_shares[k] >= 0 && o.env_shares[k] <= 1))
+        input_error("synth: option `env_shares`: value {} = {} is not in [0, 1]", k,
+                    o.env_shares[k]);
+      if (k > 0) rest -= o.env_shares[k];
+    }
+    if (!(rest > 1e-9))
+      input_error(
+          "synth: option `env_shares`: environment 0 takes 1 - the others' shares = {}; "
+          "it must be > 0 (its own value is ignored)",
+          rest);
+  } else if (!(1 - o.minority - o.mid_share > 0)) {
+    input_error("synth: options `minority` + `mid_share` = {} leave no majority environment",
+                o.minority + o.mid_share);
+  }
+  if (!(std::isfinite(o.shared_taste) && std::isfinite(o.personal_taste)) ||
+      !(o.shared_taste * o.shared_taste + o.personal_taste * o.personal_taste > 0))
+    input_error(
+        "synth: options `shared_taste` and `personal_taste` must be finite and not both 0 "
+        "(got {}, {})",
+        o.shared_taste, o.personal_taste);
+  if (!(std::isfinite(o.view_noise) && o.view_noise >= 0))
+    input_error("synth: option `view_noise` must be >= 0 and finite (got {})", o.view_noise);
+  if (o.modalities != 1 && o.modalities != 3)
+    input_error("synth: option `modalities` must be 1 or 3 (got {})", o.modalities);
+  if (o.protocol != "ood" && o.protocol != "mixed")
+    input_error("synth: option `protocol` must be ood or mixed (got `{}`)", o.protocol);
+  if (!(o.cold_fraction >= 0 && o.cold_fraction < 1))
+    input_error("synth: option `cold_fraction` must be in [0, 1) (got {})", o.cold_fraction);
+  const std::vector<EnvSpec> envs = environments_of(o);
+  if (o.test_env >= int32_t(envs.size()))
+    input_error("synth: option `test_env` = {}: there are {} environments", o.test_env,
+                envs.size());
+  if (o.protocol == "ood") {
+    const int32_t t = ood_env_of(o, envs);
+    if (t < 0 || !(envs[t].share > 0))
+      input_error("synth: protocol ood: the OOD test environment {} has no pairs (share 0)", t);
+    if (!(envs[t].share < 1))
+      input_error("synth: protocol ood: the OOD test environment {} takes every pair", t);
+  }
 }
 
 // The latent variables of the model and the features derived from them.
@@ -184,7 +281,8 @@ Latents draw_latents(const Rng& rng, const SynthOptions& o) {
   for (int32_t u = 0; u < o.users; ++u) {
     for (int k = 0; k < L; ++k) m.p[size_t(u) * L + k] = rng.normal(Draw::kUserPreference, u, k);
     for (int k = 0; k < C; ++k)
-      m.q[size_t(u) * C + k] = (k == 0 ? 1.0 : 0.0) + rng.normal(Draw::kUserSpurious, u, k);
+      m.q[size_t(u) * C + k] = (k == 0 ? o.shared_taste : 0.0) +
+                               o.personal_taste * rng.normal(Draw::kUserSpurious, u, k);
   }
   return m;
 }
@@ -213,12 +311,12 @@ std::vector<float> make_features(const Rng& rng, const SynthOptions& o, const La
     const double* zi = m.z.data() + size_t(i) * L;
     const double* ci = m.c.data() + size_t(i) * C;
     for (int32_t j = 0; j < o.invariant; ++j) {
-      double v = kViewNoise * rng.normal(Draw::kInvariantNoise, i, j);
+      double v = o.view_noise * rng.normal(Draw::kInvariantNoise, i, j);
       for (int k = 0; k < L; ++k) v += a[size_t(j) * L + k] * zi[k];
       row[j] = float(v);
     }
     for (int32_t j = 0; j < o.spurious; ++j) {
-      double v = kViewNoise * rng.normal(Draw::kSpuriousNoise, i, j);
+      double v = o.view_noise * rng.normal(Draw::kSpuriousNoise, i, j);
       for (int k = 0; k < C; ++k) v += b[size_t(j) * C + k] * ci[k];
       row[o.invariant + j] = float(v);
     }
@@ -296,17 +394,22 @@ struct Fenwick {
   }
 };
 
-// Per-thread scratch for one user's draws.
-// Environments: 0 majority (spurious sign +1), 1 minority (-1), 2 middle (mid_strength, share
-// mid_share; empty by default).
-constexpr int kEnvs = 3;
-
+// Per-thread scratch for one user's draws, one tree per environment.
 struct UserSampler {
-  std::vector<double> logit[kEnvs], w[kEnvs];
-  Fenwick tree[kEnvs];
-  double built_total[kEnvs] = {0, 0, 0};
-  bool built[kEnvs] = {false, false, false};
+  std::vector<std::vector<double>> logit, w;
+  std::vector<Fenwick> tree;
+  std::vector<double> built_total;
+  std::vector<char> built;
   std::vector<char> taken;
+
+  void init(int envs, int32_t items) {
+    logit.assign(size_t(envs), std::vector<double>(size_t(items), 0.0));
+    w.assign(size_t(envs), std::vector<double>(size_t(items), 0.0));
+    tree.assign(size_t(envs), Fenwick{});
+    built_total.assign(size_t(envs), 0.0);
+    built.assign(size_t(envs), 0);
+    taken.assign(size_t(items), 0);
+  }
 
   // Rebuilds environment e's weights as exp(logit - max) over the items not yet drawn.
   void rebuild(int e) {
@@ -348,29 +451,56 @@ struct UserSampler {
 
   void take(int32_t item) {
     taken[item] = 1;
-    for (int e = 0; e < kEnvs; ++e) {
+    for (size_t e = 0; e < tree.size(); ++e) {
       if (built[e]) tree[e].add(item, -w[e][item]);
       w[e][item] = 0;
     }
   }
 };
 
-enum Split : uint8_t { kTrain = 0, kValid = 1, kTest = 2 };
-constexpr const char* kSplitNames[3] = {"train", "valid", "test"};
+// What a pair became. Protocol mixed: train, valid, test. Protocol ood: train, valid, test (the
+// OOD environment's warm pairs), iid, cold-ood, cold-iid, and dropped (an OOD or cold pair of a
+// user without training pairs, or an OOD pair of an item without one).
+enum Split : uint8_t {
+  kTrain = 0,
+  kValid = 1,
+  kTest = 2,
+  kIid = 3,
+  kColdOod = 4,
+  kColdIid = 5,
+  kDropped = 6,
+  kSplits = 7
+};
+constexpr const char* kSplitNames[kSplits] = {"train",    "valid",    "test",   "iid",
+                                              "cold-ood", "cold-iid", "dropped"};
+// The files of the splits after train / valid / test, and their [[test_set]] entries.
+struct TestSetFile {
+  Split split;
+  const char* name;
+  const char* file;
+  const char* candidates;
+};
+constexpr TestSetFile kTestSets[] = {{kIid, "iid", "test_iid.txt", "all"},
+                                     {kColdOod, "cold-ood", "test_cold_ood.txt", "cold"},
+                                     {kColdIid, "cold-iid", "test_cold_iid.txt", "cold"}};
 
 int64_t stochastic_round(double x, uint32_t r) {
   const double f = std::floor(x);
   return int64_t(f) + (Rng::unit(r) < x - f ? 1 : 0);
 }
 
-// User u's n draws: items, environments and splits in draw order.
-void draw_user(const Rng& rng, const SynthOptions& o, const Latents& m, int32_t u, int64_t n,
-               UserSampler& s, int32_t* item, uint8_t* env, uint8_t* split) {
+// User u's n draws: items and environments in draw order.
+void draw_user(const Rng& rng, const SynthOptions& o, const std::vector<EnvSpec>& envs,
+               const Latents& m, int32_t u, int64_t n, UserSampler& s, int32_t* item,
+               uint8_t* env) {
   const int L = m.latent, C = kSpuriousFactors;
+  const int E = int(envs.size());
   const double* pu = m.p.data() + size_t(u) * L;
   const double* qu = m.q.data() + size_t(u) * C;
   const double inv_scale = 1.0 / std::sqrt(double(L));
-  const double sp_scale = o.spurious_strength / std::sqrt(double(C + 1));
+  const double sp_scale =
+      o.spurious_strength /
+      std::sqrt(o.shared_taste * o.shared_taste + double(C) * o.personal_taste * o.personal_taste);
   const double inv_t = 1.0 / o.temperature;
   for (int32_t i = 0; i < o.items; ++i) {
     const double* zi = m.z.data() + size_t(i) * L;
@@ -380,26 +510,39 @@ void draw_user(const Rng& rng, const SynthOptions& o, const Latents& m, int32_t 
     for (int k = 0; k < C; ++k) b += qu[k] * ci[k];
     a *= inv_scale;
     b *= sp_scale;
-    s.logit[0][i] = (a + b) * inv_t;
-    s.logit[1][i] = (a - b) * inv_t;
-    s.logit[2][i] = (a + o.mid_strength * b) * inv_t;
+    for (int e = 0; e < E; ++e) s.logit[e][i] = (a + envs[e].strength * b) * inv_t;
   }
   std::fill(s.taken.begin(), s.taken.end(), 0);
-  s.built[0] = s.built[1] = s.built[2] = false;
+  std::fill(s.built.begin(), s.built.end(), 0);
   for (int64_t k = 0; k < n; ++k) {
     const math::U32x4 r = rng.words(Draw::kInteraction, u, uint32_t(k));
-    // The same uniform draw picks the environment: [0, minority) minority, then mid_share of the
-    // middle environment, the rest majority (mid_share = 0 gives the two-environment data).
+    // The same uniform draw picks the environment: environments 1, 2, ... take consecutive
+    // intervals of their shares from 0, environment 0 the rest.
     const double x = Rng::unit(r.v[0]);
-    const int e = x < o.minority ? 1 : (x < o.minority + o.mid_share ? 2 : 0);
+    int e = 0;
+    double edge = 0;
+    for (int c = 1; c < E; ++c) {
+      edge += envs[c].share;
+      if (x < edge) {
+        e = c;
+        break;
+      }
+    }
     const int32_t pick = s.sample(e, Rng::unit53(r.v[1], r.v[2]));
     s.take(pick);
     item[k] = pick;
     env[k] = uint8_t(e);
   }
-  // Split: shuffle the draw positions, then test, valid, train in that order.
-  std::vector<int64_t> order(static_cast<size_t>(n));
-  for (int64_t k = 0; k < n; ++k) order[k] = k;
+}
+
+// The per-user split of the draw positions `pos` (the candidates, in draw order) into test,
+// valid and train: shuffled, then the first round_s(test_share n) are test, the next
+// round_s(valid_share n) valid, the rest train, at least one train when there are any.
+void split_user(const Rng& rng, const SynthOptions& o, int32_t u, const std::vector<int64_t>& pos,
+                uint8_t* split) {
+  const int64_t n = int64_t(pos.size());
+  if (n == 0) return;
+  std::vector<int64_t> order(pos);
   for (int64_t k = n - 1; k > 0; --k) {
     const uint32_t r = rng.words(Draw::kSplitShuffle, u, uint32_t(k)).v[0];
     std::swap(order[k], order[math::uniform_below(r, uint32_t(k + 1))]);
@@ -418,9 +561,38 @@ void draw_user(const Rng& rng, const SynthOptions& o, const Latents& m, int32_t 
     split[order[k]] = k < n_test ? kTest : k < n_test + n_valid ? kValid : kTrain;
 }
 
+// The modality files: one `content`, or visual / acoustic / textual (SynthOptions::modalities).
+struct ModalityFile {
+  std::string name, file;
+  std::vector<int64_t> columns;  // columns of the canonical [invariant | spurious | noise] order
+};
+std::vector<ModalityFile> modality_files(const SynthOptions& o) {
+  const int64_t inv = o.invariant, sp = o.spurious, noise = o.noise;
+  std::vector<ModalityFile> out;
+  auto range = [](std::vector<int64_t>& v, int64_t begin, int64_t end) {
+    for (int64_t j = begin; j < end; ++j) v.push_back(j);
+  };
+  if (o.modalities == 1) {
+    out.push_back({"content", "features.npy", {}});
+    range(out[0].columns, 0, inv + sp + noise);
+    return out;
+  }
+  const int64_t inv1 = (inv + 1) / 2, noise1 = (noise + 1) / 2;
+  out.push_back({"visual", "visual.npy", {}});
+  range(out.back().columns, 0, inv1);
+  range(out.back().columns, inv + sp, inv + sp + noise1);
+  out.push_back({"acoustic", "acoustic.npy", {}});
+  range(out.back().columns, inv, inv + sp);
+  out.push_back({"textual", "textual.npy", {}});
+  range(out.back().columns, inv1, inv);
+  range(out.back().columns, inv + sp + noise1, inv + sp + noise);
+  return out;
+}
+
 std::string dataset_toml(const SynthOptions& o) {
-  return fmt::format(
-      "# Synthetic dataset written by `painvrl synth` (generator version {}); see manifest.json.\n"
+  std::string t = fmt::format(
+      "# Synthetic dataset written by `painvrl synth` (generator version {}, protocol {}); see "
+      "manifest.json.\n"
       "name = \"synth\"\n"
       "format = \"lightgcn\"\n"
       "train = \"train.txt\"\n"
@@ -428,12 +600,17 @@ std::string dataset_toml(const SynthOptions& o) {
       "test = \"test.txt\"\n"
       "n_users = {}\n"
       "n_items = {}\n"
-      "normalize = true\n"
-      "\n"
-      "[[modality]]\n"
-      "name = \"content\"\n"
-      "file = \"features.npy\"\n",
-      kGeneratorVersion, o.users, o.items);
+      "normalize = true\n",
+      kGeneratorVersion, o.protocol, o.users, o.items);
+  for (const ModalityFile& m : modality_files(o))
+    t += fmt::format("\n[[modality]]\nname = \"{}\"\nfile = \"{}\"\n", m.name, m.file);
+  if (o.protocol == "ood") {
+    for (const TestSetFile& ts : kTestSets) {
+      t += fmt::format("\n[[test_set]]\nname = \"{}\"\nfile = \"{}\"\ncandidates = \"{}\"\n",
+                       ts.name, ts.file, ts.candidates);
+    }
+  }
+  return t;
 }
 
 json options_json(const SynthOptions& o) {
@@ -449,9 +626,18 @@ json options_json(const SynthOptions& o) {
               {"spurious_strength", o.spurious_strength},
               {"mid_share", o.mid_share},
               {"mid_strength", o.mid_strength},
+              {"env_strengths", o.env_strengths},
+              {"env_shares", o.env_shares},
+              {"shared_taste", o.shared_taste},
+              {"personal_taste", o.personal_taste},
+              {"view_noise", o.view_noise},
+              {"modalities", o.modalities},
               {"temperature", o.temperature},
               {"valid_share", o.valid_share},
-              {"test_share", o.test_share}};
+              {"test_share", o.test_share},
+              {"protocol", o.protocol},
+              {"cold_fraction", o.cold_fraction},
+              {"test_env", o.test_env}};
 }
 
 // out_dir without a trailing separator; its parent exists afterwards.
@@ -499,7 +685,18 @@ void generate_into(const fs::path& dir, const SynthOptions& o) {
   const Rng rng(o.seed);
   const Latents m = draw_latents(rng, o);
   const std::vector<double> b = spurious_map(rng, o);
+  const std::vector<EnvSpec> envs = environments_of(o);
+  const int E = int(envs.size());
+  const bool ood = o.protocol == "ood";
+  const int32_t ood_env = ood ? ood_env_of(o, envs) : -1;
   const int64_t d = int64_t(o.invariant) + o.spurious + o.noise;
+
+  // Cold items (protocol ood): each independently with probability cold_fraction.
+  std::vector<char> cold(size_t(o.items), 0);
+  if (ood) {
+    for (int32_t i = 0; i < o.items; ++i)
+      cold[i] = Rng::unit(rng.words(Draw::kColdItem, i, 0).v[0]) < o.cold_fraction;
+  }
 
   // Pairs: counts first (cheap), then every user's draws in parallel into its own slice.
   std::vector<int64_t> offsets(size_t(o.users) + 1, 0);
@@ -510,24 +707,57 @@ void generate_into(const fs::path& dir, const SynthOptions& o) {
 #pragma omp parallel
   {
     UserSampler s;
-    for (int e = 0; e < kEnvs; ++e) {
-      s.logit[e].assign(size_t(o.items), 0.0);
-      s.w[e].assign(size_t(o.items), 0.0);
-    }
-    s.taken.assign(size_t(o.items), 0);
+    s.init(E, o.items);
+    std::vector<int64_t> pos;
 #pragma omp for schedule(dynamic, 16)
     for (int32_t u = 0; u < o.users; ++u) {
-      const int64_t off = offsets[u];
-      draw_user(rng, o, m, u, offsets[u + 1] - off, s, item.data() + off, env.data() + off,
-                split.data() + off);
+      const int64_t off = offsets[u], n = offsets[u + 1] - off;
+      draw_user(rng, o, envs, m, u, n, s, item.data() + off, env.data() + off);
+      // The split candidates: every pair (mixed), or the training environments' warm pairs.
+      pos.clear();
+      for (int64_t k = 0; k < n; ++k) {
+        if (!ood) {
+          pos.push_back(k);
+        } else if (cold[item[off + k]]) {
+          split[off + k] = env[off + k] == ood_env ? kColdOod : kColdIid;
+        } else if (env[off + k] == ood_env) {
+          split[off + k] = kTest;
+        } else {
+          pos.push_back(k);
+        }
+      }
+      split_user(rng, o, u, pos, split.data() + off);
+      if (ood) {
+        for (int64_t k : pos) {
+          if (split[off + k] == kTest) split[off + k] = kIid;  // held out of the training envs
+        }
+      }
+    }
+  }
+
+  // Tests keep only users with a training pair, the OOD test only items with one.
+  std::vector<char> item_in_train(size_t(o.items), 0), user_in_train(size_t(o.users), 0);
+  for (int32_t u = 0; u < o.users; ++u) {
+    for (int64_t k = offsets[u]; k < offsets[u + 1]; ++k) {
+      if (split[k] == kTrain) item_in_train[item[k]] = user_in_train[u] = 1;
+    }
+  }
+  if (ood) {
+    for (int32_t u = 0; u < o.users; ++u) {
+      for (int64_t k = offsets[u]; k < offsets[u + 1]; ++k) {
+        const bool test = split[k] == kTest || split[k] == kColdOod || split[k] == kColdIid;
+        if (test && (!user_in_train[u] || (split[k] == kTest && !item_in_train[item[k]])))
+          split[k] = kDropped;
+      }
     }
   }
 
   // Split files: per user, items ascending.
-  PairList lists[3];
-  int64_t per_env[kEnvs] = {0, 0, 0}, per_split[3] = {0, 0, 0}, per_env_split[kEnvs][3] = {};
-  std::vector<char> item_in_train(size_t(o.items), 0);
-  std::vector<int32_t> user_items[3];
+  PairList lists[kSplits];
+  std::vector<int64_t> per_env(size_t(E), 0), per_split(kSplits, 0);
+  std::vector<std::array<int64_t, kSplits>> per_env_split(static_cast<size_t>(E));
+  for (auto& a : per_env_split) a.fill(0);
+  std::vector<int32_t> user_items[kSplits];
   for (int32_t u = 0; u < o.users; ++u) {
     for (auto& v : user_items) v.clear();
     for (int64_t k = offsets[u]; k < offsets[u + 1]; ++k) {
@@ -535,21 +765,41 @@ void generate_into(const fs::path& dir, const SynthOptions& o) {
       ++per_env[env[k]];
       ++per_split[split[k]];
       ++per_env_split[env[k]][split[k]];
-      if (split[k] == kTrain) item_in_train[item[k]] = 1;
     }
-    for (int sp = 0; sp < 3; ++sp) {
+    for (int sp = 0; sp < kSplits; ++sp) {
       std::sort(user_items[sp].begin(), user_items[sp].end());
       for (int32_t i : user_items[sp]) lists[sp].push(u, i);
     }
   }
   const int64_t items_without_train =
       std::count(item_in_train.begin(), item_in_train.end(), char(0));
+  const int64_t n_cold = std::count(cold.begin(), cold.end(), char(1));
 
+  // Features, in the canonical order, then one file per modality.
   const std::vector<float> features = make_features(rng, o, m, b);
-  write_npy((dir / "features.npy").string(), features.data(), {int64_t(o.items), d});
+  std::vector<std::string> kinds(static_cast<size_t>(d));
+  for (int64_t j = 0; j < d; ++j)
+    kinds[j] = j < o.invariant ? "invariant" : j < o.invariant + o.spurious ? "spurious" : "noise";
+  std::vector<std::string> column_kinds;
+  for (const ModalityFile& mf : modality_files(o)) {
+    const int64_t w = int64_t(mf.columns.size());
+    std::vector<float> block(size_t(o.items) * size_t(w));
+    for (int32_t i = 0; i < o.items; ++i)
+      for (int64_t c = 0; c < w; ++c)
+        block[size_t(i) * w + c] = features[size_t(i) * d + mf.columns[c]];
+    write_npy((dir / mf.file).string(), block.data(), {int64_t(o.items), w});
+    for (int64_t c : mf.columns) column_kinds.push_back(kinds[c]);
+  }
+  std::vector<float> planted(static_cast<size_t>(d));
+  for (int64_t j = 0; j < d; ++j) planted[j] = column_kinds[j] == "invariant" ? 1.f : 0.f;
+  write_npy((dir / "planted_mask.npy").string(), planted.data(), {d});
   write_lightgcn((dir / "train.txt").string(), lists[kTrain], o.users);
   write_lightgcn((dir / "val.txt").string(), lists[kValid], o.users);
   write_lightgcn((dir / "test.txt").string(), lists[kTest], o.users);
+  if (ood) {
+    for (const TestSetFile& ts : kTestSets)
+      write_lightgcn((dir / ts.file).string(), lists[ts.split], o.users);
+  }
 
   fmt::memory_buffer tsv;
   fmt::format_to(std::back_inserter(tsv), "user\titem\tenv\tsplit\n");
@@ -564,35 +814,55 @@ void generate_into(const fs::path& dir, const SynthOptions& o) {
   manifest["generator"] = "painvrl synth";
   manifest["generator_version"] = kGeneratorVersion;
   manifest["options"] = options_json(o);
-  manifest["model"] = {
-      {"spurious_factors", kSpuriousFactors},
-      {"view_noise", kViewNoise},
-      {"min_per_user", min_per_user(o)},
-      {"max_per_user", std::max<int32_t>(1, o.items / 2)},
-      {"shared_spurious_taste", json::array({1.0, 0.0})},
-      {"environments", json::array({"majority (+1)", "minority (-1)", "middle (mid_strength)"})}};
-  manifest["blocks"] = {{"invariant", json::array({0, o.invariant})},
-                        {"spurious", json::array({o.invariant, o.invariant + o.spurious})},
-                        {"noise", json::array({o.invariant + o.spurious, d})}};
+  json env_names = json::array(), strengths = json::array(), shares = json::array();
+  for (int e = 0; e < E; ++e) {
+    env_names.push_back(fmt::format("env {} (strength {})", e, envs[e].strength));
+    strengths.push_back(envs[e].strength);
+    shares.push_back(envs[e].share);
+  }
+  manifest["model"] = {{"spurious_factors", kSpuriousFactors},
+                       {"view_noise", o.view_noise},
+                       {"min_per_user", min_per_user(o)},
+                       {"max_per_user", std::max<int32_t>(1, o.items / 2)},
+                       {"shared_spurious_taste", json::array({o.shared_taste, 0.0})},
+                       {"personal_spurious_taste", o.personal_taste},
+                       {"environments", env_names},
+                       {"env_strengths", strengths},
+                       {"env_shares", shares}};
+  manifest["column_kinds"] = column_kinds;
+  if (o.modalities == 1) {
+    manifest["blocks"] = {{"invariant", json::array({0, o.invariant})},
+                          {"spurious", json::array({o.invariant, o.invariant + o.spurious})},
+                          {"noise", json::array({o.invariant + o.spurious, d})}};
+  }
+  manifest["planted_mask"] = "planted_mask.npy";
+  manifest["ood_env"] = ood_env;
   json env_split = json::array();
-  for (int e = 0; e < kEnvs; ++e)
-    env_split.push_back({{"train", per_env_split[e][kTrain]},
-                         {"valid", per_env_split[e][kValid]},
-                         {"test", per_env_split[e][kTest]}});
-  manifest["counts"] = {
-      {"users", o.users},
-      {"items", o.items},
-      {"pairs", total},
-      {"per_environment", json::array({per_env[0], per_env[1], per_env[2]})},
-      {"per_split",
-       {{"train", per_split[kTrain]}, {"valid", per_split[kValid]}, {"test", per_split[kTest]}}},
-      {"per_environment_split", env_split},
-      {"items_without_train", items_without_train}};
+  for (int e = 0; e < E; ++e) {
+    json row = json::object();
+    for (int sp = 0; sp < kSplits; ++sp) {
+      if (ood || sp <= kTest) row[kSplitNames[sp]] = per_env_split[e][sp];
+    }
+    env_split.push_back(row);
+  }
+  json split_counts = json::object();
+  for (int sp = 0; sp < kSplits; ++sp) {
+    if (ood || sp <= kTest) split_counts[kSplitNames[sp]] = per_split[sp];
+  }
+  manifest["counts"] = {{"users", o.users},
+                        {"items", o.items},
+                        {"cold_items", n_cold},
+                        {"pairs", total},
+                        {"per_environment", per_env},
+                        {"per_split", split_counts},
+                        {"per_environment_split", env_split},
+                        {"items_without_train", items_without_train}};
   manifest["truth"] = {
       {"spurious_readout", readout.empty() ? json(nullptr) : json(readout)},
       {"spurious_readout_meaning",
-       "w . f_i[spurious block] = c_i1 + view noise, the item's shared spurious property; "
-       "majority-environment pairs favour c_i1 > 0, minority ones c_i1 < 0"}};
+       "w . f_i[spurious block, canonical column order] = c_i1 + view noise, the item's shared "
+       "spurious property; environments with strength > 0 favour c_i1 > 0, with strength < 0 "
+       "c_i1 < 0"}};
   write_text_atomic((dir / "manifest.json").string(), manifest.dump(2) + "\n");
   write_text_atomic((dir / "dataset.toml").string(), dataset_toml(o));
 }

@@ -231,11 +231,31 @@ std::unique_ptr<Backend> train_fixed(const Config& c, const Graph& graph, const 
 
 Evaluator::Evaluator(const Config& c, const Dataset& d, const Graph& g)
     : config(c), data(d), graph(g) {
-  if (c.candidates == "cold") {
-    candidates.assign(size_t(d.n_items), 0);
-    for (int32_t i = 0; i < d.n_items; ++i) candidates[i] = g.item_degree[i] == 0 ? 1 : 0;
+  cold.assign(size_t(d.n_items), 0);
+  for (int32_t i = 0; i < d.n_items; ++i) cold[i] = g.item_degree[i] == 0 ? 1 : 0;
+  if (c.candidates == "cold" || (c.candidates == "auto" && d.test_candidates == "cold")) {
+    candidates = cold;
   }
 }
+
+namespace {
+
+Metrics rank_and_evaluate(const Evaluator& ev, Backend& backend, const PairList& heldout,
+                          const std::vector<uint8_t>& cands) {
+  const Config& config = ev.config;
+  if (backend.prepare_ranking(ev.graph.train_by_user, cands)) {  // ranked on the device
+    return evaluate_ranked([&backend](const int32_t* users, int64_t count, int k,
+                                      int32_t* ranked) { backend.rank(users, count, k, ranked); },
+                           ev.data.n_users, ev.data.n_items, heldout, config.eval_ks,
+                           parse_ndcg(config.ndcg), config.eval_block);
+  }
+  return evaluate_full_ranking([&backend](const int32_t* users, int64_t count,
+                                          float* out) { backend.score(users, count, out); },
+                               ev.data.n_users, ev.data.n_items, ev.graph.train_by_user, heldout,
+                               config.eval_ks, parse_ndcg(config.ndcg), config.eval_block, cands);
+}
+
+}  // namespace
 
 Metrics Evaluator::run(const ScoreFn& score, const PairList& heldout, bool is_test) const {
   return evaluate_full_ranking(score, data.n_users, data.n_items, graph.train_by_user, heldout,
@@ -245,16 +265,29 @@ Metrics Evaluator::run(const ScoreFn& score, const PairList& heldout, bool is_te
 
 Metrics Evaluator::run(Backend& backend, const PairList& heldout, bool is_test) const {
   static const std::vector<uint8_t> all_items;
-  const std::vector<uint8_t>& cands = is_test ? candidates : all_items;
-  if (backend.prepare_ranking(graph.train_by_user, cands)) {  // ranked on the device
-    return evaluate_ranked([&backend](const int32_t* users, int64_t count, int k,
-                                      int32_t* ranked) { backend.rank(users, count, k, ranked); },
-                           data.n_users, data.n_items, heldout, config.eval_ks,
-                           parse_ndcg(config.ndcg), config.eval_block);
+  return rank_and_evaluate(*this, backend, heldout, is_test ? candidates : all_items);
+}
+
+std::vector<std::pair<std::string, Metrics>> Evaluator::run_test_sets(const ScoreFn& score) const {
+  std::vector<std::pair<std::string, Metrics>> out;
+  for (const TestSet& set : data.test_sets) {
+    out.emplace_back(
+        set.name,
+        evaluate_full_ranking(score, data.n_users, data.n_items, graph.train_by_user, set.pairs,
+                              config.eval_ks, parse_ndcg(config.ndcg), config.eval_block,
+                              set.candidates == "cold" ? cold : std::vector<uint8_t>{}));
   }
-  return run([&backend](const int32_t* users, int64_t count,
-                        float* out) { backend.score(users, count, out); },
-             heldout, is_test);
+  return out;
+}
+
+std::vector<std::pair<std::string, Metrics>> Evaluator::run_test_sets(Backend& backend) const {
+  static const std::vector<uint8_t> all_items;
+  std::vector<std::pair<std::string, Metrics>> out;
+  for (const TestSet& set : data.test_sets) {
+    out.emplace_back(set.name, rank_and_evaluate(*this, backend, set.pairs,
+                                                 set.candidates == "cold" ? cold : all_items));
+  }
+  return out;
 }
 
 namespace {
@@ -397,6 +430,11 @@ SelectionResult train_with_selection(const Config& c, const Evaluator& eval,
       sc->store->save(ck);
     }
   }
+  if (!data.test_sets.empty() && !res.best_params.empty()) {  // the further test sets
+    backend->set_parameters(res.best_params);
+    backend->prepare_scoring();
+    res.test_sets_at_best = eval.run_test_sets(*backend);
+  }
   return res;
 }
 
@@ -437,6 +475,10 @@ void execute_run(const Config& config, const std::string& data_dir, const std::s
   if (content && data.feature_dim == 0) {
     input_error("--method {}: dataset {} has no [[modality]] feature files", m, data.dir);
   }
+  if (!config.mask_file.empty()) {
+    if (!invariant) input_error("mask_file applies to --method painvrl or invrl, not {}", m);
+    read_mask_file(config.mask_file, data.feature_dim);  // checked before anything is written
+  }
   log_info(fmt::format("dataset {}: {} users, {} items, {} train / {} valid / {} test pairs{}",
                        data.name, data.n_users, data.n_items, data.train.size(), data.valid.size(),
                        data.test.size(), content ? fmt::format(", d = {}", data.feature_dim) : ""));
@@ -464,11 +506,18 @@ void execute_run(const Config& config, const std::string& data_dir, const std::s
         "metrics are reported at the last evaluation");
   }
   const Evaluator eval(config, data, graph);
-  if (config.candidates == "cold") {
-    int64_t cold = 0;
-    for (uint8_t x : eval.candidates) cold += x;
-    if (cold == 0) input_error("candidates = cold: the dataset has no item without training pairs");
-    log_info(fmt::format("ranking held-out items among the {} cold items", cold));
+  int64_t n_cold = 0;
+  for (uint8_t x : eval.cold) n_cold += x;
+  bool any_cold = !eval.candidates.empty();
+  for (const TestSet& set : data.test_sets) any_cold = any_cold || set.candidates == "cold";
+  if (any_cold && n_cold == 0) {
+    input_error(
+        "{}: ranking among cold items (candidates = cold, or the dataset's "
+        "test_candidates / [[test_set]] candidates), but no item lacks training pairs",
+        data.dir);
+  }
+  if (!eval.candidates.empty()) {
+    log_info(fmt::format("ranking the test's held-out items among the {} cold items", n_cold));
   }
 
   // 2. The run directory: created afresh, or its logs cut back to the checkpoint.
@@ -522,6 +571,7 @@ void execute_run(const Config& config, const std::string& data_dir, const std::s
     }
     res.test_at_best = eval.run(pop, data.test, true);
     line["test"] = metrics_json(res.test_at_best);
+    res.test_sets_at_best = eval.run_test_sets(pop);
     metrics_out << line.dump() << "\n" << std::flush;
     res.best_epoch = 0;
   } else if (m == "ultragcn" || m == "ultragcn-mm") {
@@ -557,6 +607,11 @@ void execute_run(const Config& config, const std::string& data_dir, const std::s
   summary["select_metric"] = config.select_metric;
   if (has_valid && res.best_epoch >= 0) summary["best_valid"] = metrics_json(res.best_valid);
   if (res.best_epoch >= 0) summary["test_at_best"] = metrics_json(res.test_at_best);
+  if (!res.test_sets_at_best.empty()) {
+    nlohmann::json sets = nlohmann::json::object();
+    for (const auto& [name, m] : res.test_sets_at_best) sets[name] = metrics_json(m);
+    summary["test_sets_at_best"] = sets;
+  }
   summary["epochs_run"] = res.epochs_run;
   summary["stopped_early"] = res.stopped_early;
   summary["train_seconds"] = res.train_seconds;
@@ -638,6 +693,67 @@ void inspect_dataset(const std::string& data_dir) {
   if (!d.modalities.empty()) {
     fmt::print("features     d = {}, {}\n", d.feature_dim,
                d.normalized ? "each block L2-normalised per row" : "not normalised");
+  }
+  if (d.test_candidates != "all")
+    fmt::print("test         ranked among the {} items\n", d.test_candidates);
+  for (const TestSet& set : d.test_sets) {
+    fmt::print("test set     {} ({}): {} pairs, ranked among {} items\n", set.name, set.file,
+               set.pairs.size(), set.candidates);
+  }
+}
+
+void inspect_run(const std::string& run_dir) {
+  namespace fs = std::filesystem;
+  const nlohmann::json s = read_json_file(run_dir + "/summary.json");
+  fmt::print("run          {} ({}, {})\n", run_dir, s.value("method", "?"),
+             s.value("backend", "cpu"));
+  fmt::print("dataset      {}\n", s.value("dataset_path", s.value("dataset", "?")));
+  auto metrics = [](const nlohmann::json& m) {
+    return fmt::format("recall@20 {:.4f}  ndcg@20 {:.4f}  recall@10 {:.4f}  ndcg@10 {:.4f}",
+                       m.value("recall@20", 0.0), m.value("ndcg@20", 0.0),
+                       m.value("recall@10", 0.0), m.value("ndcg@10", 0.0));
+  };
+  fmt::print("best epoch   {} of {} (selected on validation {})\n", s.value("best_epoch", -1),
+             s.value("epochs_run", 0), s.value("select_metric", "?"));
+  if (s.contains("test_at_best")) fmt::print("test         {}\n", metrics(s["test_at_best"]));
+  if (s.contains("test_sets_at_best")) {
+    for (const auto& [name, m] : s["test_sets_at_best"].items())
+      fmt::print("test set     {:<10} {}\n", name, metrics(m));
+  }
+  if (s.contains("mask_mean_by_modality")) {
+    for (const auto& [name, v] : s["mask_mean_by_modality"].items())
+      fmt::print("mask         {}: mean {:.3f}\n", name, v.get<double>());
+  }
+  if (s.contains("mask_file"))
+    fmt::print("mask         from {}\n", s["mask_file"].get<std::string>());
+  // w_ERM over the mask steps of trace.jsonl (the Pareto objective only).
+  std::vector<double> w;
+  std::vector<std::vector<int64_t>> him;
+  std::ifstream trace(run_dir + "/trace.jsonl");
+  for (std::string line; std::getline(trace, line);) {
+    const nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_discarded()) continue;
+    if (j.contains("w_ERM") && j["w_ERM"].is_number()) w.push_back(j["w_ERM"]);
+    if (j.contains("env_sizes")) him.push_back(j["env_sizes"].get<std::vector<int64_t>>());
+  }
+  if (!him.empty()) {
+    fmt::print("HIM          {} rounds; last round's environment sizes [{}]\n", him.size(),
+               fmt::join(him.back(), ", "));
+  }
+  if (!w.empty()) {
+    std::vector<double> q = w;
+    std::sort(q.begin(), q.end());
+    auto at = [&](double f) { return q[size_t(f * double(q.size() - 1) + 0.5)]; };
+    int64_t near = 0;
+    for (double x : w)
+      near += std::fabs(x) < 0.01 || std::fabs(x - 0.5) < 0.01 || std::fabs(x - 1) < 0.01;
+    fmt::print(
+        "w_ERM        {} mask steps: min {:.3f}  q1 {:.3f}  median {:.3f}  q3 {:.3f}  max {:.3f}; "
+        "{:.0f}% within 0.01 of 0, 0.5 or 1\n",
+        w.size(), q.front(), at(0.25), at(0.5), at(0.75), q.back(),
+        100.0 * double(near) / double(w.size()));
+  } else if (fs::exists(run_dir + "/trace.jsonl")) {
+    fmt::print("w_ERM        none: the objective is not pareto (no Pareto weight)\n");
   }
 }
 

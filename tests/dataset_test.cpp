@@ -417,6 +417,46 @@ TEST(DatasetLoad, UnknownOrMistypedTomlKey) {
   expect_load_error(dir.path.string(), {dir / "dataset.toml" + ":", "invalid TOML"});
 }
 
+// [[test_set]]: further held-out files read like the test, cleaned the same way (duplicates and
+// training pairs dropped), in the listed order; test_candidates and each set's candidates.
+TEST(DatasetLoad, TestSetsAndTheirCandidates) {
+  TempDir dir("ds");
+  write_file(dir / "train.txt", "0 1 2\n1 2\n");
+  write_file(dir / "test.txt", "0 3\n");
+  write_file(dir / "iid.txt", "1 4 4 2\n2 5\n");  // a duplicate, a training pair, a new user
+  write_file(dir / "cold.txt", "0 6\n");
+  write_file(dir / "dataset.toml",
+             "format = \"lightgcn\"\ntrain = \"train.txt\"\ntest = \"test.txt\"\n"
+             "test_candidates = \"cold\"\n"
+             "[[test_set]]\nname = \"iid\"\nfile = \"iid.txt\"\n"
+             "[[test_set]]\nname = \"cold-ood\"\nfile = \"cold.txt\"\ncandidates = \"cold\"\n");
+  const Dataset d = load_dataset(dir.path.string());
+  EXPECT_EQ(d.test_candidates, "cold");
+  ASSERT_EQ(d.test_sets.size(), 2u);
+  EXPECT_EQ(d.test_sets[0].name, "iid");
+  EXPECT_EQ(d.test_sets[0].candidates, "all");
+  EXPECT_EQ(pairs_of(d.test_sets[0].pairs), (Pairs{{1, 4}, {2, 5}}));
+  EXPECT_EQ(d.test_sets[1].name, "cold-ood");
+  EXPECT_EQ(d.test_sets[1].candidates, "cold");
+  EXPECT_EQ(d.n_users, 3);  // user 2 appears only in a test set
+  EXPECT_EQ(d.n_items, 7);
+  const std::string base = "format = \"lightgcn\"\ntrain = \"train.txt\"\ntest = \"test.txt\"\n";
+  write_file(dir / "dataset.toml", base +
+                                       "[[test_set]]\nname = \"a\"\nfile = \"iid.txt\"\n"
+                                       "[[test_set]]\nname = \"a\"\nfile = \"cold.txt\"\n");
+  expect_load_error(dir.path.string(), {"two [[test_set]] sections are named 'a'"});
+  write_file(dir / "dataset.toml", base + "[[test_set]]\nname = \"a\"\n");
+  expect_load_error(dir.path.string(), {"[[test_set]] needs both 'name' and 'file'"});
+  write_file(dir / "dataset.toml",
+             base + "[[test_set]]\nname = \"a\"\nfile = \"iid.txt\"\ncandidate = \"cold\"\n");
+  expect_load_error(dir.path.string(),
+                    {"unknown key 'test_set.candidate'", "did you mean 'candidates'"});
+  write_file(dir / "dataset.toml", base + "test_candidates = \"warm\"\n");
+  expect_load_error(dir.path.string(), {"key 'test_candidates' = \"warm\"", "\"all\" or \"cold\""});
+  write_file(dir / "dataset.toml", base + "[[test_set]]\nname = \"a\"\nfile = \"none.txt\"\n");
+  expect_load_error(dir.path.string(), {"none.txt"});
+}
+
 TEST(DatasetLoad, UnknownLayout) {
   TempDir dir("ds");
   write_file(dir / "readme.md", "nothing here\n");

@@ -172,6 +172,43 @@ TEST(EmulatedMaskStep, EveryOutputEqualsTheCpuStep) {
   }
 }
 
+// The stage-relative normalisations on the device: from the settings' state (a single step) or
+// from the run's state buffer (updated in place), the same w_ERM, mask step and state after the
+// step as the CPU's.
+TEST(EmulatedMaskStep, StageRelativeNormalisationsFollowTheCpu) {
+  const MaskTestProblem p(9, 5, 40, 3, true, 2, false);
+  for (ParetoNormalize mode : {ParetoNormalize::kInitial, ParetoNormalize::kRunning}) {
+    for (const ParetoScale prior : {ParetoScale{}, ParetoScale{0.3, 0.01, 5}}) {
+      SCOPED_TRACE(testing::Message() << int(mode) << " prior steps " << prior.steps);
+      MaskSettings s = mask_test_settings(MaskObjective::kPareto, mode, 0.7);
+      s.scale = prior;
+      const MaskStepResult<double> want = mask_step<double>(
+          p.layout, p.params.data(), p.mask.data(), p.cpu_problem(), p.batches, p.noise.data(), s);
+      for (bool buffer : {false, true}) {
+        DeviceStep dev(p, s);
+        std::vector<double> state = {prior.rms_E, prior.rms_I, double(prior.steps)};
+        if (buffer) {
+          dev.args.settings.scale = ParetoScale{};  // the buffer, not the settings, is read
+          dev.args.pareto_state = state.data();
+        }
+        ASSERT_EQ(k::run_mask_step(dev.args, host_gemm, test::host_sort_pairs, nullptr),
+                  cudaSuccess);
+        EXPECT_NEAR(dev.scalars[2], want.w_ERM, 1e-9);
+        EXPECT_LT(scaled_err(dev.mask_new.data(), want.mask_new.data(), want.mask_new.size()),
+                  1e-9);
+        EXPECT_NEAR(dev.scalars[4], want.scale.rms_E, 1e-9 * want.scale.rms_E);
+        EXPECT_NEAR(dev.scalars[5], want.scale.rms_I, 1e-9 * want.scale.rms_I);
+        EXPECT_EQ(dev.scalars[6], double(want.scale.steps));
+        EXPECT_EQ(want.scale.steps, prior.steps + 1);
+        if (buffer) {
+          EXPECT_EQ(state[0], dev.scalars[4]);
+          EXPECT_EQ(state[2], dev.scalars[6]);
+        }
+      }
+    }
+  }
+}
+
 // Variant 2 (the term passes read float feature rows) gives variant 1's outputs bit for bit when
 // every feature is exactly a float, as the data's are.
 TEST(EmulatedMaskStep, FloatFeatureRowsGiveTheSameStep) {

@@ -201,5 +201,85 @@ TEST(ParetoWeight, CombinedDirectionDescendsBothObjectives) {
   EXPECT_GT(interior, 500);
 }
 
+// The stage-relative scales (pareto_normalize), by hand. d = 2, g_E = (3, 0), g_I = (0, 1):
+// RMS 3 / sqrt 2 and 1 / sqrt 2.
+TEST(ParetoWeight, StageRelativeScalesByHand) {
+  const double rE = 3 / std::sqrt(2.0), rI = 1 / std::sqrt(2.0);
+  ParetoScale st;
+  double sE = 0, sI = 0;
+  // initial: the first step sets the references, later steps keep them.
+  math::pareto_scales(ParetoNormalize::kInitial, 9, 1, 5, 0.1, 2, st, sE, sI);
+  EXPECT_DOUBLE_EQ(sE, rE);
+  EXPECT_DOUBLE_EQ(sI, rI);
+  EXPECT_EQ(st.steps, 1);
+  math::pareto_scales(ParetoNormalize::kInitial, 36, 0.25, 5, 0.1, 2, st, sE, sI);
+  EXPECT_DOUBLE_EQ(sE, rE);
+  EXPECT_DOUBLE_EQ(sI, rI);
+  EXPECT_EQ(st.steps, 2);
+  // running: bias-corrected, so the first step is its own RMS, the second
+  // (0.9 * 0.1 * r1 + 0.1 * r2) / (1 - 0.81).
+  ParetoScale run;
+  math::pareto_scales(ParetoNormalize::kRunning, 9, 1, 5, 0.1, 2, run, sE, sI);
+  EXPECT_NEAR(sE, rE, 1e-15);
+  EXPECT_NEAR(sI, rI, 1e-15);
+  math::pareto_scales(ParetoNormalize::kRunning, 36, 0.25, 5, 0.1, 2, run, sE, sI);
+  EXPECT_NEAR(sE, (0.09 * rE + 0.1 * 2 * rE) / 0.19, 1e-14);
+  EXPECT_NEAR(sI, (0.09 * rI + 0.1 * 0.5 * rI) / 0.19, 1e-14);
+  // A zero gradient leaves its divisor at 1; l2 and loss need no state.
+  ParetoScale z;
+  math::pareto_scales(ParetoNormalize::kInitial, 0, 1, 5, 0.1, 2, z, sE, sI);
+  EXPECT_EQ(sE, 1.0);
+  EXPECT_EQ(z.rms_E, 0.0);  // set by the first non-zero step
+  math::pareto_scales(ParetoNormalize::kL2, 9, 1, 5, 0.1, 2, z, sE, sI);
+  EXPECT_DOUBLE_EQ(sE, 3.0);
+  EXPECT_DOUBLE_EQ(sI, 1.0);
+  math::pareto_scales(ParetoNormalize::kLoss, 9, 1, 5, 0.1, 2, z, sE, sI);
+  EXPECT_DOUBLE_EQ(sE, 5.0);
+  EXPECT_DOUBLE_EQ(sI, 0.1);
+}
+
+// w_ERM moves with the data under the stage-relative normalisations, where l2 fixes it at 1/2:
+// with g_E = (3, 0) and g_I = (0, 1) at the stage's first step both scaled vectors are
+// (sqrt 2, 0) and (0, sqrt 2), w = 1/2; when g_I later halves, w = |b|^2 / (|a|^2 + |b|^2) =
+// 0.5 / 2.5 = 0.2 under initial (the objective that moved less keeps the step), while l2 still
+// says 1/2.
+TEST(ParetoWeight, AdaptsToHowTheGradientsChanged) {
+  auto weigh = [](ParetoNormalize mode, ParetoScale& state, std::vector<double> gE,
+                  std::vector<double> gI) {
+    MaskSettings S;
+    S.normalize = mode;
+    S.scale = state;
+    MaskStepResult<double> R;
+    R.g_E = gE;
+    R.g_I = gI;
+    R.L_ERM = 5;
+    R.L_IRM = 0.1;
+    const std::vector<double> mask = {0.5, 0.5};
+    weigh_objectives(S, mask.data(), 2, R);
+    state = R.scale;
+    return R;
+  };
+  ParetoScale init, l2;
+  EXPECT_NEAR(weigh(ParetoNormalize::kInitial, init, {3, 0}, {0, 1}).w_ERM, 0.5, 1e-15);
+  const MaskStepResult<double> later = weigh(ParetoNormalize::kInitial, init, {3, 0}, {0, 0.5});
+  EXPECT_NEAR(later.w_ERM, 0.2, 1e-15);
+  EXPECT_NEAR(later.w_IRM, 0.8, 1e-15);
+  // The mask direction uses the scaled gradients: w_ERM (sqrt 2, 0) + w_IRM (0, sqrt 2 / 2) plus
+  // lambda (m - c) with the defaults lambda = 1, c = 0.
+  EXPECT_NEAR(later.mask_grad[0], 0.2 * std::sqrt(2.0) + 0.5, 1e-14);
+  EXPECT_NEAR(later.mask_grad[1], 0.8 * std::sqrt(0.5) + 0.5, 1e-14);
+  EXPECT_NEAR(weigh(ParetoNormalize::kL2, l2, {3, 0}, {0, 0.5}).w_ERM, 0.5, 1e-15);
+  // running: the second step's references are the running means, between the two steps' RMS.
+  ParetoScale run;
+  weigh(ParetoNormalize::kRunning, run, {3, 0}, {0, 1});
+  const double w = weigh(ParetoNormalize::kRunning, run, {3, 0}, {0, 0.5}).w_ERM;
+  const double sI = (0.09 / std::sqrt(2.0) + 0.1 * 0.5 / std::sqrt(2.0)) / 0.19;
+  const double bI = 0.5 / sI;                  // g_I's scaled component
+  const double aE = 3 / (3 / std::sqrt(2.0));  // g_E unchanged: its scale is its RMS
+  EXPECT_NEAR(w, bI * bI / (aE * aE + bI * bI), 1e-12);
+  EXPECT_GT(w, 0.2);  // the running mean forgets the start: w between l2's 1/2 and initial's 0.2
+  EXPECT_LT(w, 0.5);
+}
+
 }  // namespace
 }  // namespace painvrl

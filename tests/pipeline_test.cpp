@@ -1,8 +1,11 @@
 // The invariant-learning pipeline and the protocols end to end through the program: painvrl and
 // invrl runs write the mask, the trace and the summary; `split` writes the OOD/IID and cold-item
 // datasets by its documented rules; cold-candidate evaluation ranks among cold items only.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -13,6 +16,7 @@
 
 #include "painvrl/dataset.h"
 #include "painvrl/error.h"
+#include "painvrl/io.h"
 #include "painvrl/npy.h"
 #include "painvrl/stages.h"
 #include "test_util.h"
@@ -26,47 +30,11 @@ using test::TempDir;
 
 using test::read_json;
 
-// Recall@K of a finished run on the test split of another dataset directory with the same
-// training data (the OOD/IID split's iid/ shares ood/'s training and validation pairs, so a model
-// trained on ood/ is the model an iid/ run would select), from `painvrl recommend`, whose lists
-// are the program's own ranking (tests/serve_test.cpp).
-double recall_on(const std::string& run, const std::string& heldout_dir, int k,
-                 const TempDir& tmp) {
-  const Dataset d = load_dataset(heldout_dir, LoadOptions{false, -1});
-  std::map<int32_t, std::set<int32_t>> held;
-  for (size_t p = 0; p < d.test.size(); ++p) held[d.test.user[p]].insert(d.test.item[p]);
-  std::string users;
-  for (const auto& [u, items] : held) users += std::to_string(u) + "\n";
-  test::write_file(tmp / "users.txt", users);
-  const std::string out = tmp / "recommended.tsv";
-  const auto r = run_program("recommend " + run + " --users " + (tmp / "users.txt") + " --k " +
-                             std::to_string(k) + " --out " + out);
-  EXPECT_EQ(r.status, 0) << r.output;
-  std::map<int32_t, int> hits;
-  std::ifstream in(out);
-  std::string header;
-  std::getline(in, header);
-  int32_t u = 0, rank = 0, item = 0;
-  double score = 0;
-  while (in >> u >> rank >> item >> score) hits[u] += int(held[u].count(item));
-  double recall = 0;
-  for (const auto& [user, items] : held) recall += double(hits[user]) / double(items.size());
-  return held.empty() ? 0.0 : recall / double(held.size());
-}
-
 std::set<std::pair<int32_t, int32_t>> pair_set(const PairList& p) {
   std::set<std::pair<int32_t, int32_t>> s;
   for (size_t k = 0; k < p.size(); ++k) s.insert({p.user[k], p.item[k]});
   return s;
 }
-
-// The small instance of the must-show-4 test.
-// (bench/synthetic_table.py's settings and its seed 2, the seed with the smallest margins there;
-// at 500 users and 400 items no setting we tried separated the blocks reliably.)
-const char* kMust4Synth = " --seed 2 --users 1000 --items 800 --minority 0.2 --mid-share 0.3";
-const char* kMust4Train =
-    " --set seed=2 epochs=30 pretrain_epochs=10 outer_iterations=2 him_epochs=3 him_rounds=2 "
-    "mask_epochs=8 negatives=20 envs=2";
 
 const char* kTiny =
     " --set dim=8 negatives=4 batch_size=128 epochs=3 eval_every=1 pretrain_epochs=1 "
@@ -106,8 +74,12 @@ TEST(Pipeline, PainvrlAndInvrlWriteMaskTraceAndSummary) {
         EXPECT_GT(total, 0);
       } else {
         ++steps;
-        EXPECT_GE(double(j["w_ERM"]), 0.0);
-        EXPECT_LE(double(j["w_ERM"]), method == "invrl" ? 1.0 : 1.0);
+        // InvRL weighs L_ERM + alpha L_IRM: it has no Pareto weight to record.
+        EXPECT_EQ(j.contains("w_ERM"), method == "painvrl") << line;
+        if (method == "painvrl") {
+          EXPECT_GE(double(j["w_ERM"]), 0.0);
+          EXPECT_LE(double(j["w_ERM"]), 1.0);
+        }
         EXPECT_TRUE(j.contains("L_IRM"));
       }
     }
@@ -162,66 +134,161 @@ TEST(Pipeline, PainvrlIsBitIdenticalOnOneAndTwoThreads) {
   EXPECT_GT(lines, 0);
 }
 
-// Must-show 4 of the PaInvRL issue on a small planted instance (bench/synthetic_table.py runs
-// the larger version over several seeds; bench/RESULTS.md). Training holds the majority and a
-// middle environment, the OOD test the flipped minority. painvrl identifies its environments by
-// HIM (E = 2) with the default him_train = projection.
-TEST(Pipeline, PainvrlFindsTheInvariantBlockAndWinsOnOodItems) {
-  TempDir tmp("must4");
+// PaInvRL with every default on the default planted data (`painvrl synth`, seed 2): the mask
+// does not collapse and ranks the invariant columns above the spurious ones, w_ERM moves with the
+// data, and PaInvRL leads ultragcn-mm on the cold-item OOD test without losing the warm OOD and
+// IID tests (the PaInvRL issue's must-shows 1-4; bench/fidelity runs every generator and seed).
+// The bounds are the issue's, except cold-OOD, whose margin here is five times the 0.02 asked.
+TEST(Pipeline, PainvrlWithDefaultsFindsTheInvariantBlockAndWinsOnColdOodItems) {
+  TempDir tmp("must");
   const std::string data = tmp / "synth";
-  ASSERT_EQ(run_program("synth --out " + data + kMust4Synth).status, 0);
-  for (const std::string proto : {"cold", "ood"}) {
-    const auto r = run_program("split --data " + data + " --out " + (tmp / proto) + " --protocol " +
-                               proto + " --environments file --set seed=2");
-    ASSERT_EQ(r.status, 0) << r.output;
-  }
-  struct Result {
-    double recall20 = 0, iid_recall20 = 0;
-    std::vector<float> mask;
-  };
-  // ood/ and iid/ share the training and validation pairs: one run is ranked for both tests.
-  auto train = [&](const std::string& method, const std::string& task, const char* cand) {
-    const std::string run = tmp / (method + "-" + fs::path(task).filename().string());
-    const auto r = run_program("train --quiet --method " + method + " --data " + (tmp / task) +
-                               " --out " + run + kMust4Train + " candidates=" + cand);
+  ASSERT_EQ(run_program("synth --out " + data + " --seed 2").status, 0);
+  auto train = [&](const std::string& method) {
+    const std::string run = tmp / method;
+    const auto r = run_program("train --quiet --method " + method + " --data " + data + " --out " +
+                               run + " --set seed=2");
     EXPECT_EQ(r.status, 0) << r.output;
-    Result out;
-    out.recall20 = read_json(run + "/summary.json")["test_at_best"]["recall@20"];
-    if (method == "painvrl") out.mask = read_npy(run + "/mask.npy").to_float();
-    if (task == "ood/ood") out.iid_recall20 = recall_on(run, tmp / "ood/iid", 20, tmp);
-    return out;
+    return run;
   };
-  const Result mm_cold = train("ultragcn-mm", "cold/cold-ood", "cold");
-  const Result pv_cold = train("painvrl", "cold/cold-ood", "cold");
-  const Result mm_ood = train("ultragcn-mm", "ood/ood", "all");
-  const Result pv_ood = train("painvrl", "ood/ood", "all");
-  Result mm_iid = mm_ood, pv_iid = pv_ood;
-  mm_iid.recall20 = mm_ood.iid_recall20;
-  pv_iid.recall20 = pv_ood.iid_recall20;
-  // Blocks of the default synth layout: 16 invariant, 16 spurious, 16 noise columns.
-  auto block_mean = [](const std::vector<float>& m, int begin) {
-    double s = 0;
-    for (int j = begin; j < begin + 16; ++j) s += m[size_t(j)];
-    return s / 16;
+  const std::string mm = train("ultragcn-mm"), pv = train("painvrl");
+  auto recall = [](const std::string& run, const std::string& test) {
+    const nlohmann::json s = read_json(run + "/summary.json");
+    return double(test == "ood" ? s["test_at_best"]["recall@20"]
+                                : s["test_sets_at_best"][test]["recall@20"]);
   };
-  std::printf(
-      "recall@20 ultragcn-mm / painvrl: cold-OOD %.4f / %.4f, OOD %.4f / %.4f, IID %.4f "
-      "/ %.4f\n",
-      mm_cold.recall20, pv_cold.recall20, mm_ood.recall20, pv_ood.recall20, mm_iid.recall20,
-      pv_iid.recall20);
-  for (const Result* r : {&pv_cold, &pv_ood}) {
-    ASSERT_EQ(r->mask.size(), 48u);
-    std::printf("mask invariant %.3f spurious %.3f noise %.3f\n", block_mean(r->mask, 0),
-                block_mean(r->mask, 16), block_mean(r->mask, 32));
-    EXPECT_GT(block_mean(r->mask, 0), block_mean(r->mask, 16) + 0.1)
-        << "invariant " << block_mean(r->mask, 0) << " spurious " << block_mean(r->mask, 16);
+  const std::vector<float> mask = read_npy(pv + "/mask.npy").to_float();
+  const nlohmann::json kinds = read_json(data + "/manifest.json")["column_kinds"];
+  ASSERT_EQ(mask.size(), kinds.size());
+  double above = 0, pairs = 0, mean = 0;
+  for (size_t a = 0; a < mask.size(); ++a) {
+    mean += mask[a] / double(mask.size());
+    if (kinds[a] != "invariant") continue;
+    for (size_t b = 0; b < mask.size(); ++b) {
+      if (kinds[b] != "spurious") continue;
+      above += mask[a] > mask[b] ? 1 : mask[a] == mask[b] ? 0.5 : 0;
+      pairs += 1;
+    }
   }
-  EXPECT_GT(pv_cold.recall20, mm_cold.recall20 + 0.02)
-      << "cold-OOD painvrl " << pv_cold.recall20 << " ultragcn-mm " << mm_cold.recall20;
-  EXPECT_GT(pv_ood.recall20, mm_ood.recall20 - 0.01)
-      << "OOD painvrl " << pv_ood.recall20 << " ultragcn-mm " << mm_ood.recall20;
-  EXPECT_GT(pv_iid.recall20, mm_iid.recall20 - 0.03)
-      << "IID painvrl " << pv_iid.recall20 << " ultragcn-mm " << mm_iid.recall20;
+  std::vector<double> w;
+  std::ifstream trace(pv + "/trace.jsonl");
+  for (std::string line; std::getline(trace, line);) {
+    const auto j = nlohmann::json::parse(line);
+    if (j.contains("w_ERM")) w.push_back(j["w_ERM"]);
+  }
+  ASSERT_GT(w.size(), 20u);
+  std::vector<double> sorted = w;
+  std::sort(sorted.begin(), sorted.end());
+  const double iqr = sorted[sorted.size() * 3 / 4] - sorted[sorted.size() / 4];
+  double near = 0;
+  for (double x : w)
+    near += std::fabs(x) < 0.01 || std::fabs(x - 0.5) < 0.01 || std::fabs(x - 1) < 0.01;
+  std::printf(
+      "recall@20 ultragcn-mm / painvrl: cold-OOD %.4f / %.4f, OOD %.4f / %.4f, IID %.4f / "
+      "%.4f; mask AUC %.3f mean %.3f; w_ERM IQR %.3f, %.0f%% near 0 / 0.5 / 1\n",
+      recall(mm, "cold-ood"), recall(pv, "cold-ood"), recall(mm, "ood"), recall(pv, "ood"),
+      recall(mm, "iid"), recall(pv, "iid"), above / pairs, mean, iqr,
+      100 * near / double(w.size()));
+  // `inspect RUN` summarises the same trace: minimum, quartiles and maximum of w_ERM.
+  const auto ins = run_program("inspect " + pv);
+  ASSERT_EQ(ins.status, 0) << ins.output;
+  EXPECT_NE(ins.output.find(
+                fmt::format("w_ERM        {} mask steps: min {:.3f}", w.size(), sorted.front())),
+            std::string::npos)
+      << ins.output;
+  EXPECT_NE(ins.output.find(fmt::format("max {:.3f}", sorted.back())), std::string::npos);
+  EXPECT_NE(ins.output.find("test set     cold-ood"), std::string::npos) << ins.output;
+  EXPECT_GE(above / pairs, 0.8);
+  EXPECT_GE(mean, 0.1);
+  EXPECT_GT(iqr, 0.05);
+  EXPECT_LT(near / double(w.size()), 0.5);
+  EXPECT_GT(recall(pv, "cold-ood"), recall(mm, "cold-ood") + 0.1);
+  EXPECT_GE(recall(pv, "ood"), recall(mm, "ood") - 0.005);
+  EXPECT_GE(recall(pv, "iid"), recall(mm, "iid") - 0.01);
+}
+
+// A [[test_set]] is evaluated at the selected model like the test: the test file listed again as
+// a test set gives the test's metrics, and with candidates = "cold" those of a run whose test
+// ranks among the cold items; the most-popular baseline too.
+TEST(Pipeline, TestSetsAreEvaluatedAtTheSelectedModel) {
+  TempDir tmp("sets");
+  const std::string data = tmp / "synth";
+  ASSERT_EQ(run_program("synth --out " + data + " --seed 5 --users 120 --items 90").status, 0);
+  std::string toml = read_text_file(data + "/dataset.toml");
+  toml +=
+      "\n[[test_set]]\nname = \"again\"\nfile = \"test.txt\"\n"
+      "\n[[test_set]]\nname = \"cold-again\"\nfile = \"test_cold_ood.txt\"\n"
+      "candidates = \"cold\"\n";
+  test::write_file(data + "/dataset.toml", toml);
+  for (const std::string method : {"ultragcn-mm", "mostpop"}) {
+    const std::string run = tmp / method;
+    auto r = run_program("train --quiet --method " + method + " --data " + data + " --out " + run +
+                         " --set epochs=6 eval_every=2");
+    ASSERT_EQ(r.status, 0) << r.output;
+    const nlohmann::json s = read_json(run + "/summary.json");
+    EXPECT_EQ(s["test_sets_at_best"]["again"], s["test_at_best"]) << method;
+    for (const char* name : {"iid", "cold-ood", "cold-iid", "cold-again"})
+      EXPECT_TRUE(s["test_sets_at_best"].contains(name)) << method << " " << name;
+    EXPECT_EQ(s["test_sets_at_best"]["cold-again"], s["test_sets_at_best"]["cold-ood"]) << method;
+  }
+}
+
+// mask_file: the final model alone, trained on the given mask (no stage 0, HIM or mask steps);
+// a mask of the wrong length, outside [0, 1] or given to a baseline is refused before anything
+// is written.
+TEST(Pipeline, MaskFileTrainsTheFinalModelOnTheGivenMask) {
+  TempDir tmp("maskfile");
+  const std::string data = tmp / "synth";
+  ASSERT_EQ(run_program("synth --out " + data + " --seed 5 --users 120 --items 90").status, 0);
+  const std::string run = tmp / "planted";
+  auto r = run_program("train --method painvrl --data " + data + " --out " + run +
+                       " --set epochs=4 eval_every=2 mask_file=" + data + "/planted_mask.npy");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(r.output.find("stage 0"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("HIM outer"), std::string::npos) << r.output;
+  EXPECT_EQ(read_npy(run + "/mask.npy").to_float(),
+            read_npy(data + "/planted_mask.npy").to_float());
+  const nlohmann::json s = read_json(run + "/summary.json");
+  EXPECT_NE(std::string(s["mask_file"]).find("planted_mask.npy"), std::string::npos);
+  const float wrong[3] = {0.5f, 0.5f, 0.5f}, high[48] = {2.f};
+  write_npy(tmp / "wrong.npy", wrong, {3});
+  write_npy(tmp / "high.npy", high, {48});
+  for (const auto& [flags, needle] : std::vector<std::pair<std::string, std::string>>{
+           {"--method painvrl --set mask_file=" + (tmp / "wrong.npy"), "one value per feature"},
+           {"--method painvrl --set mask_file=" + (tmp / "high.npy"), "not in [0, 1]"},
+           {"--method painvrl --set mask_file=" + (tmp / "none.npy"), "none.npy"},
+           {"--method ultragcn-mm --set mask_file=" + data + "/planted_mask.npy",
+            "applies to --method painvrl or invrl"}}) {
+    r = run_program("train --data " + data + " --out " + (tmp / "bad") + " " + flags);
+    EXPECT_EQ(r.status, 1) << flags << ": " << r.output;
+    EXPECT_NE(r.output.find(needle), std::string::npos) << r.output;
+    EXPECT_FALSE(fs::exists(tmp / "bad")) << flags;
+  }
+}
+
+// Environment identification with the paper's E = 10 and the default centred comparison never
+// leaves almost every pair in one environment (with raw scores one model's higher bias took
+// 29,909 of 30,000 pairs; docs/method.md).
+TEST(Pipeline, HimWithTenEnvironmentsSpreadsThePairs) {
+  TempDir tmp("him10");
+  const std::string data = tmp / "synth";
+  ASSERT_EQ(run_program("synth --out " + data + " --seed 2 --users 400 --items 300").status, 0);
+  const std::string run = tmp / "run";
+  const auto r = run_program("train --quiet --method painvrl --data " + data + " --out " + run +
+                             " --set envs=10 outer_iterations=1 mask_epochs=0 epochs=1");
+  ASSERT_EQ(r.status, 0) << r.output;
+  std::map<int, int64_t> sizes;
+  int64_t total = 0;
+  std::ifstream envs(run + "/environments-0.tsv");
+  for (std::string line; std::getline(envs, line);) {
+    int u, i, e;
+    ASSERT_EQ(std::sscanf(line.c_str(), "%d\t%d\t%d", &u, &i, &e), 3);
+    ++sizes[e];
+    ++total;
+  }
+  int64_t largest = 0;
+  for (const auto& [e, n] : sizes) largest = std::max(largest, n);
+  EXPECT_GE(sizes.size(), 5u);
+  EXPECT_LT(double(largest) / double(total), 0.5) << largest << " of " << total;
 }
 
 TEST(Pipeline, ObjectiveAndAttentionFlags) {
@@ -236,10 +303,14 @@ TEST(Pipeline, ObjectiveAndAttentionFlags) {
   EXPECT_EQ(s["objective"], "erm");
   EXPECT_EQ(s["attention"], false);
   std::ifstream trace(run + "/trace.jsonl");
+  int64_t steps = 0;
   for (std::string line; std::getline(trace, line);) {
     const auto j = nlohmann::json::parse(line);
-    if (j.contains("w_ERM")) EXPECT_EQ(double(j["w_ERM"]), 1.0);  // ERM only
+    if (!j.contains("L_ERM")) continue;
+    ++steps;
+    EXPECT_FALSE(j.contains("w_ERM")) << line;  // ERM only: the weights are fixed, not Eq. 17's
   }
+  EXPECT_GT(steps, 0);
   EXPECT_EQ(run_program("train --method painvrl --objective best --data " + data + " --out " +
                         (tmp / "bad") + kTiny)
                 .status,
@@ -250,7 +321,10 @@ TEST(Pipeline, ObjectiveAndAttentionFlags) {
 TEST(Pipeline, OodSplitFollowsItsRules) {
   TempDir tmp("split");
   const std::string data = tmp / "synth";
-  ASSERT_EQ(run_program("synth --out " + data + " --seed 4 --users 150 --items 100").status, 0);
+  ASSERT_EQ(run_program("synth --out " + data +
+                        " --seed 4 --users 150 --items 100 --mid-share 0 --protocol mixed")
+                .status,
+            0);
   const std::string out = tmp / "ood";
   const auto r =
       run_program("split --data " + data + " --out " + out + " --protocol ood --environments file");
@@ -328,7 +402,10 @@ TEST(Pipeline, SplitWithThreeEnvironmentsTrainsOnAllButTheTestEnvironment) {
 TEST(Pipeline, ColdSplitHoldsItemsOutAndRanksAmongThem) {
   TempDir tmp("cold");
   const std::string data = tmp / "synth";
-  ASSERT_EQ(run_program("synth --out " + data + " --seed 6 --users 150 --items 100").status, 0);
+  ASSERT_EQ(run_program("synth --out " + data +
+                        " --seed 6 --users 150 --items 100 --mid-share 0 --protocol mixed")
+                .status,
+            0);
   const std::string out = tmp / "cold";
   auto r = run_program("split --data " + data + " --out " + out +
                        " --protocol cold --environments file --cold-fraction 0.25");
@@ -345,11 +422,14 @@ TEST(Pipeline, ColdSplitHoldsItemsOutAndRanksAmongThem) {
   EXPECT_NEAR(double(m["cold_items"]) / 100.0, 0.25, 0.12);
   // Ranking among cold items only: the most-popular baseline gives every cold item the same
   // score 0, so its ranking among them is by id; with candidates = all, warm items fill the
-  // top and no cold item can be hit.
-  r = run_program("train --method mostpop --data " + out + "/cold-ood --out " + (tmp / "all"));
+  // top and no cold item can be hit. The split's dataset.toml says test_candidates = "cold",
+  // so a plain run ranks among the cold items (candidates = auto).
+  EXPECT_NE(read_text_file(out + "/cold-ood/dataset.toml").find("test_candidates = \"cold\""),
+            std::string::npos);
+  r = run_program("train --method mostpop --data " + out + "/cold-ood --out " + (tmp / "all") +
+                  " --set candidates=all");
   ASSERT_EQ(r.status, 0) << r.output;
-  r = run_program("train --method mostpop --data " + out + "/cold-ood --out " + (tmp / "coldc") +
-                  " --set candidates=cold");
+  r = run_program("train --method mostpop --data " + out + "/cold-ood --out " + (tmp / "coldc"));
   ASSERT_EQ(r.status, 0) << r.output;
   const double all_recall = read_json(tmp / "all/summary.json")["test_at_best"]["recall@20"];
   const double cold_recall = read_json(tmp / "coldc/summary.json")["test_at_best"]["recall@20"];

@@ -23,6 +23,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
@@ -36,6 +37,7 @@
 #include "painvrl/dataset.h"
 #include "painvrl/error.h"
 #include "painvrl/io.h"
+#include "painvrl/npy.h"
 #include "painvrl/synth.h"
 #include "test_util.h"
 
@@ -46,8 +48,9 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 using test::TempDir;
 
-const char* const kFiles[] = {"dataset.toml", "train.txt",        "val.txt",      "test.txt",
-                              "features.npy", "environments.tsv", "manifest.json"};
+const char* const kFiles[] = {"dataset.toml",     "train.txt",    "val.txt",
+                              "test.txt",         "features.npy", "planted_mask.npy",
+                              "environments.tsv", "manifest.json"};
 
 struct EnvRow {
   int32_t user = 0, item = 0;
@@ -89,8 +92,17 @@ Synth generate(const std::string& dir, const SynthOptions& o) {
   return s;
 }
 
-SynthOptions small_options() {
+// The two-environment data these statistics were written for: majority (+1) and minority (-1),
+// every pair split at random (protocol mixed).
+SynthOptions two_env_mixed() {
   SynthOptions o;
+  o.mid_share = 0;
+  o.protocol = "mixed";
+  return o;
+}
+
+SynthOptions small_options() {
+  SynthOptions o = two_env_mixed();
   o.users = 150;
   o.items = 90;
   o.per_user = 12;
@@ -270,7 +282,7 @@ TEST(Synth, OutputIsAPureFunctionOfTheOptions) {
 
 TEST(Synth, SpuriousPreferenceFlipsBetweenEnvironments) {
   TempDir tmp("synth");
-  const SynthOptions o;  // the defaults: 1000 users x 800 items
+  const SynthOptions o = two_env_mixed();  // 1000 users x 800 items
   const Synth s = generate(tmp / "data", o);
   ASSERT_TRUE(s.manifest.at("truth").at("spurious_readout").is_array());
   ASSERT_EQ(s.manifest.at("truth").at("spurious_readout").size(), size_t(o.spurious));
@@ -296,7 +308,7 @@ TEST(Synth, SpuriousPreferenceFlipsBetweenEnvironments) {
 
 TEST(Synth, InvariantBlockPredictsChoicesInBothEnvironments) {
   TempDir tmp("synth");
-  const SynthOptions o;
+  const SynthOptions o = two_env_mixed();
   const Synth s = generate(tmp / "data", o);
   const auto inv = profile_cosine(s, "invariant");
   const auto spu = profile_cosine(s, "spurious");
@@ -311,7 +323,7 @@ TEST(Synth, InvariantBlockPredictsChoicesInBothEnvironments) {
 
 TEST(Synth, NoSpuriousStrengthPlantsNoShift) {
   TempDir tmp("synth");
-  SynthOptions o;
+  SynthOptions o = two_env_mixed();
   o.spurious_strength = 0;  // the control: the same statistics must then see nothing
   const Synth s = generate(tmp / "data", o);
   // Both environments now choose alike: their readout means agree (they need not be 0: pairs
@@ -370,6 +382,150 @@ TEST(Synth, RefusesAnExistingOutputDirectory) {
   EXPECT_EQ(entries, 2);  // data and file: no temporary directory left behind
 }
 
+// The benchmark layout (protocol ood, the default): training and validation never see the OOD
+// environment or a cold item; test.txt holds the OOD environment's pairs of warm items, the
+// [[test_set]]s the training environments' held-out pairs (iid) and the pairs of cold items
+// ranked among them (cold-ood, cold-iid); environments.tsv names what became of every pair.
+TEST(Synth, OodLayoutHoldsOutTheOodEnvironmentAndColdItems) {
+  TempDir tmp("synth");
+  SynthOptions o;  // the defaults: majority +1, middle 0, minority -1 (the OOD environment)
+  o.users = 300;
+  o.items = 240;
+  o.seed = 3;
+  const std::string dir = tmp / "data";
+  write_synthetic_dataset(dir, o);
+  for (const char* f : {"test_iid.txt", "test_cold_ood.txt", "test_cold_iid.txt"})
+    EXPECT_TRUE(fs::is_regular_file(dir + "/" + f)) << f;
+  const Dataset ds = load_dataset(dir);
+  const json m = json::parse(read_text_file(dir + "/manifest.json"));
+  EXPECT_EQ(m.at("ood_env").get<int>(), 1);
+  ASSERT_EQ(ds.test_sets.size(), 3u);
+  EXPECT_EQ(ds.test_sets[0].name, "iid");
+  EXPECT_EQ(ds.test_sets[0].candidates, "all");
+  EXPECT_EQ(ds.test_sets[1].name, "cold-ood");
+  EXPECT_EQ(ds.test_sets[1].candidates, "cold");
+  EXPECT_EQ(ds.test_sets[2].name, "cold-iid");
+  EXPECT_EQ(ds.test_sets[2].candidates, "cold");
+  std::map<std::pair<int32_t, int32_t>, EnvRow> row_of;
+  for (const EnvRow& r : read_env_rows(dir + "/environments.tsv")) row_of[{r.user, r.item}] = r;
+  std::set<int32_t> train_items, train_users;
+  for (size_t p = 0; p < ds.train.size(); ++p) {
+    train_items.insert(ds.train.item[p]);
+    train_users.insert(ds.train.user[p]);
+  }
+  auto check = [&](const PairList& pairs, const char* split, bool ood_env, bool cold) {
+    ASSERT_GT(pairs.size(), 0u) << split;
+    for (size_t p = 0; p < pairs.size(); ++p) {
+      const EnvRow& r = row_of.at({pairs.user[p], pairs.item[p]});
+      EXPECT_EQ(r.split, split);
+      EXPECT_EQ(r.env == 1, ood_env) << split;
+      if (std::string(split) != "train") {
+        EXPECT_TRUE(train_users.count(pairs.user[p])) << split;
+        EXPECT_NE(train_items.count(pairs.item[p]) > 0, cold) << split;
+      }
+    }
+  };
+  check(ds.train, "train", false, false);
+  check(ds.valid, "valid", false, false);
+  check(ds.test, "test", true, false);
+  check(ds.test_sets[0].pairs, "iid", false, false);
+  check(ds.test_sets[1].pairs, "cold-ood", true, true);
+  check(ds.test_sets[2].pairs, "cold-iid", false, true);
+  // Every cold item is absent from training; about cold_fraction of the items are cold.
+  const int64_t cold = m.at("counts").at("cold_items").get<int64_t>();
+  EXPECT_NEAR(double(cold) / o.items, o.cold_fraction, 0.06);
+  EXPECT_GE(o.items - int64_t(train_items.size()), cold);
+  // The planted mask: 1 on the invariant columns, 0 elsewhere, in the columns' order.
+  const NpyArray pm = read_npy(dir + "/planted_mask.npy");
+  const std::vector<double> mask = pm.to_double();
+  const json& kinds = m.at("column_kinds");
+  ASSERT_EQ(mask.size(), kinds.size());
+  for (size_t j = 0; j < mask.size(); ++j)
+    EXPECT_EQ(mask[j], kinds[j].get<std::string>() == "invariant" ? 1.0 : 0.0) << j;
+}
+
+// A list of environments: shares close to those asked, the OOD environment the one with the
+// lowest strength, and with no personal taste (every user's spurious taste the same, a
+// popularity-like property) the readout mean of each environment has its strength's sign.
+TEST(Synth, EnvironmentListsAndAPopularityLikeTaste) {
+  TempDir tmp("synth");
+  SynthOptions o = small_options();
+  o.users = 400;
+  o.items = 300;
+  o.env_strengths = {1.0, 0.5, -1.0, 0.0};
+  o.env_shares = {0.0, 0.25, 0.2, 0.15};  // environment 0 takes 0.4
+  o.personal_taste = 0;
+  const Synth s = generate(tmp / "data", o);
+  const json& c = s.manifest.at("counts").at("per_environment");
+  ASSERT_EQ(c.size(), 4u);
+  const double pairs = s.manifest.at("counts").at("pairs").get<double>();
+  const double want[4] = {0.4, 0.25, 0.2, 0.15};
+  for (int e = 0; e < 4; ++e) EXPECT_NEAR(c[e].get<double>() / pairs, want[e], 0.04) << e;
+  const json& w = s.manifest.at("truth").at("spurious_readout");
+  const int64_t begin = s.manifest.at("blocks").at("spurious")[0].get<int64_t>();
+  const int64_t d = s.ds.feature_dim;
+  double sum[4] = {0, 0, 0, 0}, count[4] = {0, 0, 0, 0};
+  for (const EnvRow& r : s.rows) {
+    double v = 0;
+    for (size_t j = 0; j < w.size(); ++j)
+      v += w[j].get<double>() * s.ds.features[size_t(r.item) * d + begin + j];
+    sum[r.env] += v;
+    count[r.env] += 1;
+  }
+  EXPECT_GT(sum[0] / count[0], 0.3);
+  EXPECT_GT(sum[1] / count[1], 0.1);
+  EXPECT_LT(sum[2] / count[2], -0.3);
+  EXPECT_GT(sum[0] / count[0], sum[1] / count[1]);  // strength 1 above 0.5 above 0
+  EXPECT_GT(sum[1] / count[1], sum[3] / count[3]);
+
+  SynthOptions ood = o;
+  ood.protocol = "ood";
+  write_synthetic_dataset(tmp / "ood", ood);
+  EXPECT_EQ(json::parse(read_text_file(tmp / "ood/manifest.json")).at("ood_env").get<int>(), 2);
+}
+
+// Three modalities: the acoustic one is the whole spurious block; visual and textual share the
+// invariant and noise columns. The features are those of the one-modality layout, reordered.
+TEST(Synth, ThreeModalitiesSplitTheColumns) {
+  TempDir tmp("synth");
+  SynthOptions o = small_options();
+  const Synth one = generate(tmp / "one", o);
+  o.modalities = 3;
+  const Synth three = generate(tmp / "three", o);
+  ASSERT_EQ(three.ds.modalities.size(), 3u);
+  EXPECT_EQ(three.ds.modalities[0].name, "visual");
+  EXPECT_EQ(three.ds.modalities[1].name, "acoustic");
+  EXPECT_EQ(three.ds.modalities[2].name, "textual");
+  const json& kinds = three.manifest.at("column_kinds");
+  const Modality& ac = three.ds.modalities[1];
+  EXPECT_EQ(ac.width, o.spurious);
+  int64_t inv = 0, noise = 0;
+  for (int64_t j = 0; j < int64_t(kinds.size()); ++j) {
+    const std::string k = kinds[j];
+    const bool in_acoustic = j >= ac.offset && j < ac.offset + ac.width;
+    EXPECT_EQ(k == "spurious", in_acoustic) << j;
+    inv += k == "invariant";
+    noise += k == "noise";
+  }
+  EXPECT_EQ(inv, o.invariant);
+  EXPECT_EQ(noise, o.noise);
+  EXPECT_FALSE(three.manifest.contains("blocks"));
+  // Column by column, the three-modality features are the one-modality ones (same draws).
+  const int64_t d = one.ds.feature_dim;
+  ASSERT_EQ(three.ds.feature_dim, d);
+  std::multiset<std::vector<float>> cols_one, cols_three;
+  for (int64_t j = 0; j < d; ++j) {
+    std::vector<float> a, b;
+    for (int32_t i = 0; i < o.items; ++i) {
+      a.push_back(one.ds.features[size_t(i) * d + j]);
+      b.push_back(three.ds.features[size_t(i) * d + j]);
+    }
+    cols_one.insert(a);
+    cols_three.insert(b);
+  }
+  EXPECT_EQ(cols_one, cols_three);
+}
+
 TEST(Synth, RejectsBadOptionsNamingThem) {
   struct Case {
     std::string option;
@@ -392,6 +548,27 @@ TEST(Synth, RejectsBadOptionsNamingThem) {
       {"test_share", [](SynthOptions& o) { o.test_share = 1.0; }},
       {"valid_share", [](SynthOptions& o) { o.valid_share = o.test_share = 0.5; }},
       {"invariant", [](SynthOptions& o) { o.invariant = o.spurious = o.noise = 0; }},
+      {"env_strengths",
+       [](SynthOptions& o) {
+         o.env_strengths = {1, -1};
+       }},
+      {"env_shares",
+       [](SynthOptions& o) {
+         o.env_strengths = {1, -1, 0};
+         o.env_shares = {0, 0.6, 0.4};
+       }},
+      {"env_strengths",
+       [](SynthOptions& o) {
+         o.env_strengths = {1, NAN};
+         o.env_shares = {0, 0.3};
+       }},
+      {"mid_share", [](SynthOptions& o) { o.mid_share = 0.9; }},
+      {"personal_taste", [](SynthOptions& o) { o.shared_taste = o.personal_taste = 0; }},
+      {"view_noise", [](SynthOptions& o) { o.view_noise = -1; }},
+      {"modalities", [](SynthOptions& o) { o.modalities = 2; }},
+      {"protocol", [](SynthOptions& o) { o.protocol = "random"; }},
+      {"cold_fraction", [](SynthOptions& o) { o.cold_fraction = 1; }},
+      {"test_env", [](SynthOptions& o) { o.test_env = 3; }},
   };
   TempDir tmp("synth");
   for (const Case& c : cases) {

@@ -29,7 +29,7 @@ struct Config {
   double init_std = 1e-3;  // N(0, init_std) for Pt, Pf, T, W; b = 0
   // UltraGCN loss
   int batch_size = 512;
-  int negatives = 50;       // N per positive, uniform with replacement
+  int negatives = 20;       // N per positive, uniform with replacement
   double neg_weight = 1.0;  // multiplies the mean over negatives
   double w1 = 1.0, w2 = 1e-4, w3 = 1.0, w4 = 1e-4;
   double kappa = 0.01;  // weight of the item-item term L_I
@@ -50,26 +50,36 @@ struct Config {
   bool eval_test_each = true;             // also record test metrics at every evaluation
   // evaluation
   std::vector<int> eval_ks = {10, 20};
-  std::string ndcg = "standard";   // standard | invrl
-  int eval_block = 256;            // users per scoring block
-  std::string candidates = "all";  // all | cold: rank held-out items among all or cold items
+  std::string ndcg = "standard";  // standard | invrl
+  int eval_block = 256;           // users per scoring block
+  // Ranking candidates of the test: auto (as the dataset says: dataset.toml test_candidates),
+  // all items, or the cold items (those without training pairs).
+  std::string candidates = "auto";
   // data
   int normalize_features = -1;  // -1: as the dataset says; 0/1 override
   // PaInvRL / InvRL (DESIGN.md section 2, Algorithm 1)
   int pretrain_epochs = 20;          // stage 0: backbone on the full features
-  int outer_iterations = 5;          // T
+  int outer_iterations = 2;          // T
   std::string environments = "him";  // him | file (the dataset's environments.tsv: oracle envs)
-  int envs = 10;                     // E
-  int him_epochs = 20;               // epochs per environment model per round
-  int him_rounds = 10;               // at most this many reassignment rounds
+  int envs = 2;                      // E
+  int him_epochs = 5;                // epochs per environment model per round
+  int him_rounds = 5;                // at most this many reassignment rounds
   double him_move_tol = 0.01;        // stop when at most this share of pairs moved
   // What an environment model trains. all: a fresh backbone, every tensor (DESIGN.md and InvRL's
   // code). content: starts from stage 0; the ID branch (Pt, T) is frozen, Pf, W, b train.
   // projection (default): starts from stage 0; only W, b train. Why we differ from DESIGN.md:
   // see the header of host/painvrl.cpp.
   std::string him_train = "projection";
-  int mask_epochs = 40;    // mask-generation epochs per outer iteration
-  int mask_batch = 512;    // positives per environment per mask step
+  // How Eq. 9 compares the environment models on a pair. likelihood (default): the model's
+  // log-probability of the item among all items, s_e(u, i) - log sum_j exp s_e(u, j) (the E-step
+  // of a mixture of softmax choice models); standardized: (s - mean_j s) / std_j s over the items
+  // for that user; centered: s - mean_j s; score: the raw score (the paper's wording). With raw
+  // scores the model whose scores run higher for everyone wins every pair: on the default synth
+  // data with E = 10 one environment kept 97 % of the pairs (centered 87 %, standardized 46 %,
+  // likelihood 45 %; docs/method.md).
+  std::string him_assign = "likelihood";
+  int mask_epochs = 20;    // mask-generation epochs per outer iteration
+  int mask_batch = 2048;   // positives per environment per mask step
   double mask_init = 0.5;  // initial m
   double sigma = 0.01;     // gate noise std (Eq. 10)
   // Defaults for sigma, lambda, c, s and the normalisation, chosen on the synthetic benchmark
@@ -84,16 +94,28 @@ struct Config {
   // the min-norm weight follows the smaller gradient and the spurious block is not separated (seeds
   // 2, 3: 0.368 and 0.376 spurious); with l2 (w_ERM = 0.5 of the unit directions, Eq. 17 on
   // normalised g_E, g_I) it is.
-  double mask_lambda = 0.1;                // lambda of the mask regulariser (Eq. 11, 19)
-  double mask_center = 0.0;                // c: 0 is the paper's lambda/2 |m|^2, 0.5 is InvRL's
-  double mask_step = 0.01;                 // s (sgd) or the Adam learning rate of the mask
-  std::string mask_optimizer = "sgd";      // sgd | adam
-  std::string objective = "pareto";        // pareto | erm | irm (Table 3)
-  std::string pareto_normalize = "l2";     // none | l2 | loss
-  std::string mask_w_init = "pretrained";  // mask model W, b: stage 0 (pretrained) or random
-  bool attention = true;                   // the attention MLPs of Eq. 13-14 (RQ2: --no-attention)
-  int attention_hidden = 64;               // H
-  double invrl_alpha = 1.0;                // invrl: weight of L_IRM
+  double mask_lambda = 0.1;                  // lambda of the mask regulariser (Eq. 11, 19)
+  double mask_center = 0.0;                  // c: 0 is the paper's lambda/2 |m|^2, 0.5 is InvRL's
+  double mask_step = 0.04;                   // s (sgd) or the Adam learning rate of the mask
+  std::string mask_optimizer = "sgd";        // sgd | adam
+  std::string objective = "pareto";          // pareto | erm | irm (Table 3)
+  std::string pareto_normalize = "running";  // none | l2 | loss | initial | running
+  std::string mask_w_init = "pretrained";    // mask model W, b: stage 0 (pretrained) or random
+  bool attention = true;      // the attention MLPs of Eq. 13-14 (RQ2: --no-attention)
+  int attention_hidden = 64;  // H
+  // The attention MLPs' initial output biases: +attention_bias for alpha_Phi, -attention_bias for
+  // alpha_Psi (2: alpha_Phi = 0.88, alpha_Psi = 0.12), so that h = (alpha_Psi + (alpha_Phi -
+  // alpha_Psi) mu) f starts as 0.12 f + 0.76 mu f: raising the mask raises a column's use, and
+  // L_ERM holds the useful columns up. With 0 (the PyTorch default) both start at 1/2 with random
+  // signs of their difference per pair, the mask barely changes h, and its ERM gradient is ~1/40
+  // of the attention-free one and of either sign; measured, the mask then collapsed on three of
+  // five planted generators (docs/method.md).
+  double attention_bias = 2.0;
+  // A fixed mask (an .npy of d values in [0, 1]): painvrl / invrl skip stage 0, HIM and mask
+  // generation and train the final model on Phi = m * f with it (the oracle: a synthetic
+  // dataset's planted_mask.npy).
+  std::string mask_file;
+  double invrl_alpha = 1.0;    // invrl: weight of L_IRM
   double invrl_growth = 1.05;  // invrl: alpha and lambda grow by this per outer iteration
 };
 

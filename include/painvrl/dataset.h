@@ -10,6 +10,12 @@
 //   n_users = 1000                 # optional; default max id + 1 over all splits
 //   n_items = 800
 //   normalize = true               # optional: L2-normalise each modality block per row
+//   test_candidates = "all"        # optional: rank the test's items among all | cold items (the
+//                                  # items without training pairs; the cold-item protocol)
+//   [[test_set]]                   # optional further test sets (lightgcn / tsv formats), each
+//   name = "iid"                   # evaluated at the selected model and reported by name
+//   file = "test_iid.txt"
+//   candidates = "all"             # all | cold, as test_candidates
 //   [[modality]]                   # in order; concatenated into f (rows = items)
 //   name = "content"
 //   file = "features.npy"
@@ -55,6 +61,14 @@ struct DataReport {
   int64_t users_without_train = 0, items_without_train = 0;
 };
 
+// A further held-out set evaluated at the selected model (dataset.toml [[test_set]]).
+struct TestSet {
+  std::string name;
+  std::string file;
+  std::string candidates = "all";  // all | cold
+  PairList pairs;
+};
+
 struct Dataset {
   std::string name;
   std::string dir;
@@ -62,6 +76,8 @@ struct Dataset {
   int32_t n_users = 0;
   int32_t n_items = 0;
   PairList train, valid, test;
+  std::string test_candidates = "all";  // all | cold: the main test's ranking candidates
+  std::vector<TestSet> test_sets;       // further test sets, in the order dataset.toml lists them
   std::vector<Modality> modalities;
   int64_t feature_dim = 0;      // d
   std::vector<float> features;  // (n_items, d) row-major, per-modality row-normalised

@@ -83,6 +83,8 @@ struct SelectionResult {
   int64_t pairs_trained = 0;
   std::vector<float> best_params;  // the parameters at best_epoch (layout order)
   ParamLayout layout;
+  // The dataset's further test sets ([[test_set]]) at best_epoch, in the dataset's order.
+  std::vector<std::pair<std::string, Metrics>> test_sets_at_best;
 };
 
 // Evaluation on a held-out split with the configured ranking candidates.
@@ -93,10 +95,14 @@ struct Evaluator {
   // (n_items,) the test's ranking candidates; empty: all items. Validation always ranks among
   // all items: in the cold-item protocol it holds warm items (model selection), the test cold ones.
   std::vector<uint8_t> candidates;
+  std::vector<uint8_t> cold;  // (n_items,) 1 for the items without training pairs
   Evaluator(const Config& c, const Dataset& d, const Graph& g);
   Metrics run(const ScoreFn& score, const PairList& heldout, bool is_test) const;
   // The backend must have been through prepare_scoring() since its last update.
   Metrics run(Backend& backend, const PairList& heldout, bool is_test) const;
+  // Every further test set of the dataset, each with its own candidates.
+  std::vector<std::pair<std::string, Metrics>> run_test_sets(const ScoreFn& score) const;
+  std::vector<std::pair<std::string, Metrics>> run_test_sets(Backend& backend) const;
 };
 
 // Trains a backbone with periodic evaluation, early stopping on the validation metric, and test
@@ -118,6 +124,9 @@ std::vector<int32_t> identify_environments(const Config& c, const Graph& graph,
                                            int64_t feat_dim, int envs, int outer,
                                            const std::vector<float>* backbone, std::ostream* trace,
                                            int* rounds_run = nullptr);
+
+// The mask of mask_file: d values in [0, 1] (InputError naming the file otherwise).
+std::vector<double> read_mask_file(const std::string& path, int64_t d);
 
 // HIM's environment models with him_train = projection, trained as one computation: model e
 // starts from the stage-0 backbone's W, b, trains `epochs` epochs on env_pairs[e] (shuffle and
@@ -162,9 +171,10 @@ EnvBatches make_mask_batches(const PairList& train,
 // Gate noise for environment e: eps (d) ~ N(0, sigma^2) from (epoch, step, e, j).
 void draw_noise(math::PhiloxKey key, uint32_t epoch, uint32_t step, uint32_t env, int64_t d,
                 float sigma, float* eps);
-// W ~ N(0, init_std), b = 0; attention layers N(0, 1 / fan_in), their biases 0.
+// W ~ N(0, init_std), b = 0; attention layers N(0, 1 / fan_in), their hidden biases 0 and their
+// output biases +attention_bias (alpha_Phi's MLP) and -attention_bias (alpha_Psi's).
 std::vector<float> init_mask_params(const MaskLayout& L, uint64_t seed, uint32_t stage,
-                                    double init_std);
+                                    double init_std, double attention_bias);
 
 // With mask_w_init = pretrained: the mask model's W and b start from the stage-0 backbone's (the
 // mask gradients are proportional to W; a near-zero random W gives the mask no signal at first).

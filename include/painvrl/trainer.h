@@ -26,8 +26,10 @@ void run_training(const Config& config, const RunOptions& options);
 void resume_training(const RunOptions& options, int threads);
 
 // One mask-generation step with every input and output dumped (docs/mask-step.md).
+// pareto_state, when not empty: (rms_E, rms_I, steps), the stage's normalisation state before the
+// step (pareto_normalize = initial | running; empty: the first step of a stage).
 void run_debug_step(const Config& config, const std::string& data_dir, const std::string& out_dir,
-                    bool random_mask, bool in_double);
+                    bool random_mask, bool in_double, const std::vector<double>& pareto_state = {});
 
 // Writes the OOD/IID or cold-item protocol datasets (host/split.cpp).
 void run_split(const Config& config, const std::string& data_dir, const std::string& out_dir,
@@ -40,5 +42,8 @@ uint64_t dataset_content_hash(const Dataset& d);
 
 // Prints counts, sparsity, degree summaries and feature widths of a dataset.
 void inspect_dataset(const std::string& data_dir);
+// A finished run's summary: its tests, the mask, HIM's last environments and w_ERM's minimum,
+// quartiles and maximum over the mask steps (trace.jsonl).
+void inspect_run(const std::string& run_dir);
 
 }  // namespace painvrl

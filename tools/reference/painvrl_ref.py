@@ -12,6 +12,7 @@ See tools/reference/README.md.
 """
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -169,17 +170,41 @@ def _grad(y, x):
     return torch.zeros_like(x) if g is None else g
 
 
-def pareto_weight(gE, gI, normalize, L_ERM, L_IRM):
-    """Normalised (gE, gI) and the clipped min-norm w_ERM (Eq. 17-18)."""
-    if normalize == "l2":
-        nE, nI = gE.norm(), gI.norm()
-        gE = gE / nE if nE > 0 else gE
-        gI = gI / nI if nI > 0 else gI
+RUNNING_DECAY = 0.9  # pareto_normalize = running: the running mean's decay (math/mask.h)
+
+
+def pareto_scales(normalize, gE, gI, L_ERM, L_IRM, state=(0.0, 0.0, 0)):
+    """The divisors (sE, sI) of g_E and g_I before Eq. 17, from the stage's normalisation state
+    (rms_E, rms_I, steps) before this step: none 1; l2 the norms; loss the losses; initial the
+    state's RMS (this step's when the state has none: the first step of a stage); running the
+    bias-corrected running mean of the RMS. A zero or non-finite divisor is 1."""
+    d = max(gE.numel(), 1)
+    rE, rI = float(gE.norm()) / math.sqrt(d), float(gI.norm()) / math.sqrt(d)
+    ref_E, ref_I, steps = float(state[0]), float(state[1]), int(state[2])
+    if normalize == "none":
+        sE, sI = 1.0, 1.0
+    elif normalize == "l2":
+        sE, sI = float(gE.norm()), float(gI.norm())
     elif normalize == "loss":
-        gE = gE / L_ERM if L_ERM != 0 else gE
-        gI = gI / L_IRM if L_IRM != 0 else gI
-    elif normalize != "none":
-        raise DumpError(f"pareto_normalize must be none|l2|loss, got {normalize!r}")
+        sE, sI = L_ERM, L_IRM
+    elif normalize == "initial":
+        sE = ref_E if ref_E > 0 else rE
+        sI = ref_I if ref_I > 0 else rI
+    elif normalize == "running":
+        a, steps = RUNNING_DECAY, steps + 1
+        sE = (a * ref_E + (1 - a) * rE) / (1 - a ** steps)
+        sI = (a * ref_I + (1 - a) * rI) / (1 - a ** steps)
+    else:
+        raise DumpError("pareto_normalize must be none|l2|loss|initial|running, got "
+                        f"{normalize!r}")
+    ok = lambda s: s > 0 and math.isfinite(s)
+    return (sE if ok(sE) else 1.0), (sI if ok(sI) else 1.0)
+
+
+def pareto_weight(gE, gI, normalize, L_ERM, L_IRM, state=(0.0, 0.0, 0)):
+    """Normalised (gE, gI) and the clipped min-norm w_ERM (Eq. 17-18)."""
+    sE, sI = pareto_scales(normalize, gE, gI, L_ERM, L_IRM, state)
+    gE, gI = gE / sE, gI / sI
     diff = gE - gI
     den = float(diff @ diff)
     w = 0.5 if den < 1e-12 else min(max(float((gI - gE) @ gI) / den, 0.0), 1.0)
@@ -214,7 +239,9 @@ def mask_step_problem(P):
     out = objective(P, m, prm)
     gE, gI = _grad(out["L_ERM"], m), _grad(out["L_IRM"], m)
     L_ERM, L_IRM = float(out["L_ERM"]), float(out["L_IRM"])
-    nE, nI, w = pareto_weight(gE.detach(), gI.detach(), sc["pareto_normalize"], L_ERM, L_IRM)
+    state = (sc.get("pareto_rms_E", 0.0), sc.get("pareto_rms_I", 0.0), sc.get("pareto_steps", 0))
+    nE, nI, w = pareto_weight(gE.detach(), gI.detach(), sc["pareto_normalize"], L_ERM, L_IRM,
+                              state)
     # The objective's weights (wE, wI): pareto (default) uses (w, 1 - w); the ablations of Table 3
     # fix them: erm (1, 0), irm (0, 1); InvRL's fixed weighting is (1, alpha).
     objective_name = sc.get("objective", "pareto")
