@@ -726,6 +726,26 @@ void inspect_run(const std::string& run_dir) {
   }
   if (s.contains("mask_file"))
     fmt::print("mask         from {}\n", s["mask_file"].get<std::string>());
+  // On planted data (painvrl synth's manifest names each column's kind): the mask per kind.
+  const std::string manifest = s.value("dataset_path", std::string()) + "/manifest.json";
+  if (fs::exists(run_dir + "/mask.npy") && fs::exists(manifest)) {
+    const nlohmann::json man = read_json_file(manifest);
+    const std::vector<double> mask = read_npy(run_dir + "/mask.npy").to_double();  // (d)
+    if (man.contains("column_kinds") && man["column_kinds"].size() == mask.size()) {
+      std::vector<std::string> kinds;
+      std::vector<double> sum, count;
+      for (size_t c = 0; c < mask.size(); ++c) {
+        const std::string kind = man["column_kinds"][c].get<std::string>();
+        const size_t k = size_t(std::find(kinds.begin(), kinds.end(), kind) - kinds.begin());
+        if (k == kinds.size()) kinds.push_back(kind), sum.push_back(0), count.push_back(0);
+        sum[k] += mask[c], count[k] += 1;
+      }
+      std::string parts;
+      for (size_t k = 0; k < kinds.size(); ++k)
+        parts += fmt::format("{}{} {:.3f}", k ? "  " : "", kinds[k], sum[k] / count[k]);
+      fmt::print("mask         planted columns: {}\n", parts);
+    }
+  }
   // w_ERM over the mask steps of trace.jsonl (the Pareto objective only).
   std::vector<double> w;
   std::vector<std::vector<int64_t>> him;

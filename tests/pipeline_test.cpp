@@ -197,6 +197,18 @@ TEST(Pipeline, PainvrlWithDefaultsFindsTheInvariantBlockAndWinsOnColdOodItems) {
       << ins.output;
   EXPECT_NE(ins.output.find(fmt::format("max {:.3f}", sorted.back())), std::string::npos);
   EXPECT_NE(ins.output.find("test set     cold-ood"), std::string::npos) << ins.output;
+  // ... and the mask's mean per planted column kind, from the dataset's manifest.
+  double by_kind[3] = {0, 0, 0}, n_kind[3] = {0, 0, 0};
+  const char* kind_names[3] = {"invariant", "spurious", "noise"};
+  for (size_t a = 0; a < mask.size(); ++a) {
+    for (int k = 0; k < 3; ++k)
+      if (kinds[a] == kind_names[k]) by_kind[k] += mask[a], n_kind[k] += 1;
+  }
+  EXPECT_NE(ins.output.find(fmt::format(
+                "planted columns: invariant {:.3f}  spurious {:.3f}  noise {:.3f}",
+                by_kind[0] / n_kind[0], by_kind[1] / n_kind[1], by_kind[2] / n_kind[2])),
+            std::string::npos)
+      << ins.output;
   EXPECT_GE(above / pairs, 0.8);
   EXPECT_GE(mean, 0.1);
   EXPECT_GT(iqr, 0.05);
