@@ -14,12 +14,12 @@
 #include <string>
 #include <vector>
 
-#include "painvrl/config.h"
 #include "painvrl/cuda/backend.h"
 #include "painvrl/cuda/device.h"
-#include "painvrl/dataset.h"
-#include "painvrl/graph.h"
-#include "painvrl/stages.h"
+#include "painvrl/data/dataset.h"
+#include "painvrl/data/graph.h"
+#include "painvrl/pipeline/config.h"
+#include "painvrl/pipeline/stages.h"
 
 using namespace painvrl;
 

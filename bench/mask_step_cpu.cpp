@@ -1,9 +1,9 @@
 // Kernel lab: one PaInvRL mask-generation step on the CPU (DESIGN.md section 2, Eq. 10-19), in the
-// llm.c manner: variant 0 (host/mask_step_v0.cpp, the first closed form, term by term) and
-// variant 1 (host/mask_step.cpp, the production step: four dots and four axpys per term, the rest
-// as GEMMs), validated against each other on the same inputs, then timed at the paper-like shapes.
-// It prints each variant's seconds per step, its GFLOP/s against a DGEMM timed in the same run
-// (the machine's own fp64 peak on the same threads), the floor that peak implies, and the ratio
+// llm.c manner: variant 0 (host/cpu/mask_step_v0.cpp, the first closed form, term by term) and
+// variant 1 (host/cpu/mask_step.cpp, the production step: four dots and four axpys per term, the
+// rest as GEMMs), validated against each other on the same inputs, then timed at the paper-like
+// shapes. It prints each variant's seconds per step, its GFLOP/s against a DGEMM timed in the same
+// run (the machine's own fp64 peak on the same threads), the floor that peak implies, and the ratio
 // against the PyTorch autograd step of the same objective (tools/reference/painvrl_ref.py
 // mask-epoch) on the same shape and threads, in float32 and float64, timed in the same run.
 //
@@ -27,8 +27,8 @@
 #include <string>
 #include <vector>
 
+#include "painvrl/backend/mask_step.h"
 #include "painvrl/cpu/ultragcn_loss.h"
-#include "painvrl/mask_step.h"
 
 using namespace painvrl;
 

@@ -1,7 +1,7 @@
 // Kernel lab and stage benchmark of the mask-generation step on the device (kernels/mask_step.cu,
 // kernels/cuda_mask.cpp), in the llm.c manner: first validate, then time.
 //   1. validate: one step on a small random problem, on the device and by the CPU reference
-//      mask_step<double> (host/mask_step.cpp); the largest error of each output relative to its
+//      mask_step<double> (host/cpu/mask_step.cpp); the largest error of each output relative to its
 //      scale is printed, and the run fails above 1e-9.
 //   2. time: variant 1 (the term passes read the feature rows in double) and variant 2 (in float,
 //      exact: the features are floats; the runner's default) of the device runner's whole steps
@@ -28,12 +28,13 @@
 #include <utility>
 #include <vector>
 
-#include "painvrl/config.h"
+#include "painvrl/backend/mask_runner.h"
+#include "painvrl/backend/mask_step.h"
 #include "painvrl/cuda/backend.h"
 #include "painvrl/cuda/device.h"
-#include "painvrl/mask_runner.h"
-#include "painvrl/mask_step.h"
 #include "painvrl/math/philox.h"
+#include "painvrl/pipeline/config.h"
+#include "painvrl/pipeline/stages.h"
 
 using namespace painvrl;
 
@@ -245,7 +246,7 @@ int main(int argc, char** argv) {
       }
     }
     MaskRunSetup setup;
-    setup.config = &c;
+    setup.options = mask_run_options(c);
     setup.layout = L;
     setup.settings = bench_settings();
     setup.problem = t.problem;

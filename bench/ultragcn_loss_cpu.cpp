@@ -1,5 +1,5 @@
-// Kernel lab: the CPU UltraGCN loss forward + backward (host/cpu_loss.cpp) at MovieLens-1M shape
-// (6,022 users, 3,043 items, D = 128, batch 1024, N = 200, K = 10: the ultragcn-ml1m preset).
+// Kernel lab: the CPU UltraGCN loss forward + backward (host/cpu/cpu_loss.cpp) at MovieLens-1M
+// shape (6,022 users, 3,043 items, D = 128, batch 1024, N = 200, K = 10: the ultragcn-ml1m preset).
 // First validates the float step against the double step on the same inputs, then times it.
 // Per step it must read the B (1 + N + K) item rows it scores twice (forward and backward) and
 // the B user rows: about 2 * B * (1 + N + K) * D * 4 bytes = 222 MB, and do 4 * that many FLOPs

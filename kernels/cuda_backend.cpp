@@ -15,12 +15,10 @@
 #include <vector>
 
 #include "device_support.h"
-#include "painvrl/config.h"
+#include "painvrl/backend/draws.h"
 #include "painvrl/cuda/backend.h"
 #include "painvrl/cuda/kernels.h"
 #include "painvrl/math/sampling.h"
-#include "painvrl/signals.h"
-#include "painvrl/stages.h"
 
 namespace painvrl::cuda {
 namespace {
@@ -595,17 +593,20 @@ void env_projection_loss_grad_on_device(const cpu::EnvModelsView& m,
   }
 }
 
-std::vector<float> train_env_models_projection_on_device(
-    const Config& c, const Graph& graph, const std::vector<PairList>& env_pairs,
-    const std::vector<float>& psi, int64_t feat_dim, const std::vector<float>& backbone,
-    const std::vector<uint32_t>& stages, int epochs) {
+std::vector<float> train_env_models_projection_on_device(const TrainSetup& ts, const Graph& graph,
+                                                         const std::vector<PairList>& env_pairs,
+                                                         const std::vector<float>& psi,
+                                                         const std::vector<float>& backbone,
+                                                         const std::vector<uint32_t>& stages,
+                                                         int epochs, const HimHooks& hooks) {
   const int32_t E = int32_t(env_pairs.size());
-  const ParamLayout bl = ParamLayout::make(graph.n_users, graph.n_items, c.dim, feat_dim, true);
+  const ParamLayout& bl = ts.layout;
+  const int64_t feat_dim = bl.feat_dim;
   if (int64_t(backbone.size()) != bl.total || int32_t(stages.size()) != E) {
     throw std::logic_error(
         "train_env_models_projection_on_device: backbone or stages do not match");
   }
-  const int32_t D = c.dim;
+  const int32_t D = bl.dim;
   if (D > kFusedLossMaxDim) {
     throw std::invalid_argument(fmt::format("dim {} > {}", D, kFusedLossMaxDim));
   }
@@ -619,7 +620,7 @@ std::vector<float> train_env_models_projection_on_device(
               params.begin() + E * wsize + e * D);
   }
   const int64_t n = int64_t(params.size());
-  StreamContext ctx(c.tf32);
+  StreamContext ctx(ts.tf32);
   const cudaStream_t s = ctx.stream();
   DeviceProblem P;
   upload_problem(graph, &psi, feat_dim, P, s);
@@ -635,15 +636,14 @@ std::vector<float> train_env_models_projection_on_device(
   ones.upload(std::vector<float>(size_t(graph.n_items), 1.f), s);
   std::vector<math::PhiloxKey> neg_keys;
   for (uint32_t stage : stages) {
-    neg_keys.push_back(math::make_key(c.seed, math::stream_id(math::RngStream::kNegative, stage)));
+    neg_keys.push_back(math::make_key(ts.seed, math::stream_id(math::RngStream::kNegative, stage)));
   }
   DeviceBuffer<math::PhiloxKey> d_keys;
   d_keys.upload(neg_keys, s);
-  const TrainSetup ts = make_train_setup(c, graph.n_users, graph.n_items, feat_dim, true, 0);
-  const int32_t B = c.batch_size, N = c.negatives;
+  const int32_t B = ts.batch_size, N = ts.negatives;
   StepBuffers sb;
-  sb.deterministic = c.deterministic;
-  size_deterministic(sb, int64_t(E) * B, 1 + c.negatives + (c.kappa != 0 ? graph.ii_k : 0), D, s);
+  sb.deterministic = ts.deterministic;
+  size_deterministic(sb, int64_t(E) * B, 1 + N + (ts.loss.kappa != 0 ? graph.ii_k : 0), D, s);
   sb.row_loss.reserve(2 * (4096 + int64_t(E) * B));
   sb.negatives.reserve(int64_t(E) * B * std::max(N, 1));
   DeviceBuffer<double> epoch_loss;
@@ -659,15 +659,15 @@ std::vector<float> train_env_models_projection_on_device(
   for (int epoch = 0; epoch < epochs; ++epoch) {
     // The epoch's rows (the CPU's plan) and each step's Adam step per model (a model counts only
     // the steps it takes part in), uploaded once per epoch.
-    const HimEpochRows plan = him_epoch_rows(env_pairs, c.seed, stages, uint32_t(epoch), B);
+    const HimEpochRows plan = him_epoch_rows(env_pairs, ts.seed, stages, uint32_t(epoch), B);
     const int64_t max_steps = plan.steps();
     std::vector<math::AdamStep> steps(size_t(max_steps * E));
     for (int64_t step = 0; step < max_steps; ++step) {
       for (int32_t e = 0; e < E; ++e) {
         if (!plan.active[size_t(step * E + e)]) continue;
         steps[size_t(step * E + e)] =
-            math::make_adam_step(float(c.lr), float(c.adam_beta1), float(c.adam_beta2),
-                                 float(c.adam_eps), ++adam_t[size_t(e)]);
+            math::make_adam_step(float(ts.adam.lr), float(ts.adam.beta1), float(ts.adam.beta2),
+                                 float(ts.adam.eps), ++adam_t[size_t(e)]);
       }
     }
     d_users.upload(plan.users, s);
@@ -679,7 +679,10 @@ std::vector<float> train_env_models_projection_on_device(
     epoch_loss.zero(1, s);
     halt.zero(1, s);
     for (int64_t step = 0; step < max_steps; ++step) {
-      if (stop_requested()) him_interrupted(epoch, step);
+      if (hooks.stop && hooks.stop()) {
+        hooks.interrupted(epoch, step);
+        throw std::logic_error("HimHooks::interrupted returned");
+      }
       const int64_t first = plan.step_offsets[size_t(step)];
       const int64_t rows = plan.step_offsets[size_t(step + 1)] - first;
       PAINVRL_CUDA_CHECK(launch_sample_negatives_rows(
@@ -721,7 +724,7 @@ std::vector<float> train_env_models_projection_on_device(
       adam.w_size = wsize;
       adam.steps = d_steps.data() + step * E;
       adam.active = d_active.data() + step * E;
-      adam.l2_coef = float(2 * c.gamma_w);
+      adam.l2_coef = float(2 * ts.loss.gamma_w);
       adam.halt = halt.data();
       PAINVRL_CUDA_CHECK(launch_env_adam(adam, s));
     }
@@ -730,7 +733,10 @@ std::vector<float> train_env_models_projection_on_device(
     halt.download(&halted, 1, s);
     halt_step.download(&at_step, 1, s);
     ctx.sync();
-    if (halted) him_diverged(epoch, at_step);
+    if (halted) {
+      hooks.diverged(epoch, at_step);
+      throw std::logic_error("HimHooks::diverged returned");
+    }
   }
   d_params.download(params.data(), n, s);
   ctx.sync();

@@ -1,10 +1,11 @@
-// Mask generation on the device (include/painvrl/mask_runner.h, include/painvrl/cuda/backend.h):
-// host code that uploads one outer iteration's frozen problem once, the epoch's shuffled pair lists
-// once per epoch, and enqueues per step: the batch rows, the negatives (kernels/sampling.cu), the
-// gate noise, the step (kernels/mask_step.cu, its dense products by cuBLAS DGEMM) and the update,
-// with no allocation, no host copy and no synchronisation inside a step. The steps' records (w_ERM,
-// L_ERM, L_IRM, mask mean) and the halt flag are read once per drain (an epoch). Row-major
-// products are passed to column-major cuBLAS as their transposes (kernels/cuda_backend.cpp).
+// Mask generation on the device (include/painvrl/backend/mask_runner.h,
+// include/painvrl/cuda/backend.h): host code that uploads one outer iteration's frozen problem
+// once, the epoch's shuffled pair lists once per epoch, and enqueues per step: the batch rows, the
+// negatives (kernels/sampling.cu), the gate noise, the step (kernels/mask_step.cu, its dense
+// products by cuBLAS DGEMM) and the update, with no allocation, no host copy and no synchronisation
+// inside a step. The steps' records (w_ERM, L_ERM, L_IRM, mask mean) and the halt flag are read
+// once per drain (an epoch). Row-major products are passed to column-major cuBLAS as their
+// transposes (kernels/cuda_backend.cpp).
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -173,7 +174,7 @@ class DeviceMaskRunner final : public MaskRunner {
   DeviceMaskRunner(const MaskRunSetup& setup, const MaskRunState& state,
                    const std::vector<std::vector<int32_t>>& env_pairs)
       : S_(setup), st_(state) {
-    const Config& c = *S_.config;
+    const MaskRunOptions& c = S_.options;
     const int32_t E = S_.envs;
     pair_offsets_.assign(1, 0);
     batch_offsets_.assign(1, 0);
@@ -242,7 +243,7 @@ class DeviceMaskRunner final : public MaskRunner {
   }
 
   void step(int64_t step) override {
-    const Config& c = *S_.config;
+    const MaskRunOptions& c = S_.options;
     MaskTrainStep t;
     MaskBatchArgs& b = t.batch;
     b.env_pairs = env_pairs_.data();
@@ -272,7 +273,7 @@ class DeviceMaskRunner final : public MaskRunner {
     u.mask_m = mask_m_.data();
     u.mask_v = mask_v_.data();
     u.d = S_.layout.d;
-    u.mask_adam = c.mask_optimizer != "sgd";
+    u.mask_adam = c.mask_adam;
     if (u.mask_adam) {
       u.mask_adam_step =
           math::make_adam_step(float(c.mask_step), float(c.adam_beta1), float(c.adam_beta2),
@@ -306,7 +307,7 @@ class DeviceMaskRunner final : public MaskRunner {
         // The failing step and the ones after it applied nothing: the optimisers' step counts
         // go back to what the CPU runner's would be.
         *st_.adam_t -= n - k;
-        if (S_.config->mask_optimizer != "sgd") *st_.mask_t -= n - k;
+        if (S_.options.mask_adam) *st_.mask_t -= n - k;
         break;
       }
       out.records.push_back(MaskStepRecord{pending_steps_[size_t(k)], r[0], r[1], r[2], r[3]});

@@ -1,6 +1,6 @@
 // PaInvRL's mask-generation step on the device (include/painvrl/cuda/mask_kernels.h): the three
-// passes of host/mask_step.cpp, in double, as kernels between dense products (DESIGN.md section 2,
-// Eq. 10-19; the second-order IRM terms derived in include/painvrl/mask_step.h):
+// passes of host/cpu/mask_step.cpp, in double, as kernels between dense products (DESIGN.md section
+// 2, Eq. 10-19; the second-order IRM terms derived in include/painvrl/backend/mask_step.h):
 //   gate      mu_e, open_e (E, d)                       math::mask_gate
 //   rows      Pf_u, [Pt_u, Pf_u], <Pf_u, b>, w1u [Pt_u; Pf_u] per batch row
 //   GEMM      item_pre_k = [T | F] w1i_k^T + b1_k;  q = Pf_rows W
@@ -118,7 +118,7 @@ __device__ __forceinline__ void block_sums(double (&v)[NV], double* scratch) {
   __syncthreads();  // scratch is free again
 }
 
-// A term's item, weight and label (host/mask_step.cpp term_identity).
+// A term's item, weight and label (host/cpu/mask_step.cpp term_identity).
 struct TermId {
   int32_t item;
   double c;

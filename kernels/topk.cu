@@ -1,5 +1,5 @@
-// Full-ranking evaluation on the device (DESIGN.md "Evaluation"; host/evaluate.cpp is the CPU
-// path): per block of users, after the scoring GEMM, the training items (and, in the cold-item
+// Full-ranking evaluation on the device (DESIGN.md "Evaluation"; host/pipeline/evaluate.cpp is the
+// CPU path): per block of users, after the scoring GEMM, the training items (and, in the cold-item
 // protocol, the non-candidates, and any NaN score) are set to -inf, and each user's top k items are
 // selected in the CPU's order: score descending, ties towards the smaller item id
 // (std::partial_sort with that comparator). Selection is k rounds of a block-wide arg-max over the

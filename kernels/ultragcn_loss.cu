@@ -1,5 +1,5 @@
 // The fused UltraGCN loss forward and backward (paper Eq. 3-8, 15; DESIGN.md section 2), the
-// kernel the CPU backend's ultragcn_loss_grad (host/cpu_loss.cpp) is held equal to by the `gpu`
+// kernel the CPU backend's ultragcn_loss_grad (host/cpu/cpu_loss.cpp) is held equal to by the `gpu`
 // tests and, through the host emulation, by the CPU tests. One warp per batch row, or per chunk of
 // a row's terms (term_chunks): lane l holds columns l, l + 32, ... of the user rows Pt_u, Pf_u in
 // registers; for each of its terms the warp reads the item rows T_j (and X_j = W f_j + b),

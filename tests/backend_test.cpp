@@ -3,7 +3,7 @@
 // left exactly as they started, and the L2 value fused into the Adam pass equal to the loss
 // function's own full-table L2 on the same parameters; HIM's batched environment models
 // (him_train = projection) equal to training each model alone.
-#include "painvrl/backend.h"
+#include "painvrl/backend/backend.h"
 
 #include <gtest/gtest.h>
 #include <omp.h>
@@ -12,11 +12,11 @@
 #include <cstring>
 #include <random>
 
-#include "painvrl/config.h"
 #include "painvrl/cpu/ultragcn_loss.h"
-#include "painvrl/graph.h"
+#include "painvrl/data/graph.h"
 #include "painvrl/math/sampling.h"
-#include "painvrl/stages.h"
+#include "painvrl/pipeline/config.h"
+#include "painvrl/pipeline/stages.h"
 #include "toy_problem.h"
 
 namespace painvrl {

@@ -6,7 +6,7 @@
 // the program: SIGTERM stops a run with status 75 and `--resume` finishes it identically; a
 // second signal exits at once and the checkpoints stay usable; a diverging run exits 3 naming
 // the stage, epoch and step.
-#include "painvrl/checkpoint.h"
+#include "painvrl/pipeline/checkpoint.h"
 
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -22,12 +22,12 @@
 #include <set>
 #include <thread>
 
-#include "painvrl/config.h"
-#include "painvrl/error.h"
-#include "painvrl/io.h"
-#include "painvrl/signals.h"
-#include "painvrl/synth.h"
-#include "painvrl/trainer.h"
+#include "painvrl/data/error.h"
+#include "painvrl/data/io.h"
+#include "painvrl/data/synth.h"
+#include "painvrl/pipeline/config.h"
+#include "painvrl/pipeline/signals.h"
+#include "painvrl/pipeline/trainer.h"
 #include "test_util.h"
 
 namespace painvrl {

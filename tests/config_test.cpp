@@ -1,10 +1,10 @@
 // Config keys: TOML and --set parsing, errors that name the key and suggest the nearest one,
 // presets, and the resolved config round-tripping through to_toml.
-#include "painvrl/config.h"
+#include "painvrl/pipeline/config.h"
 
 #include <gtest/gtest.h>
 
-#include "painvrl/error.h"
+#include "painvrl/data/error.h"
 
 namespace painvrl {
 namespace {

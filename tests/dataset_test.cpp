@@ -1,7 +1,7 @@
 // Tests of dataset reading: the LightGCN, TSV and .inter readers (line endings, hostile tokens),
 // dataset.toml and layout detection, duplicate and held-out pair removal, per-modality feature
 // normalisation, the LightGCN writer, and loading the real data sets in ../shared/data.
-#include "painvrl/dataset.h"
+#include "painvrl/data/dataset.h"
 
 #include <gtest/gtest.h>
 
@@ -13,8 +13,8 @@
 #include <utility>
 #include <vector>
 
-#include "painvrl/error.h"
-#include "painvrl/npy.h"
+#include "painvrl/data/error.h"
+#include "painvrl/data/npy.h"
 #include "test_util.h"
 
 namespace painvrl {

@@ -9,7 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "painvrl/device_select.h"
+#include "painvrl/pipeline/device_select.h"
 #include "test_util.h"
 
 namespace painvrl {

@@ -1,6 +1,6 @@
 // Full-ranking metrics against values computed by hand, both NDCG variants, block sizes, and
 // the most-popular baseline.
-#include "painvrl/evaluate.h"
+#include "painvrl/pipeline/evaluate.h"
 
 #include <gtest/gtest.h>
 

@@ -11,8 +11,8 @@
 #include <nlohmann/json.hpp>
 
 #include "painvrl/cpu/ultragcn_loss.h"
-#include "painvrl/graph.h"
-#include "painvrl/npy.h"
+#include "painvrl/data/graph.h"
+#include "painvrl/data/npy.h"
 #include "test_util.h"
 
 namespace painvrl {

@@ -23,17 +23,17 @@
 #include <vector>
 
 #include "mask_problem.h"
-#include "painvrl/backend.h"
-#include "painvrl/config.h"
+#include "painvrl/backend/backend.h"
+#include "painvrl/backend/mask_runner.h"
+#include "painvrl/backend/mask_step.h"
 #include "painvrl/cpu/ultragcn_loss.h"
 #include "painvrl/cuda/backend.h"
 #include "painvrl/cuda/device.h"
-#include "painvrl/evaluate.h"
-#include "painvrl/graph.h"
-#include "painvrl/mask_runner.h"
-#include "painvrl/mask_step.h"
+#include "painvrl/data/graph.h"
 #include "painvrl/math/sampling.h"
-#include "painvrl/stages.h"
+#include "painvrl/pipeline/config.h"
+#include "painvrl/pipeline/evaluate.h"
+#include "painvrl/pipeline/stages.h"
 #include "toy_problem.h"
 
 namespace painvrl {
@@ -242,7 +242,8 @@ TEST(GpuKernels, EnvironmentModelTrainingEqualsTheCpu) {
     const std::vector<float> want = train_env_models_projection(
         c, toy.graph, env_pairs, toy.features, toy.d, backbone, stages, 2);
     const std::vector<float> got = cuda::train_env_models_projection_on_device(
-        c, toy.graph, env_pairs, toy.features, toy.d, backbone, stages, 2);
+        make_train_setup(c, toy.graph.n_users, toy.graph.n_items, toy.d, true, 0), toy.graph,
+        env_pairs, toy.features, backbone, stages, 2, him_hooks());
     ASSERT_EQ(got.size(), want.size());
     EXPECT_LT(scaled_error(got.data(), want.data(), int64_t(want.size())), 1e-4) << seed;
   }
@@ -382,7 +383,7 @@ TEST(GpuMaskStep, RunnerEqualsTheCpuRunner) {
     // loss is: both runners stop at step 1, its update unapplied, step 0's record kept.
     Config wild = c;
     wild.lr = 1e39;
-    setup.config = &wild;
+    setup.options = mask_run_options(wild);
     State cpu2 = cpu, dev2 = cpu;
     auto cpu_wild = make_cpu_mask_runner(setup, cpu2.view());
     auto dev_wild = cuda::make_mask_runner(setup, dev2.view(), env_pairs);

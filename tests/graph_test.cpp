@@ -1,14 +1,14 @@
 // Degrees, beta and the item-item graph: a hand-computed example for both omega formulas, a
 // brute-force dense comparison on random data, and the TikTok item count without any
 // items x items allocation.
-#include "painvrl/graph.h"
+#include "painvrl/data/graph.h"
 
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <random>
 
-#include "painvrl/dataset.h"
+#include "painvrl/data/dataset.h"
 #include "painvrl/math/ultragcn.h"
 #include "test_util.h"
 

@@ -17,12 +17,12 @@
 #include <vector>
 
 #include "host_sort.h"
+#include "painvrl/backend/model.h"
 #include "painvrl/cpu/ultragcn_loss.h"
-#include "painvrl/dataset.h"
-#include "painvrl/evaluate.h"
+#include "painvrl/data/dataset.h"
 #include "painvrl/math/adam.h"
 #include "painvrl/math/sampling.h"
-#include "painvrl/model.h"
+#include "painvrl/pipeline/evaluate.h"
 #include "toy_problem.h"
 
 // The kernels under test (compiled in tests/emulated_kernels.cpp), after every other header (the

@@ -1,6 +1,6 @@
 // The device mask-generation step (kernels/mask_step.cu), compiled by g++ against the host
 // emulation (include/painvrl/cuda/emulation.h) with a host GEMM in place of cuBLAS, against the
-// CPU step mask_step<double> (host/mask_step.cpp, itself checked against finite differences in
+// CPU step mask_step<double> (host/cpu/mask_step.cpp, itself checked against finite differences in
 // tests/mask_step_test.cpp) on every machine (label `cpu`): every output (L^e, L_ERM, L_IRM,
 // w_ERM, G_e, V, g_E, g_I, the parameter gradient, the mask direction and step) for several
 // seeds, with and without attention and item neighbours, each objective and normalisation, an
@@ -16,13 +16,13 @@
 #include <random>
 #include <vector>
 
-#include "painvrl/config.h"
-#include "painvrl/dataset.h"
-#include "painvrl/mask_runner.h"
-#include "painvrl/mask_step.h"
+#include "painvrl/backend/mask_runner.h"
+#include "painvrl/backend/mask_step.h"
+#include "painvrl/data/dataset.h"
 #include "painvrl/math/adam.h"
 #include "painvrl/math/sampling.h"
-#include "painvrl/stages.h"
+#include "painvrl/pipeline/config.h"
+#include "painvrl/pipeline/stages.h"
 
 #define PAINVRL_KERNEL_EMULATION 1
 #include "host_sort.h"
@@ -376,16 +376,16 @@ TEST(EmulatedMaskStep, BatchRowsNegativesAndNoiseAreTheCpuDraws) {
 }
 
 // The device runner's whole step (run_mask_train_step: batch rows, negatives, noise, step,
-// update) over two epochs of three steps equals the CPU runner (host/mask_runner.cpp): the trace
-// records and the final model, mask and optimiser moments (the Adam mask rule, whose step count
-// the runner keeps; the sgd rule is the step's mask_new, checked above).
+// update) over two epochs of three steps equals the CPU runner (host/cpu/mask_runner.cpp): the
+// trace records and the final model, mask and optimiser moments (the Adam mask rule, whose step
+// count the runner keeps; the sgd rule is the step's mask_new, checked above).
 TEST(EmulatedMaskStep, TrainingStepsEqualTheCpuRunner) {
   {
     const MaskTestProblem p(5, 4, 20, 3, true, 3, false);
     std::mt19937 rng(17);
     test::MaskRunFixture fx(p, {15, 5, 20}, 4, "adam", rng);
     Config& c = fx.config;
-    const MaskRunSetup& setup = fx.setup;
+    MaskRunSetup& setup = fx.setup;
     std::vector<std::vector<int32_t>>& env_pairs = fx.env_pairs;
     const PairList& train = fx.train;
     const int64_t d = p.d, n = p.layout.total;
@@ -495,7 +495,10 @@ TEST(EmulatedMaskStep, TrainingStepsEqualTheCpuRunner) {
 
     // A learning rate that is infinite in float makes step 0's update non-finite, so step 1's
     // loss is: both stop at step 1 (the CPU runner reports it, the device sets halt there).
+    // (The runner reads its options at construction: a new one on the same state.)
     c.lr = 1e39;
+    setup.options = mask_run_options(c);
+    cpu_runner = make_cpu_mask_runner(setup, cpu.view());
     cpu_runner->begin_epoch(env_pairs, 2);
     std::optional<int64_t> cpu_failed;
     for (int64_t step = 0; step < 2; ++step) {

@@ -7,11 +7,11 @@
 #include <random>
 #include <vector>
 
-#include "painvrl/config.h"
-#include "painvrl/dataset.h"
-#include "painvrl/mask_runner.h"
-#include "painvrl/mask_step.h"
+#include "painvrl/backend/mask_runner.h"
+#include "painvrl/backend/mask_step.h"
+#include "painvrl/data/dataset.h"
 #include "painvrl/math/philox.h"
+#include "painvrl/pipeline/stages.h"
 
 namespace painvrl::test {
 
@@ -130,7 +130,7 @@ struct MaskRunFixture {
     config.lr = 0.01;
     config.mask_optimizer = mask_optimizer;
     config.mask_step = 0.05;
-    setup.config = &config;
+    setup.options = mask_run_options(config);
     setup.layout = p.layout;
     setup.settings = mask_test_settings(MaskObjective::kPareto, ParetoNormalize::kNone, 0.7);
     setup.problem = p.cpu_problem();

@@ -1,8 +1,8 @@
-// The closed-form mask step (host/mask_step.cpp) against central finite differences in double:
+// The closed-form mask step (host/cpu/mask_step.cpp) against central finite differences in double:
 // g_E, g_I, and the gradients of L_ERM and L_IRM with respect to W, b and the attention MLPs, on
 // tiny random problems (several seeds, E = 2 and 3, with and without attention). And w_ERM: both
 // clip ends, the zero-denominator rule, and the descent property of Eq. 20-23.
-#include "painvrl/mask_step.h"
+#include "painvrl/backend/mask_step.h"
 
 #include <gtest/gtest.h>
 

@@ -1,7 +1,7 @@
 // Tests of .npy reading and writing: round trips of every dtype, header layout, and hostile files
 // (bad magic, truncated or oversized headers, huge shapes, wrong dtypes, non-finite values, ...)
 // that must each give an InputError naming the file and the problem.
-#include "painvrl/npy.h"
+#include "painvrl/data/npy.h"
 
 #include <gtest/gtest.h>
 
@@ -14,7 +14,7 @@
 #include <string>
 #include <vector>
 
-#include "painvrl/error.h"
+#include "painvrl/data/error.h"
 #include "test_util.h"
 
 namespace painvrl {

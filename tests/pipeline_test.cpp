@@ -14,11 +14,11 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
-#include "painvrl/dataset.h"
-#include "painvrl/error.h"
-#include "painvrl/io.h"
-#include "painvrl/npy.h"
-#include "painvrl/stages.h"
+#include "painvrl/data/dataset.h"
+#include "painvrl/data/error.h"
+#include "painvrl/data/io.h"
+#include "painvrl/data/npy.h"
+#include "painvrl/pipeline/stages.h"
 #include "test_util.h"
 
 namespace painvrl {

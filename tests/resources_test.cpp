@@ -2,7 +2,7 @@
 // with wait4's ru_maxrss) on a dataset large enough that the training buffers dominate the
 // program's own few MiB, for a baseline and for painvrl (whose peak is in mask generation); and a
 // run that would not fit is refused before anything is written, naming the estimate and limit.
-#include "painvrl/resources.h"
+#include "painvrl/pipeline/resources.h"
 
 #include <gtest/gtest.h>
 #include <sys/resource.h>

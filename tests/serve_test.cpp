@@ -11,8 +11,8 @@
 #include <set>
 #include <sstream>
 
-#include "painvrl/dataset.h"
-#include "painvrl/npy.h"
+#include "painvrl/data/dataset.h"
+#include "painvrl/data/npy.h"
 #include "test_util.h"
 
 namespace painvrl {

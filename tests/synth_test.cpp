@@ -1,8 +1,8 @@
-// Tests of the synthetic dataset generator (host/synth.cpp), checked through the files it writes:
-// the dataset loads with the counts it declares, output is a pure function of the options, the
-// planted environment shift is really there, and bad requests fail with InputError.
+// Tests of the synthetic dataset generator (host/data/synth.cpp), checked through the files it
+// writes: the dataset loads with the counts it declares, output is a pure function of the options,
+// the planted environment shift is really there, and bad requests fail with InputError.
 //
-// Statistics used (see host/synth.cpp for the model):
+// Statistics used (see host/data/synth.cpp for the model):
 //  * Readout mean. manifest.json "truth.spurious_readout" is a vector w over the spurious block
 //    with w . f_spurious(i) = c_i1 + view noise, the item's shared spurious property. Over the
 //    pairs of each environment, the mean of w . f_spurious(item) is > 0 in the majority
@@ -34,11 +34,11 @@
 #include <omp.h>
 #endif
 
-#include "painvrl/dataset.h"
-#include "painvrl/error.h"
-#include "painvrl/io.h"
-#include "painvrl/npy.h"
-#include "painvrl/synth.h"
+#include "painvrl/data/dataset.h"
+#include "painvrl/data/error.h"
+#include "painvrl/data/io.h"
+#include "painvrl/data/npy.h"
+#include "painvrl/data/synth.h"
 #include "test_util.h"
 
 namespace painvrl {

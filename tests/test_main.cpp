@@ -1,7 +1,7 @@
 // Test entry point: quiet logging, then GoogleTest.
 #include <gtest/gtest.h>
 
-#include "painvrl/error.h"
+#include "painvrl/data/error.h"
 
 int main(int argc, char** argv) {
   painvrl::set_quiet(true);

@@ -7,9 +7,9 @@
 #include <random>
 #include <vector>
 
-#include "painvrl/config.h"
-#include "painvrl/dataset.h"
-#include "painvrl/graph.h"
+#include "painvrl/data/dataset.h"
+#include "painvrl/data/graph.h"
+#include "painvrl/pipeline/config.h"
 
 namespace painvrl::test {
 

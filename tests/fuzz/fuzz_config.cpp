@@ -1,8 +1,8 @@
-// libFuzzer target: the config parser of host/config.cpp. The input is read as a TOML config
-// (apply_toml) and, line by line, as `--set key=value` overrides (apply_override); a config that
-// validates must survive its resolved form: to_toml, read back, gives the same text. An InputError
-// is the expected answer to bad input; any other exception, a crash, a leak, a sanitizer report
-// or a broken round trip is a finding. Run by tools/fuzz.
+// libFuzzer target: the config parser of host/pipeline/config.cpp. The input is read as a TOML
+// config (apply_toml) and, line by line, as `--set key=value` overrides (apply_override); a config
+// that validates must survive its resolved form: to_toml, read back, gives the same text. An
+// InputError is the expected answer to bad input; any other exception, a crash, a leak, a sanitizer
+// report or a broken round trip is a finding. Run by tools/fuzz.
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
@@ -10,8 +10,8 @@
 #include <string>
 #include <string_view>
 
-#include "painvrl/config.h"
-#include "painvrl/error.h"
+#include "painvrl/data/error.h"
+#include "painvrl/pipeline/config.h"
 
 namespace {
 

@@ -1,6 +1,6 @@
 // libFuzzer target: a dataset directory's manifest. The input is written as dataset.toml into a
 // directory that also holds small valid data files (LightGCN, TSV, .inter, float32 and float64
-// features) for it to name, and load_dataset (host/dataset.cpp) reads the whole directory. An
+// features) for it to name, and load_dataset (host/data/dataset.cpp) reads the whole directory. An
 // InputError is the expected answer to a bad manifest; any other exception, a crash, a leak or a
 // sanitizer report is a finding. Run by tools/fuzz.
 #include <cstddef>
@@ -11,9 +11,9 @@
 #include <fstream>
 #include <string>
 
-#include "painvrl/dataset.h"
-#include "painvrl/error.h"
-#include "painvrl/npy.h"
+#include "painvrl/data/dataset.h"
+#include "painvrl/data/error.h"
+#include "painvrl/data/npy.h"
 
 namespace {
 

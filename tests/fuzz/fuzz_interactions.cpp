@@ -1,13 +1,13 @@
-// libFuzzer target: the interaction readers of host/dataset.cpp (LightGCN lines, the `user item`
-// pairs TSV, MMRec .inter) on arbitrary text; every input goes through all three. An InputError is
-// the expected answer to bad text; any other exception, a crash, a leak or a sanitizer report is
-// a finding. Run by tools/fuzz.
+// libFuzzer target: the interaction readers of host/data/dataset.cpp (LightGCN lines, the `user
+// item` pairs TSV, MMRec .inter) on arbitrary text; every input goes through all three. An
+// InputError is the expected answer to bad text; any other exception, a crash, a leak or a
+// sanitizer report is a finding. Run by tools/fuzz.
 #include <cstddef>
 #include <cstdint>
 #include <string_view>
 
-#include "painvrl/dataset.h"
-#include "painvrl/error.h"
+#include "painvrl/data/dataset.h"
+#include "painvrl/data/error.h"
 
 namespace {
 

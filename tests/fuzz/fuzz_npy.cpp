@@ -1,12 +1,12 @@
-// libFuzzer target: the .npy reader (host/npy.cpp) on arbitrary bytes, through parse_npy and the
-// feature-matrix reader parse_feature_npy. An InputError is the expected answer to bad bytes; any
-// other exception, a crash, a leak or a sanitizer report is a finding. Run by tools/fuzz.
+// libFuzzer target: the .npy reader (host/data/npy.cpp) on arbitrary bytes, through parse_npy and
+// the feature-matrix reader parse_feature_npy. An InputError is the expected answer to bad bytes;
+// any other exception, a crash, a leak or a sanitizer report is a finding. Run by tools/fuzz.
 #include <cstddef>
 #include <cstdint>
 #include <string_view>
 
-#include "painvrl/error.h"
-#include "painvrl/npy.h"
+#include "painvrl/data/error.h"
+#include "painvrl/data/npy.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string_view bytes(reinterpret_cast<const char*>(data), size);

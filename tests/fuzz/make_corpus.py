@@ -95,7 +95,7 @@ def config_seeds():
         "eval_test_each=false\nseed=77\n")
     put(t, "unknown-key.toml", "batchsize = 3\n")
     put(t, "mistyped.toml", 'dim = "big"\nlr = [1]\n')
-    # Regression inputs (host/config.cpp, found in review): an integer key out of its type's range
+    # Regression inputs (host/pipeline/config.cpp, found in review): an integer key out of its type's range
     # was wrapped; an integer over 2^53 for a float key dereferenced an empty std::optional (which
     # this target's libstdc++ assertions turn into a crash).
     put(t, "out-of-range.toml", "dim = 4294967360\neval_ks = [10, 4294967316]\n")

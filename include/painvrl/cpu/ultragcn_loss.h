@@ -10,7 +10,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "painvrl/model.h"
+#include "painvrl/backend/model.h"
 
 namespace painvrl::cpu {
 

@@ -15,13 +15,13 @@
 #include <string>
 #include <vector>
 
-#include "painvrl/backend.h"
-#include "painvrl/config.h"
+#include "painvrl/backend/backend.h"
+#include "painvrl/backend/draws.h"
+#include "painvrl/backend/mask_runner.h"
+#include "painvrl/backend/mask_step.h"
+#include "painvrl/backend/model.h"
 #include "painvrl/cpu/ultragcn_loss.h"
-#include "painvrl/mask_runner.h"
-#include "painvrl/mask_step.h"
 #include "painvrl/math/philox.h"
-#include "painvrl/model.h"
 
 namespace painvrl::cuda {
 
@@ -53,17 +53,18 @@ void env_projection_loss_grad_on_device(const cpu::EnvModelsView& models,
 
 // HIM's E environment models trained on the device: what train_env_models_projection
 // (stages.h) computes on the CPU, step for step (the same rows, negatives and Adam steps per
-// model, the loss checked before each update), returning W_all (E D, d) then b_all (E D). Throws
-// Interrupted on a stop request and Diverged on a non-finite loss, as the CPU version does.
+// model, the loss checked before each update), returning W_all (E D, d) then b_all (E D). Stops
+// through `hooks` on a stop request and on a non-finite loss, as the CPU version does. `setup`:
+// the backbone stages' settings (layout with the content branch on psi; its stage is unused).
 std::vector<float> train_env_models_projection_on_device(
-    const Config& c, const Graph& graph, const std::vector<PairList>& env_pairs,
-    const std::vector<float>& psi, int64_t feat_dim, const std::vector<float>& backbone,
-    const std::vector<uint32_t>& stages, int epochs);
+    const TrainSetup& setup, const Graph& graph, const std::vector<PairList>& env_pairs,
+    const std::vector<float>& psi, const std::vector<float>& backbone,
+    const std::vector<uint32_t>& stages, int epochs, const HimHooks& hooks);
 
 // HIM's reassignment on the device (Eq. 9): for every pair, the environment whose projection
 // model (m.w_all, m.b_all on the content psi (n_items, d)) scores it highest, ties to the smaller
 // id; what the CPU computes from cpu::env_projection_score_pairs. tf32: the projection on TF32
-// tensor cores (Config::tf32).
+// tensor cores (TrainSetup::tf32).
 std::vector<int32_t> assign_environments_on_device(const cpu::EnvModelsView& m, const float* psi,
                                                    const PairList& pairs, bool tf32 = false);
 

@@ -18,9 +18,9 @@
 #include <cstdint>
 #include <functional>
 
+#include "painvrl/backend/model.h"
 #include "painvrl/math/adam.h"
 #include "painvrl/math/philox.h"
-#include "painvrl/model.h"
 
 namespace painvrl::PAINVRL_KERNEL_NS {
 
@@ -244,7 +244,7 @@ cudaError_t launch_exclude_items(const int64_t* offsets, const int32_t* items, c
                                  int64_t count, int32_t n_items, const uint8_t* candidates,
                                  float* scores, cudaStream_t stream);
 // ranked (count, k) = each row's k best items, score descending, ties towards the smaller id
-// (host/evaluate.cpp's order); 0 < k <= n_items.
+// (host/pipeline/evaluate.cpp's order); 0 < k <= n_items.
 cudaError_t launch_top_k(const float* scores, int64_t count, int32_t n_items, int32_t k,
                          int32_t* ranked, cudaStream_t stream);
 

@@ -1,16 +1,16 @@
 // The PaInvRL mask-generation step on the device (kernels/mask_step.cu): the closed-form step of
-// host/mask_step.cpp (its derivation in include/painvrl/mask_step.h and docs/mask-step.md) as
-// a dozen kernels and the dense products between them, in double like the CPU step (L_IRM and its
-// derivatives are differences of per-environment gradients that float32 blurs; an H200 runs
-// FP64 GEMMs on its tensor cores). The dense products go through a caller-given GEMM (cuBLAS
-// DGEMM on a device; a host loop in the emulated-kernel tests), so the whole step also runs under
-// tests/kernel_emulation_test.cpp against mask_step<double>.
+// host/cpu/mask_step.cpp (its derivation in include/painvrl/backend/mask_step.h and
+// docs/mask-step.md) as a dozen kernels and the dense products between them, in double like the CPU
+// step (L_IRM and its derivatives are differences of per-environment gradients that float32 blurs;
+// an H200 runs FP64 GEMMs on its tensor cores). The dense products go through a caller-given GEMM
+// (cuBLAS DGEMM on a device; a host loop in the emulated-kernel tests), so the whole step also runs
+// under tests/kernel_emulation_test.cpp against mask_step<double>.
 #pragma once
 #include <cstdint>
 #include <functional>
 
+#include "painvrl/backend/mask_step.h"
 #include "painvrl/cuda/kernels.h"
-#include "painvrl/mask_step.h"
 
 namespace painvrl::PAINVRL_KERNEL_NS {
 

@@ -1,5 +1,6 @@
 // The per-element formulas of PaInvRL's mask-generation step (DESIGN.md section 2, paper Eq.
-// 10-19), shared by the CPU step (host/mask_step.cpp) and the CUDA kernels (kernels/mask_step.cu):
+// 10-19), shared by the CPU step (host/cpu/mask_step.cpp) and the CUDA kernels
+// (kernels/mask_step.cu):
 //   gate:   z = m_j + noise_ej, mu_ej = clip(z, 0, 1), open_ej = [0 < z < 1]   (Eq. 12, the
 //           straight-through clip: the gradient passes only where the clip is inactive)
 //   term:   a BCE term c * BCE(s, y) with its first and second derivatives in s:

@@ -44,7 +44,7 @@ PAINVRL_HD T omega_ultragcn(T g_ij, T g_i, T g_j) {
 // One term of a batch row's loss (paper Eq. 3-5, 7): a label-1 term (the positive pair or an
 // item neighbour) costs w softplus(-s), a label-0 term (a negative) w softplus(s); dlds is its
 // derivative in the score s. Kernels call this per term; the CPU backend computes the same
-// quantities eight terms at a time (host/cpu_loss.cpp) and a test holds the two equal.
+// quantities eight terms at a time (host/cpu/cpu_loss.cpp) and a test holds the two equal.
 template <class T>
 struct TermLoss {
   T loss;
