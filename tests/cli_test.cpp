@@ -469,6 +469,24 @@ TEST(Cli, SynthTrainWritesTheRunDirectoryAndRefusesToOverwrite) {
   EXPECT_NE(r.output.find("users        120"), std::string::npos) << r.output;
 }
 
+// OpenMP threads sleep at barriers unless the user chose otherwise: the program sets
+// OMP_WAIT_POLICY = PASSIVE and executes itself again (libgomp reads it before main), and says so.
+TEST(Cli, OpenMpWaitsPassivelyUnlessTheUserChoseAPolicy) {
+  TempDir tmp("omp");
+  const std::string data = tmp / "synth";
+  ASSERT_EQ(run_program("synth --out " + data + " --seed 3 --users 60 --items 50").status, 0);
+  const std::string args = "train --data " + data + " --set epochs=1 --set dim=8 --out ";
+  auto r = run_program(args + (tmp / "a"), "env -u OMP_WAIT_POLICY");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("(OpenMP wait policy PASSIVE)"), std::string::npos) << r.output;
+  r = run_program(args + (tmp / "b"), "env OMP_WAIT_POLICY=ACTIVE");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("(OpenMP wait policy ACTIVE)"), std::string::npos) << r.output;
+  // The same results either way.
+  EXPECT_EQ(read_json(tmp / "a/summary.json")["test_at_best"],
+            read_json(tmp / "b/summary.json")["test_at_best"]);
+}
+
 // Must-show 4 of the foundation: on the real ML-100K split, UltraGCN clearly beats the
 // most-popular baseline on test Recall@20. (The folder must exist: a missing one fails.)
 TEST(Cli, UltraGcnBeatsMostPopularOnMl100k) {

@@ -45,10 +45,11 @@ struct RunResult {
   std::string output;  // stdout and stderr together
 };
 
-// Runs `painvrl ARGS` and captures its output and exit status.
-inline RunResult run_program(const std::string& args) {
+// Runs `painvrl ARGS` and captures its output and exit status; `env` (e.g. "env X=1") goes
+// before the program.
+inline RunResult run_program(const std::string& args, const std::string& env = "") {
   RunResult r;
-  const std::string cmd = std::string(PAINVRL_BIN) + " " + args + " 2>&1";
+  const std::string cmd = (env.empty() ? "" : env + " ") + PAINVRL_BIN + " " + args + " 2>&1";
   FILE* p = ::popen(cmd.c_str(), "r");
   if (!p) return r;
   char buf[4096];

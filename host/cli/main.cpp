@@ -3,8 +3,11 @@
 // Exit status: 0 success, 1 bad input (the message names the file, line or field), 2 internal
 // error, 3 training diverged (a non-finite loss, gradient or mask), 75 stopped by SIGINT/SIGTERM
 // with the state checkpointed (continue with --resume), 128 + signal after a second signal.
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 
 #include "painvrl/cli/commands.h"
@@ -20,7 +23,23 @@
 
 using namespace painvrl;
 
+namespace {
+
+// OpenMP threads that spin-wait at barriers slow a run many times over when the cores are
+// shared with another busy process (issue 18: 37x on two cores). libgomp reads OMP_WAIT_POLICY
+// when it is loaded, before main, so when the user has not chosen a policy the program sets
+// PASSIVE (threads sleep at barriers) and executes itself once more. An explicit
+// OMP_WAIT_POLICY (e.g. ACTIVE on a dedicated machine) is left as it is.
+void ensure_passive_openmp(char** argv) {
+  if (std::getenv("OMP_WAIT_POLICY")) return;
+  if (setenv("OMP_WAIT_POLICY", "PASSIVE", 1) != 0) return;
+  execv("/proc/self/exe", argv);  // returns only when it failed: run with the default policy
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
+  ensure_passive_openmp(argv);
   CLI::App app{"painvrl: PaInvRL and UltraGCN trainer for multimodal recommendation"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "painvrl 0.1.0");

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -469,6 +470,9 @@ void execute_run(const Config& config, const std::string& data_dir, const std::s
   log_info(fmt::format("dataset {}: {} users, {} items, {} train / {} valid / {} test pairs{}",
                        data.name, data.n_users, data.n_items, data.train.size(), data.valid.size(),
                        data.test.size(), content ? fmt::format(", d = {}", data.feature_dim) : ""));
+  const char* wait_policy = std::getenv("OMP_WAIT_POLICY");
+  log_info(fmt::format("threads: {} (OpenMP wait policy {})", omp_get_max_threads(),
+                       wait_policy ? wait_policy : "the runtime's default"));
   // Refuse before allocating the training state if its estimated peak would not fit.
   check_host_memory(config,
                     ProblemSize{data.n_users, data.n_items, int64_t(data.train.size()),
