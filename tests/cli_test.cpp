@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -467,6 +468,95 @@ TEST(Cli, SynthTrainWritesTheRunDirectoryAndRefusesToOverwrite) {
   r = run_program("inspect " + data);
   EXPECT_EQ(r.status, 0) << r.output;
   EXPECT_NE(r.output.find("users        120"), std::string::npos) << r.output;
+}
+
+// Every regular file under `root` with its bytes.
+std::map<std::string, std::string> snapshot(const fs::path& root) {
+  std::map<std::string, std::string> files;
+  for (const auto& e : fs::recursive_directory_iterator(root)) {
+    if (e.is_regular_file()) files[e.path().string()] = read_bytes(e.path().string());
+  }
+  return files;
+}
+
+// Issue 19, defect 1: no writing command, with or without --overwrite, touches the dataset, a
+// directory holding it, one inside it, or a directory of the user's own files; --overwrite
+// replaces only a run directory painvrl made, and leaves nothing of the old run behind.
+TEST(Cli, OverwriteNeverTouchesTheDataOrTheUsersFiles) {
+  TempDir tmp("safety");
+  const fs::path root = tmp.path / "root";  // stands for "/"
+  const fs::path home = root / "home";
+  const std::string data = (home / "data").string();
+  ASSERT_EQ(run_program("synth --out " + data + " --seed 3 --users 60 --items 50").status, 0);
+  fs::create_directories(home / "papers");
+  { std::ofstream(home / "papers" / "draft.tex") << "my thesis\n"; }
+  fs::create_directories(fs::path(data) / "notes");
+  { std::ofstream(fs::path(data) / "notes" / "todo.txt") << "keep me\n"; }
+  const std::string run = (tmp.path / "run").string();
+  ASSERT_EQ(
+      run_program("train --data " + data + " --out " + run + " --set epochs=1 --set dim=8").status,
+      0);
+  const auto before = snapshot(root);
+  const std::vector<std::string> targets = {data,
+                                            home.string(),
+                                            root.string(),
+                                            data + "/notes",
+                                            data + "/new-child",
+                                            (home / "papers").string()};
+  for (const std::string& t : targets) {
+    for (const char* ow : {"", " --overwrite"}) {
+      const std::string what = t + ow;
+      auto r =
+          run_program("train --data " + data + " --out " + t + ow + " --set epochs=1 --set dim=8");
+      EXPECT_EQ(r.status, 1) << "train " << what << ": " << r.output;
+      r = run_program("export " + run + " --out " + t + ow);
+      EXPECT_EQ(r.status, 1) << "export " << what << ": " << r.output;
+      // synth reads nothing: it refuses every existing directory (a new one it may create).
+      const bool existed = fs::exists(t);
+      r = run_program("synth --out " + t + " --seed 1 --users 30 --items 20");
+      if (existed) EXPECT_EQ(r.status, 1) << "synth " << what << ": " << r.output;
+      if (!existed && r.status == 0) fs::remove_all(t);
+      r = run_program("split --data " + data + " --out " + t + " --environments file");
+      EXPECT_EQ(r.status, 1) << "split " << what << ": " << r.output;
+      EXPECT_EQ(snapshot(root), before) << what;
+    }
+  }
+  // The messages name the rule.
+  auto r = run_program("train --data " + data + " --out " + home.string() +
+                       " --overwrite --set epochs=1");
+  EXPECT_NE(r.output.find("which this command reads"), std::string::npos) << r.output;
+  r = run_program("train --data " + data + " --out " + (home / "papers").string() +
+                  " --overwrite --set epochs=1");
+  EXPECT_NE(r.output.find("not a painvrl run directory"), std::string::npos) << r.output;
+  // A run directory with a file of the user's in it is not replaced either.
+  { std::ofstream(fs::path(run) / "my-notes.md") << "mine\n"; }
+  r = run_program("train --data " + data + " --out " + run + " --overwrite --set epochs=1");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("holds my-notes.md"), std::string::npos) << r.output;
+  fs::remove(fs::path(run) / "my-notes.md");
+  // A run is replaced: the new one complete, the old one gone, nothing left beside it.
+  const std::string old_config = read_bytes(run + "/config.toml");
+  r = run_program("train --data " + data + " --out " + run +
+                  " --overwrite --set epochs=2 --set dim=8");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(read_bytes(run + "/config.toml"), old_config);
+  EXPECT_TRUE(fs::exists(fs::path(run) / ".painvrl-output"));
+  for (const auto& e : fs::directory_iterator(tmp.path)) {
+    EXPECT_EQ(e.path().filename().string().find(".replaced."), std::string::npos) << e.path();
+  }
+  // An export is replaced by a newer export, and only by one.
+  const std::string exp = (tmp.path / "exp").string();
+  ASSERT_EQ(run_program("export " + run + " --out " + exp).status, 0);
+  EXPECT_EQ(run_program("export " + run + " --out " + exp).status, 1);
+  EXPECT_EQ(run_program("export " + run + " --out " + exp + " --overwrite").status, 0);
+  EXPECT_EQ(run_program("export " + run + " --out " + run + " --overwrite").status, 1);
+  EXPECT_EQ(snapshot(home), [&] {
+    auto b = before;
+    for (auto it = b.begin(); it != b.end();) {
+      it = it->first.rfind(home.string(), 0) == 0 ? std::next(it) : b.erase(it);
+    }
+    return b;
+  }());
 }
 
 // OpenMP threads sleep at barriers unless the user chose otherwise: the program sets

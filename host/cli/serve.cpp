@@ -23,6 +23,7 @@
 #include "painvrl/data/error.h"
 #include "painvrl/data/io.h"
 #include "painvrl/data/npy.h"
+#include "painvrl/data/output_dir.h"
 #include "painvrl/pipeline/config.h"
 #include "painvrl/pipeline/stages.h"
 #include "painvrl/pipeline/trainer.h"
@@ -264,8 +265,16 @@ void run_export(const ExportOptions& o) {
   }
   const std::string out = o.out_dir.empty() ? o.run_dir + "/export" : o.out_dir;
   std::error_code ec;
-  if (fs::exists(out, ec) && !o.overwrite) {
-    input_error("--out {}: exists; choose another or pass --overwrite", out);
+  // Not the dataset or anything holding it, nor the run itself; --overwrite replaces only an
+  // export painvrl wrote (the default, RUN/export, lies inside the run: that is allowed).
+  check_output_dir("--out", out, {r.data.dir}, o.overwrite, "export", is_export_entry);
+  if (fs::weakly_canonical(fs::absolute(o.run_dir)) == fs::weakly_canonical(fs::absolute(out)) ||
+      fs::weakly_canonical(fs::absolute(o.run_dir))
+              .lexically_relative(fs::weakly_canonical(fs::absolute(out)))
+              .native()
+              .rfind("..", 0) != 0) {
+    input_error("--out {}: is or holds the run {}; choose a directory apart from it", out,
+                o.run_dir);
   }
   // Everything goes to a directory beside the destination, renamed into place at the end.
   const std::string tmp = temp_path_for(out);
@@ -308,10 +317,14 @@ void run_export(const ExportOptions& o) {
         {"exclude_seen", "items of the user's training split"},
         {"files", files}};
     write_text_atomic(tmp + "/export.json", manifest.dump(2) + "\n");
-    if (fs::exists(out, ec)) fs::remove_all(out, ec);
-    if (ec) input_error("--out {}: cannot replace it: {}", out, ec.message());
+    mark_output_dir(tmp, "export");
+    const std::string aside = move_aside("--out", out);  // the old export, removed last
     fs::rename(tmp, out, ec);
-    if (ec) input_error("--out {}: cannot rename {} into place: {}", out, tmp, ec.message());
+    if (ec) {
+      if (!aside.empty()) fs::rename(aside, out, ec);
+      input_error("--out {}: cannot rename {} into place: {}", out, tmp, ec.message());
+    }
+    remove_replaced(aside);
   } catch (...) {
     std::error_code ignore;
     fs::remove_all(tmp, ignore);

@@ -23,6 +23,7 @@
 #include "painvrl/cli/commands.h"
 #include "painvrl/data/error.h"
 #include "painvrl/data/io.h"
+#include "painvrl/data/output_dir.h"
 #include "painvrl/math/philox.h"
 #include "painvrl/pipeline/stages.h"
 #include "painvrl/pipeline/trainer.h"
@@ -105,7 +106,9 @@ void run_split(const Config& asked, const std::string& data_dir, const std::stri
   if (protocol == "cold" && !(cold_fraction > 0 && cold_fraction < 1)) {
     input_error("--cold-fraction: expected a value in (0, 1), got {}", cold_fraction);
   }
+  // A new directory, apart from the dataset it reads (split never replaces one).
   if (fs::exists(out_dir)) input_error("--out {}: exists; choose a new directory", out_dir);
+  check_output_dir("--out", out_dir, {data_dir}, false, "split", is_run_entry);
   LoadOptions load;
   load.normalize = c.normalize_features;
   load.load_features = env_source == "him";

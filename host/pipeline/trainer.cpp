@@ -20,6 +20,7 @@
 #include "painvrl/data/graph.h"
 #include "painvrl/data/io.h"
 #include "painvrl/data/npy.h"
+#include "painvrl/data/output_dir.h"
 #include "painvrl/math/philox.h"
 #include "painvrl/pipeline/checkpoint.h"
 #include "painvrl/pipeline/device_select.h"
@@ -53,20 +54,20 @@ bool should_evaluate(const Config& c, int epoch) {
   return epoch % c.eval_every == 0 || epoch == c.epochs - 1;
 }
 
-// Prepares the run directory; refuses to overwrite unless told to.
-void create_run_dir(const RunOptions& o) {
+// Creates the run directory, with its marker. An old run (check_output_dir allowed replacing it)
+// is moved aside first; the path it was moved to is returned, to be removed once the new run is
+// complete.
+std::string create_run_dir(const std::string& dir) {
   namespace fs = std::filesystem;
-  std::error_code ec;
-  if (fs::exists(o.out_dir, ec)) {
-    if (!o.overwrite) {
-      input_error("--out {}: the run directory exists; choose another or pass --overwrite",
-                  o.out_dir);
-    }
-    fs::remove_all(o.out_dir, ec);
-    if (ec) input_error("--out {}: cannot remove the old run: {}", o.out_dir, ec.message());
+  const std::string aside = move_aside("--out", dir);
+  if (!aside.empty()) {
+    log_info(fmt::format("--overwrite: the old run is at {} until this one completes", aside));
   }
-  fs::create_directories(o.out_dir, ec);
-  if (ec) input_error("--out {}: cannot create the run directory: {}", o.out_dir, ec.message());
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) input_error("--out {}: cannot create the run directory: {}", dir, ec.message());
+  mark_output_dir(dir, "run");
+  return aside;
 }
 
 std::string epoch_line(const std::string& label, int epoch, int epochs, const EpochStats& st,
@@ -444,6 +445,11 @@ void execute_run(const Config& config, const std::string& data_dir, const std::s
   validate(config);
   if (config.threads > 0) omp_set_num_threads(config.threads);
   if (dir.empty()) input_error("--out: a run directory is required");
+  // The run directory must not be, hold or lie in what the run reads, and --overwrite replaces
+  // only a run directory: checked before anything is read or written.
+  if (!resume) {
+    check_output_dir("--out", dir, {data_dir, config.mask_file}, overwrite, "run", is_run_entry);
+  }
   const std::string device = resolve_device(config.device);
   if (device == "cuda" && config.l2 == "touched") {
     input_error("l2 = \"touched\": the CUDA backend implements l2 = \"full\" only");
@@ -512,11 +518,12 @@ void execute_run(const Config& config, const std::string& data_dir, const std::s
   }
 
   // 2. The run directory: created afresh, or its logs cut back to the checkpoint.
+  std::string replaced;  // an old run moved aside by --overwrite, removed at the end
   const std::ios::openmode mode = resume ? std::ios::app : std::ios::trunc;
   if (resume) {
     truncate_logs(dir, loaded.checkpoint);
   } else {
-    create_run_dir(RunOptions{data_dir, dir, overwrite});
+    replaced = create_run_dir(dir);
     write_text_atomic(dir + "/config.toml", to_toml(config));
   }
   std::ofstream metrics_out(dir + "/metrics.jsonl", std::ios::out | mode);
@@ -610,6 +617,7 @@ void execute_run(const Config& config, const std::string& data_dir, const std::s
       res.train_seconds > 0 ? double(res.pairs_trained) / res.train_seconds : 0.0;
   summary["wall_seconds"] = seconds_since(wall0);
   write_text_atomic(dir + "/summary.json", summary.dump(2) + "\n");
+  remove_replaced(replaced);
   if (res.best_epoch >= 0) {
     log_info(fmt::format("done: best epoch {}; test {} at that point; run directory {}",
                          res.best_epoch, nlohmann::json(res.test_at_best.as_map()).dump(), dir));

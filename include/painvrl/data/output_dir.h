@@ -1,0 +1,32 @@
+// Directories painvrl writes and may replace (run directories, exports). Each holds a marker
+// file naming what made it, so that --overwrite replaces only a directory painvrl made, never
+// one that is, holds or lies inside what the command reads (the dataset, a mask file), and never
+// one with files of the user's in it; a replaced directory is moved aside first and removed only
+// when the new one is complete, so a failure never loses both.
+#pragma once
+#include <string>
+#include <vector>
+
+namespace painvrl {
+
+inline constexpr const char* kOutputMarker = ".painvrl-output";
+
+// Throws InputError naming `flag` (e.g. "--out") when `out` may not be written: it is, contains
+// or lies inside one of `reads`; it exists and `overwrite` is false; it exists and is not a
+// directory painvrl made as `kind` (no marker, another kind, or entries that `is_own` rejects).
+void check_output_dir(const std::string& flag, const std::string& out,
+                      const std::vector<std::string>& reads, bool overwrite,
+                      const std::string& kind, bool (*is_own)(const std::string& name));
+// Writes the marker of `kind` into `dir` (just created).
+void mark_output_dir(const std::string& dir, const std::string& kind);
+// Moves an existing `out` to "<out>.replaced.<pid>" and returns that path ("" when out does not
+// exist); remove it with remove_replaced once the new output is complete.
+std::string move_aside(const std::string& flag, const std::string& out);
+void remove_replaced(const std::string& aside);
+
+// The entries of a run directory (config.toml, metrics.jsonl, checkpoints, ...).
+bool is_run_entry(const std::string& name);
+// The entries of an export directory.
+bool is_export_entry(const std::string& name);
+
+}  // namespace painvrl
