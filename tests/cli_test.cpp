@@ -6,6 +6,7 @@
 // the most-popular baseline.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -14,6 +15,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "painvrl/pipeline/checkpoint.h"
 #include "test_util.h"
 
 namespace painvrl {
@@ -557,6 +559,69 @@ TEST(Cli, OverwriteNeverTouchesTheDataOrTheUsersFiles) {
     }
     return b;
   }());
+}
+
+// Issue 19, defect 4: a non-finite number in any numeric key, from --set or a config file, is
+// refused before anything is written, naming the key; so is environments = "file" without the
+// file.
+TEST(Cli, NonFiniteSettingsAreRefusedBeforeAnythingIsWritten) {
+  TempDir tmp("finite");
+  const std::string data = tmp / "synth";
+  ASSERT_EQ(run_program("synth --out " + data + " --seed 3 --users 60 --items 50").status, 0);
+  const std::string run = tmp / "run";
+  for (const char* key : {"lr", "w1", "w2", "w3", "w4", "gamma_w", "gamma_emb", "init_std",
+                          "neg_weight", "kappa", "adam_eps", "mask_lambda", "sigma"}) {
+    for (const char* value : {"inf", "nan", "-inf"}) {
+      auto r = run_program("train --data " + data + " --out " + run + " --set " + key + "=" +
+                           value + " --set epochs=1");
+      EXPECT_EQ(r.status, 1) << key << "=" << value << ": " << r.output;
+      EXPECT_NE(r.output.find(key), std::string::npos) << r.output;
+      EXPECT_NE(r.output.find("finite"), std::string::npos) << r.output;
+      EXPECT_FALSE(fs::exists(run)) << key << "=" << value;
+      const std::string file = tmp / "c.toml";
+      { std::ofstream(file) << key << " = " << value << "\n"; }
+      r = run_program("train --data " + data + " --out " + run + " --config " + file);
+      EXPECT_EQ(r.status, 1) << key << " = " << value << " in a file: " << r.output;
+      EXPECT_NE(r.output.find(key), std::string::npos) << r.output;
+      EXPECT_FALSE(fs::exists(run));
+    }
+  }
+  // Out of range: negative weights.
+  auto r = run_program("train --data " + data + " --out " + run + " --set w2=-1");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_FALSE(fs::exists(run));
+  // environments = "file" without environments.tsv: refused before stage 0, not after it.
+  fs::remove(fs::path(data) / "environments.tsv");
+  r = run_program("train --data " + data + " --out " + run +
+                  " --method painvrl --set environments=file");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("environments.tsv"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(run));
+}
+
+// Issue 19, defect 5: a run whose parameters end non-finite (every loss was finite: the last
+// update overflowed) stops with exit 3 and writes neither a model nor a summary.
+TEST(Cli, ARunWithNonFiniteParametersIsNotASuccess) {
+  TempDir tmp("nonfinite_model");
+  const std::string data = tmp / "synth";
+  ASSERT_EQ(run_program("synth --out " + data + " --seed 3 --users 60 --items 50").status, 0);
+  // One epoch (caught at the end), and three with a checkpoint due after every epoch (caught
+  // before the first epoch-end checkpoint would save the non-finite state).
+  for (const char* more : {" --set epochs=1", " --set epochs=3 --set checkpoint_every=1"}) {
+    const std::string run = tmp / (std::string("run") + std::to_string(std::strlen(more)));
+    const auto r = run_program("train --data " + data + " --out " + run +
+                               " --method ultragcn-mm --set lr=1e38" + more);
+    EXPECT_EQ(r.status, 3) << more << ": " << r.output;
+    EXPECT_NE(r.output.find("finite"), std::string::npos) << r.output;
+    EXPECT_FALSE(fs::exists(run + "/model.npy")) << more;
+    EXPECT_FALSE(fs::exists(run + "/summary.json")) << more;
+    // The checkpoint `--resume` would take holds a finite state.
+    ASSERT_FALSE(list_checkpoints(run).empty()) << more;
+    const LoadedCheckpoint ck = load_newest_checkpoint(run, 0, false);
+    if (ck.checkpoint.has("params")) {
+      for (float x : ck.checkpoint.get<float>("params")) ASSERT_TRUE(std::isfinite(x)) << ck.path;
+    }
+  }
 }
 
 // OpenMP threads sleep at barriers unless the user chose otherwise: the program sets

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cmath>
 #include <limits>
 #include <sstream>
 #include <variant>
@@ -183,6 +184,7 @@ double parse_double(const std::string& text, const std::string& what) {
   const char* end = text.data() + text.size();
   auto [p, ec] = std::from_chars(text.data(), end, v);
   if (ec != std::errc() || p != end) input_error("{}: expected a number, got `{}`", what, text);
+  if (!std::isfinite(v)) input_error("{}: expected a finite number, got `{}`", what, text);
   return v;
 }
 
@@ -249,6 +251,9 @@ void set_from_toml(Config& c, const Key& key, const toml::node& node, const std:
         } else if constexpr (std::is_same_v<M, double>) {
           // Not node.value<double>(): it is empty for an integer a double cannot hold exactly.
           if (const auto* f = node.as_floating_point()) {
+            if (!std::isfinite(f->get())) {
+              input_error("{}: expected a finite number, got {}", what, f->get());
+            }
             c.*member = f->get();
           } else if (const auto* i = node.as_integer()) {
             c.*member = static_cast<double>(i->get());
@@ -312,6 +317,13 @@ void validate(const Config& c) {
   auto need = [](bool ok, const char* key, const char* expected) {
     if (!ok) input_error("config key `{}`: expected {}", key, expected);
   };
+  for (const Key& k : keys()) {  // every number finite (inf and nan pass the range checks below)
+    if (const auto* m = std::get_if<double Config::*>(&k.member)) {
+      if (!std::isfinite(c.**m)) {
+        input_error("config key `{}`: expected a finite number, got {}", k.name, c.**m);
+      }
+    }
+  }
   need(c.method == "ultragcn" || c.method == "ultragcn-mm" || c.method == "mostpop" ||
            c.method == "invrl" || c.method == "painvrl",
        "method", "ultragcn, ultragcn-mm, mostpop, invrl or painvrl");
@@ -351,6 +363,8 @@ void validate(const Config& c) {
   need(c.batch_size > 0, "batch_size", "a positive integer");
   need(c.negatives >= 0 && c.negatives <= 100000, "negatives", "an integer in [0, 100000]");
   need(c.neg_weight >= 0, "neg_weight", "a value >= 0");
+  need(c.w1 >= 0 && c.w2 >= 0 && c.w3 >= 0 && c.w4 >= 0, "w1/w2/w3/w4", "values >= 0");
+  need(c.mask_center >= 0 && c.mask_center <= 1, "mask_center", "a value in [0, 1]");
   need(c.kappa >= 0, "kappa", "a value >= 0");
   need(c.ii_neighbors >= 0 && c.ii_neighbors <= 1000, "ii_neighbors", "an integer in [0, 1000]");
   need(c.ii_similarity == "paper" || c.ii_similarity == "ultragcn", "ii_similarity",

@@ -123,6 +123,15 @@ Checkpoint backbone_checkpoint(const StageCheckpoints* sc, const Backend& backen
     if (sc->context) sc->context(ck);
   }
   const OptimizerState st = backend.optimizer_state();
+  // Never save a non-finite state: the newest checkpoint stays the last finite one.
+  for (size_t k = 0; k < st.params.size(); ++k) {
+    if (!std::isfinite(st.params[k])) {
+      throw Diverged(fmt::format(
+          "{}epoch {} step {}: the parameters are not finite ({} at index {}) although the loss "
+          "was: the last update diverged; lower lr",
+          sc ? sc->phase + " " : "", epoch, partial.steps, st.params[k], k));
+    }
+  }
   ck.put("params", st.params);
   ck.put("adam_m", st.adam_m);
   ck.put("adam_v", st.adam_v);
@@ -473,6 +482,11 @@ void execute_run(const Config& config, const std::string& data_dir, const std::s
     if (!invariant) input_error("mask_file applies to --method painvrl or invrl, not {}", m);
     read_mask_file(config.mask_file, data.feature_dim);  // checked before anything is written
   }
+  if (invariant && config.environments == "file" && config.mask_file.empty() &&
+      !std::filesystem::exists(data.dir + "/environments.tsv")) {
+    input_error("environments = \"file\": {} has no environments.tsv (painvrl synth writes one)",
+                data.dir);
+  }
   log_info(fmt::format("dataset {}: {} users, {} items, {} train / {} valid / {} test pairs{}",
                        data.name, data.n_users, data.n_items, data.train.size(), data.valid.size(),
                        data.test.size(), content ? fmt::format(", d = {}", data.feature_dim) : ""));
@@ -585,6 +599,16 @@ void execute_run(const Config& config, const std::string& data_dir, const std::s
 
   // 3. The outputs: the best-validation model's parameters and the summary (its presence marks
   // the run complete).
+  // A last update can leave the selected parameters non-finite although every loss was finite
+  // (lr = 1e38 in one step): that run diverged, and no model or summary is written for it.
+  const auto bad = std::find_if(res.best_params.begin(), res.best_params.end(),
+                                [](float x) { return !std::isfinite(x); });
+  if (bad != res.best_params.end()) {
+    throw Diverged(fmt::format(
+        "the selected model (epoch {}) has non-finite parameters ({} at index {}): the training "
+        "diverged; lower lr and train again",
+        res.best_epoch, *bad, bad - res.best_params.begin()));
+  }
   if (!res.best_params.empty()) {
     write_npy(dir + "/model.npy", res.best_params.data(), {int64_t(res.best_params.size())});
     const ParamLayout& L = res.layout;

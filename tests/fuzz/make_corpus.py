@@ -99,6 +99,8 @@ def config_seeds():
     # was wrapped; an integer over 2^53 for a float key dereferenced an empty std::optional (which
     # this target's libstdc++ assertions turn into a crash).
     put(t, "out-of-range.toml", "dim = 4294967360\neval_ks = [10, 4294967316]\n")
+    put(t, "nonfinite.toml", "lr = inf\nw1 = nan\nadam_eps = -inf\nmask_center = 2.0\n")
+    put(t, "nonfinite-set.txt", "lr=inf\nkappa=nan\nw2=-1\n")
     put(t, "crash-integer-over-2p53.toml", "lr = 9007199254740993\n")
     put(t, "syntax.toml", "dim = = 3\n[table\n")
 
