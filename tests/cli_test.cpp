@@ -5,7 +5,9 @@
 // train and split exactly like the LF files; and on the real MovieLens-100K split UltraGCN beats
 // the most-popular baseline.
 #include <gtest/gtest.h>
+#include <sys/wait.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -23,6 +25,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using test::run_program;
+using test::spawn_program;
 using test::TempDir;
 using test::write_file;
 
@@ -621,6 +624,51 @@ TEST(Cli, ARunWithNonFiniteParametersIsNotASuccess) {
     if (ck.checkpoint.has("params")) {
       for (float x : ck.checkpoint.get<float>("params")) ASSERT_TRUE(std::isfinite(x)) << ck.path;
     }
+  }
+}
+
+// Issue 19, defect 2: one writer per run directory. Two writers started together on one run
+// directory, 20 times (fresh runs, then --overwrite of a finished one): one wins, the other is
+// refused within 2 s, and the winner's model is the one a lone run writes.
+TEST(Cli, TwoWritersOnOneRunDirectoryOneWins) {
+  TempDir tmp("writers");
+  const std::string data = tmp / "synth";
+  // Runs long enough (a few tenths of a second) that the two writers overlap.
+  ASSERT_EQ(run_program("synth --out " + data + " --seed 3 --users 400 --items 300").status, 0);
+  const std::string args =
+      "train --data " + data + " --set epochs=60 --set eval_every=30 --set dim=16 --out ";
+  const std::string lone = tmp / "lone";
+  ASSERT_EQ(run_program(args + lone).status, 0);
+  const std::string want = read_bytes(lone + "/model.npy");
+  // Under the sanitizers (-O0, several times slower) 4 rounds, and the refusal within 20 s.
+  const bool sanitized = std::getenv("PAINVRL_SANITIZED") != nullptr;
+  const int rounds = sanitized ? 4 : 20;
+  const double refuse_within = sanitized ? 20.0 : 2.0;
+  for (int round = 0; round < rounds; ++round) {
+    const std::string run = tmp / ("run" + std::to_string(round % 2));
+    const std::string flags = round < rounds / 2 ? "" : " --overwrite";
+    if (round < rounds / 2) fs::remove_all(run);
+    const auto t0 = std::chrono::steady_clock::now();
+    const pid_t a = spawn_program(args + run + flags, tmp / "a.log");
+    const pid_t b = spawn_program(args + run + flags, tmp / "b.log");
+    int sa = 0, sb = 0;
+    double ta = -1, tb = -1;  // seconds to each one's exit
+    while (ta < 0 || tb < 0) {
+      const double now =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if (ta < 0 && ::waitpid(a, &sa, WNOHANG) == a) ta = now;
+      if (tb < 0 && ::waitpid(b, &sb, WNOHANG) == b) tb = now;
+      ASSERT_LT(now, 120.0) << "round " << round << ": a writer hangs";
+      ::usleep(2000);
+    }
+    const int ea = WIFEXITED(sa) ? WEXITSTATUS(sa) : -1, eb = WIFEXITED(sb) ? WEXITSTATUS(sb) : -1;
+    EXPECT_TRUE((ea == 0) != (eb == 0))
+        << "round " << round << ": exits " << ea << ", " << eb << "\n"
+        << read_bytes(tmp / "a.log") << read_bytes(tmp / "b.log");
+    EXPECT_EQ(std::min(ea, eb) == 0 ? std::max(ea, eb) : -1, 1) << "round " << round;
+    EXPECT_LT(ea == 0 ? tb : ta, refuse_within) << "round " << round;  // refused at once
+    EXPECT_EQ(read_bytes(run + "/model.npy"), want) << "round " << round;
+    EXPECT_TRUE(fs::exists(run + "/summary.json"));
   }
 }
 

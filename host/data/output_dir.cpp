@@ -2,9 +2,14 @@
 // checks against what a command reads, and replacement by moving the old directory aside.
 #include "painvrl/data/output_dir.h"
 
+#include <fcntl.h>
 #include <fmt/format.h>
+#include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 
 #include "painvrl/data/error.h"
@@ -41,8 +46,9 @@ bool ends_with(const std::string& s, const char* suffix) {
 
 bool is_run_entry(const std::string& name) {
   static const char* const kNames[] = {
-      kOutputMarker, "config.toml", "metrics.jsonl", "summary.json", "model.npy",
-      "mask.npy",    "trace.jsonl", "log.txt",       "export",       "recommendations.tsv"};
+      kOutputMarker,  ".lock",     "config.toml",        "metrics.jsonl",
+      "summary.json", "model.npy", "mask.npy",           "trace.jsonl",
+      "log.txt",      "export",    "recommendations.tsv"};
   for (const char* n : kNames)
     if (name == n) return true;
   return (starts_with(name, "checkpoint-") && ends_with(name, ".ckpt")) ||
@@ -97,6 +103,50 @@ void check_output_dir(const std::string& flag, const std::string& out,
     }
   }
   if (ec) input_error("{} {}: cannot list it: {}", flag, out, ec.message());
+}
+
+DirLock DirLock::acquire(const std::string& dir) {
+  const std::string path = dir + "/.lock";
+  DirLock lock;
+  lock.fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (lock.fd_ < 0) input_error("{}: cannot open its lock file: {}", dir, std::strerror(errno));
+  if (::flock(lock.fd_, LOCK_EX | LOCK_NB) != 0) {
+    char buf[32] = {0};
+    const ssize_t n = ::pread(lock.fd_, buf, sizeof buf - 1, 0);
+    std::string holder = n > 0 ? std::string(buf, size_t(n)) : "";
+    while (!holder.empty() && (holder.back() == '\n' || holder.back() == ' ')) holder.pop_back();
+    input_error(
+        "{}: in use by process {} (another train or resume writes it); wait for it to end "
+        "or stop it",
+        dir, holder.empty() ? "?" : holder);
+  }
+  // The lock must be the directory's current one: another writer may have moved the directory
+  // (and its lock file) aside between our open and our flock.
+  struct stat held {
+  }, current{};
+  if (::fstat(lock.fd_, &held) != 0 || ::stat(path.c_str(), &current) != 0 ||
+      held.st_ino != current.st_ino || held.st_dev != current.st_dev) {
+    input_error("{}: replaced by another process meanwhile; choose another directory or try again",
+                dir);
+  }
+  const std::string pid = fmt::format("{}\n", ::getpid());
+  if (::ftruncate(lock.fd_, 0) != 0 || ::pwrite(lock.fd_, pid.data(), pid.size(), 0) < 0) {
+    // The lock holds without the pid; the message of a refused writer then says "?".
+  }
+  return lock;
+}
+
+DirLock& DirLock::operator=(DirLock&& o) noexcept {
+  if (this != &o) {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = o.fd_;
+    o.fd_ = -1;
+  }
+  return *this;
+}
+
+DirLock::~DirLock() {
+  if (fd_ >= 0) ::close(fd_);
 }
 
 void mark_output_dir(const std::string& dir, const std::string& kind) {

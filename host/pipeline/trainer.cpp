@@ -54,18 +54,26 @@ bool should_evaluate(const Config& c, int epoch) {
   return epoch % c.eval_every == 0 || epoch == c.epochs - 1;
 }
 
-// Creates the run directory, with its marker. An old run (check_output_dir allowed replacing it)
-// is moved aside first; the path it was moved to is returned, to be removed once the new run is
-// complete.
-std::string create_run_dir(const std::string& dir) {
+// Creates the run directory, with its marker, and takes its lock. An old run (check_output_dir
+// allowed replacing it) is locked first, so a live run is never replaced, then moved aside; the
+// path it was moved to is returned, to be removed once the new run is complete.
+std::string create_run_dir(const std::string& dir, DirLock& lock) {
   namespace fs = std::filesystem;
-  const std::string aside = move_aside("--out", dir);
-  if (!aside.empty()) {
+  std::error_code ec;
+  std::string aside;
+  if (fs::exists(dir, ec)) {
+    const DirLock old = DirLock::acquire(dir);
+    aside = move_aside("--out", dir);
     log_info(fmt::format("--overwrite: the old run is at {} until this one completes", aside));
   }
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  if (ec) input_error("--out {}: cannot create the run directory: {}", dir, ec.message());
+  const fs::path parent = fs::absolute(dir).parent_path();
+  fs::create_directories(parent, ec);
+  if (!fs::create_directory(dir, ec)) {  // a second writer created it since the check
+    input_error("--out {}: {}", dir,
+                ec ? "cannot create the run directory: " + ec.message()
+                   : std::string("created by another process meanwhile; choose another"));
+  }
+  lock = DirLock::acquire(dir);
   mark_output_dir(dir, "run");
   return aside;
 }
@@ -533,11 +541,13 @@ void execute_run(const Config& config, const std::string& data_dir, const std::s
 
   // 2. The run directory: created afresh, or its logs cut back to the checkpoint.
   std::string replaced;  // an old run moved aside by --overwrite, removed at the end
+  DirLock lock;          // one writer per run directory, held to the end
   const std::ios::openmode mode = resume ? std::ios::app : std::ios::trunc;
   if (resume) {
+    lock = DirLock::acquire(dir);
     truncate_logs(dir, loaded.checkpoint);
   } else {
-    replaced = create_run_dir(dir);
+    replaced = create_run_dir(dir, lock);
     write_text_atomic(dir + "/config.toml", to_toml(config));
   }
   std::ofstream metrics_out(dir + "/metrics.jsonl", std::ios::out | mode);

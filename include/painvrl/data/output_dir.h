@@ -24,6 +24,23 @@ void mark_output_dir(const std::string& dir, const std::string& kind);
 std::string move_aside(const std::string& flag, const std::string& out);
 void remove_replaced(const std::string& aside);
 
+// One writer per directory: an advisory lock (flock) on "<dir>/.lock", released by the kernel
+// when the process ends however it ends, so a killed run never leaves a stale lock. A second
+// writer is refused at once (InputError naming the holder's pid).
+class DirLock {
+ public:
+  DirLock() = default;
+  static DirLock acquire(const std::string& dir);
+  DirLock(DirLock&& o) noexcept : fd_(o.fd_) { o.fd_ = -1; }
+  DirLock& operator=(DirLock&& o) noexcept;
+  DirLock(const DirLock&) = delete;
+  DirLock& operator=(const DirLock&) = delete;
+  ~DirLock();
+
+ private:
+  int fd_ = -1;
+};
+
 // The entries of a run directory (config.toml, metrics.jsonl, checkpoints, ...).
 bool is_run_entry(const std::string& name);
 // The entries of an export directory.
