@@ -672,6 +672,26 @@ TEST(Cli, TwoWritersOnOneRunDirectoryOneWins) {
   }
 }
 
+// Issue 19, defect 6 (two of the small ones): --quiet hides progress, never a warning; epochs = 0
+// is refused instead of reporting a complete run without a model.
+TEST(Cli, QuietKeepsWarningsAndZeroEpochsIsRefused) {
+  TempDir tmp("quiet");
+  const std::string data = tmp / "data";
+  fs::create_directories(data);
+  write_file(data + "/train.txt", "0 1 2 2\n1 0 1\n2 0 2\n");  // (0, 2) twice
+  write_file(data + "/test.txt", "0 0\n1 2\n2 1\n");
+  auto r = run_program("train --data " + data + " --out " + (tmp / "r") +
+                       " --quiet --set epochs=1 --set dim=4 --set negatives=2");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("warning:"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("duplicate"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("epoch    0/1"), std::string::npos) << r.output;  // no progress
+  r = run_program("train --data " + data + " --out " + (tmp / "z") + " --set epochs=0");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("epochs"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(tmp / "z"));
+}
+
 // OpenMP threads sleep at barriers unless the user chose otherwise: the program sets
 // OMP_WAIT_POLICY = PASSIVE and executes itself again (libgomp reads it before main), and says so.
 TEST(Cli, OpenMpWaitsPassivelyUnlessTheUserChoseAPolicy) {

@@ -1,4 +1,5 @@
-// Logging for progress and warnings (stderr), silenced by set_quiet in tests.
+// Logging for progress and warnings (stderr). set_quiet (--quiet) silences progress only: a
+// warning is always printed.
 #include "painvrl/data/error.h"
 
 #include <atomic>
@@ -16,7 +17,7 @@ void log_info(const std::string& message) {
 }
 
 void log_warn(const std::string& message) {
-  if (!g_quiet) std::fprintf(stderr, "warning: %s\n", message.c_str());
+  std::fprintf(stderr, "warning: %s\n", message.c_str());
 }
 
 }  // namespace painvrl

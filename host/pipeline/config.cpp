@@ -375,7 +375,8 @@ void validate(const Config& c) {
   need(c.adam_beta1 >= 0 && c.adam_beta1 < 1, "adam_beta1", "a value in [0, 1)");
   need(c.adam_beta2 >= 0 && c.adam_beta2 < 1, "adam_beta2", "a value in [0, 1)");
   need(c.adam_eps > 0, "adam_eps", "a positive value");
-  need(c.epochs >= 0, "epochs", "an integer >= 0");
+  // epochs = 0 would report a complete run with no trained model (mostpop trains nothing).
+  need(c.epochs >= 1 || c.method == "mostpop", "epochs", "an integer >= 1");
   need(c.eval_every > 0, "eval_every", "a positive integer");
   need(c.patience >= 0, "patience", "an integer >= 0");
   need(!c.eval_ks.empty(), "eval_ks", "a non-empty list of positive integers");
