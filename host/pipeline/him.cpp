@@ -434,28 +434,23 @@ std::vector<int32_t> identify_environments(const Config& c, const Graph& graph,
       std::vector<float> wb_assign = wb;
       if (c.him_assign == "centered") centre_env_biases(wb_assign, psi, feat_dim, envs, c.dim);
       const bool host_assign = c.him_assign == "standardized" || c.him_assign == "likelihood";
-      const cpu::EnvModelsView raw_view{graph.n_users,
-                                        graph.n_items,
-                                        c.dim,
-                                        envs,
-                                        feat_dim,
-                                        backbone->data() + bl.pt,
-                                        backbone->data() + bl.pf,
-                                        backbone->data() + bl.t,
-                                        wb.data(),
-                                        wb.data() + size_t(envs) * c.dim * feat_dim};
+      // The E models over the frozen stage-0 tables, with the projections `w` (W_all, b_all).
+      auto models_view = [&](const std::vector<float>& w) {
+        return cpu::EnvModelsView{graph.n_users,
+                                  graph.n_items,
+                                  c.dim,
+                                  envs,
+                                  feat_dim,
+                                  backbone->data() + bl.pt,
+                                  backbone->data() + bl.pf,
+                                  backbone->data() + bl.t,
+                                  w.data(),
+                                  w.data() + size_t(envs) * c.dim * feat_dim};
+      };
+      const cpu::EnvModelsView raw_view = models_view(wb);
       std::vector<double> offset, scale;
       if (host_assign) assignment_offsets(raw_view, psi, c.him_assign, offset, scale);
-      const cpu::EnvModelsView view{graph.n_users,
-                                    graph.n_items,
-                                    c.dim,
-                                    envs,
-                                    feat_dim,
-                                    backbone->data() + bl.pt,
-                                    backbone->data() + bl.pf,
-                                    backbone->data() + bl.t,
-                                    wb_assign.data(),
-                                    wb_assign.data() + size_t(envs) * c.dim * feat_dim};
+      const cpu::EnvModelsView view = models_view(wb_assign);
 #ifdef PAINVRL_HAVE_CUDA
       if (c.device == "cuda" && !host_assign)
         new_env = cuda::assign_environments_on_device(view, psi.data(), pairs, c.tf32);
