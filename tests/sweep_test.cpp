@@ -1,7 +1,10 @@
 // Sweeps through the program: `plan` gives the same ids every time and adding axis values only
 // adds runs; malformed specs are refused naming the key; a local sweep's runs equal the same
 // configs trained directly; a sweep stopped by SIGTERM and run again ends with the same results;
-// status and collect report every run.
+// SIGTERM, a Ctrl-C's SIGINT or SIGKILL sent to a runner at random moments leave no process of
+// the sweep behind within 10 s, and a rerun completes with every epoch logged once; status and
+// collect report every run.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -13,7 +16,9 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <random>
 #include <set>
+#include <sstream>
 #include <thread>
 
 #include "test_util.h"
@@ -211,6 +216,112 @@ TEST(Sweep, StoppedSweepRunAgainEndsWithTheSameResults) {
               read_json(got + "/runs/" + id + "/out/summary.json")["test_at_best"]);
     EXPECT_EQ(read_bytes(want + "/runs/" + id + "/out/mask.npy"),
               read_bytes(got + "/runs/" + id + "/out/mask.npy"));
+  }
+}
+
+// The processes whose command line mentions `text` (the sweep directory): the runner and its
+// workers.
+std::vector<pid_t> processes_mentioning(const std::string& text) {
+  std::vector<pid_t> found;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator("/proc", ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.empty() || !std::all_of(name.begin(), name.end(), ::isdigit)) continue;
+    std::ifstream in(e.path() / "cmdline", std::ios::binary);
+    std::string cmdline((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    std::replace(cmdline.begin(), cmdline.end(), '\0', ' ');
+    if (cmdline.find(text) != std::string::npos) found.push_back(pid_t(std::stoi(name)));
+  }
+  return found;
+}
+
+// The runner in a process group of its own, as a shell starts a job, so that SIGINT sent to the
+// group is what a terminal's Ctrl-C sends.
+pid_t spawn_runner(const std::string& args, const std::string& log) {
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::setpgid(0, 0);
+    const std::string cmd = "exec " + std::string(PAINVRL_BIN) + " " + args + " > " + log + " 2>&1";
+    ::execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  ::setpgid(pid, pid);
+  return pid;
+}
+
+TEST(Sweep, SignalledRunnerLeavesNothingRunningAndARerunCompletes) {
+  SweepFixture fx;
+  std::string spec = read_bytes(fx.spec("method = [\"painvrl\"]\nseed = [1, 2, 3, 4]\n"));
+  spec.replace(spec.find("epochs = 3"), 10, "epochs = 150");
+  spec.replace(spec.find("pretrain_epochs = 2"), 19, "pretrain_epochs = 150");
+  write_file(fx.tmp / "spec.toml", spec);
+  const std::string want = fx.tmp / "want";
+  ASSERT_EQ(run_program("sweep plan " + fx.tmp / "spec.toml" + " --out " + want).status, 0);
+  const auto t0 = std::chrono::steady_clock::now();
+  ASSERT_EQ(run_program("sweep run " + want + " --jobs 2").status, 0);
+  const double sweep_seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const auto ids = manifest_ids(want);
+  ASSERT_EQ(ids.size(), 4u);
+
+  std::mt19937 rng(20261204);
+  const int rounds = std::getenv("PAINVRL_SANITIZED") ? 3 : 10;
+  const int signals[] = {SIGTERM, SIGINT, SIGKILL};
+  for (int round = 0; round < rounds; ++round) {
+    const int sig = signals[round % 3];
+    const std::string got = fx.tmp / ("got" + std::to_string(round));
+    ASSERT_EQ(run_program("sweep plan " + fx.tmp / "spec.toml" + " --out " + got).status, 0);
+    const std::string log = got + ".log";
+    const pid_t pid = spawn_runner("sweep run " + got + " --jobs 2", log);
+    // A random moment of the sweep, from its start to a little past its usual end.
+    const double at = std::uniform_real_distribution<double>(0.0, 1.1 * sweep_seconds)(rng);
+    std::this_thread::sleep_for(std::chrono::duration<double>(at));
+    const auto sent = std::chrono::steady_clock::now();
+    ::kill(sig == SIGINT ? -pid : pid, sig);
+    int st = 0;
+    bool reaped = false, gone = false;
+    while (!gone && std::chrono::steady_clock::now() - sent < std::chrono::seconds(10)) {
+      if (!reaped) reaped = ::waitpid(pid, &st, WNOHANG) == pid;
+      gone = reaped && processes_mentioning(got + " ").empty();
+      if (!gone) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    const std::string where = fmt::format("round {} signal {} at {:.2f}s\n", round, sig, at);
+    if (!gone) {
+      ::kill(-pid, SIGKILL);
+      for (pid_t p : processes_mentioning(got + " ")) ::kill(p, SIGKILL);
+      if (!reaped) ::waitpid(pid, &st, 0);
+    }
+    ASSERT_TRUE(gone) << where << "processes of the sweep still running 10 s after the signal\n"
+                      << read_bytes(log);
+    if (sig == SIGKILL) {
+      EXPECT_TRUE(WIFSIGNALED(st) || (WIFEXITED(st) && WEXITSTATUS(st) == 0)) << where;
+    } else {  // stopped (75) or, when the signal came after the last run, done (0)
+      ASSERT_TRUE(WIFEXITED(st)) << where << read_bytes(log);
+      EXPECT_TRUE(WEXITSTATUS(st) == 75 || WEXITSTATUS(st) == 0)
+          << where << "exit " << WEXITSTATUS(st) << "\n"
+          << read_bytes(log);
+      EXPECT_EQ(read_bytes(log).find("FAILED"), std::string::npos) << where << read_bytes(log);
+    }
+    const auto rerun = run_program("sweep run " + got + " --jobs 2");
+    ASSERT_EQ(rerun.status, 0) << where << rerun.output;
+    for (const std::string& id : ids) {
+      const std::string out = got + "/runs/" + id + "/out";
+      // Every line whole, and each (stage, epoch) once.
+      std::ifstream in(out + "/metrics.jsonl");
+      std::set<std::pair<std::string, int>> seen;
+      int lines = 0;
+      for (std::string line; std::getline(in, line); ++lines) {
+        nlohmann::json j;
+        ASSERT_NO_THROW(j = nlohmann::json::parse(line)) << where << id << ": '" << line << "'";
+        const auto key = std::make_pair(j.value("stage", std::string()), j.value("epoch", -1));
+        EXPECT_TRUE(seen.insert(key).second)
+            << where << id << ": epoch " << key.second << " of " << key.first << " twice";
+      }
+      EXPECT_GT(lines, 0) << where << id;
+      EXPECT_EQ(read_json(want + "/runs/" + id + "/out/summary.json")["test_at_best"],
+                read_json(out + "/summary.json")["test_at_best"])
+          << where << id;
+    }
   }
 }
 

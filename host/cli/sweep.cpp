@@ -8,6 +8,7 @@
 
 #include <fmt/format.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <toml++/toml.h>
 #include <unistd.h>
@@ -26,6 +27,7 @@
 
 #include "painvrl/data/error.h"
 #include "painvrl/data/io.h"
+#include "painvrl/data/output_dir.h"
 #include "painvrl/pipeline/checkpoint.h"
 #include "painvrl/pipeline/config.h"
 #include "painvrl/pipeline/device_select.h"
@@ -406,6 +408,9 @@ int sweep_exec(const std::string& dir, const std::string& id) {
                  {"pid", ::getpid()},
                  {"started", now_iso()}};
   if (const char* job = std::getenv("SLURM_JOB_ID")) status["slurm_job"] = job;
+  // One worker per run: a worker left by a runner that was killed gets SIGTERM from the kernel
+  // (PR_SET_PDEATHSIG, set by sweep_run_local) and checkpoints; a rerun waits for it to let go.
+  const DirLock lock = DirLock::acquire(rd, 60.0);
   if (run_done(dir, id)) {
     log_info(fmt::format("run {} is done already", id));
     return 0;
@@ -451,6 +456,7 @@ void sweep_run_local(const std::string& dir, int jobs) {
   }
   const size_t total = manifest["runs"].size();
   log_info(fmt::format("{} of {} runs to do, {} workers", pending.size(), total, jobs));
+  const DirLock lock = DirLock::acquire(dir);  // one runner per sweep directory
   const int gpus = usable_gpu_count();
   const std::string exe = self_exe();
   install_stop_handlers();
@@ -466,16 +472,33 @@ void sweep_run_local(const std::string& dir, int jobs) {
   int done = 0, failed = 0, interrupted = 0;
   bool forwarded = false;
   std::vector<std::string> failures;
-  while (next < pending.size() || !running.empty()) {
+  const pid_t runner = ::getpid();
+  // Until a stop: start runs while any are pending; after one, only wait for the running ones.
+  while ((!stop_requested() && next < pending.size()) || !running.empty()) {
     while (!stop_requested() && next < pending.size() && int(running.size()) < jobs) {
       const int slot =
           int(std::find(slot_busy.begin(), slot_busy.end(), false) - slot_busy.begin());
       const json run = pending[next++];
       const std::string id = run["id"];
       const std::string log = run_dir(dir, id) + "/log.txt";
+      // The child starts with the stop signals blocked (a stop sent while it starts is held
+      // for its handlers, not lost to this process's copy of them or fatal to a bare exec).
+      sigset_t stop_signals, unblocked;
+      sigemptyset(&stop_signals);
+      sigaddset(&stop_signals, SIGINT);
+      sigaddset(&stop_signals, SIGTERM);
+      ::sigprocmask(SIG_BLOCK, &stop_signals, &unblocked);
       const pid_t pid = ::fork();
+      if (pid != 0) ::sigprocmask(SIG_SETMASK, &unblocked, nullptr);
       if (pid < 0) throw std::runtime_error("fork failed");
       if (pid == 0) {
+        // The worker: its own process group, so a terminal's Ctrl-C reaches only the runner,
+        // which forwards one SIGTERM (two signals make a worker exit at once, uncheckpointed);
+        // SIGTERM when the runner dies, however it dies. The stop signals stay blocked until the
+        // worker's handlers are installed (install_stop_handlers unblocks them).
+        ::setpgid(0, 0);
+        ::prctl(PR_SET_PDEATHSIG, SIGTERM);
+        if (::getppid() != runner) ::_exit(kExitInterrupted);  // the runner died before prctl
         if (gpus > 0) ::setenv("CUDA_VISIBLE_DEVICES", std::to_string(slot % gpus).c_str(), 1);
         std::FILE* f = std::fopen(log.c_str(), "a");
         if (f) {
@@ -505,7 +528,10 @@ void sweep_run_local(const std::string& dir, int jobs) {
     const auto it = std::find_if(running.begin(), running.end(),
                                  [pid](const Worker& w) { return w.pid == pid; });
     if (it == running.end()) continue;
-    const int code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    int code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    // After a stop, a worker that a second signal ended at once is interrupted too (it keeps its
+    // last checkpoint), not failed.
+    if (forwarded && (code == 128 + SIGTERM || code == 128 + SIGINT)) code = kExitInterrupted;
     const std::string id = it->run["id"];
     const double secs =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - it->start).count();
@@ -530,8 +556,9 @@ void sweep_run_local(const std::string& dir, int jobs) {
     running.erase(it);
   }
   if (stop_requested()) {
-    throw Interrupted(fmt::format("{} runs done, {} interrupted; run the sweep again to go on",
-                                  done, interrupted));
+    throw Interrupted(
+        fmt::format("{} runs done, {} interrupted, {} not started; run the sweep again to go on",
+                    done, interrupted, pending.size() - next));
   }
   if (failed > 0) {
     input_error("{} of {} runs failed ({}); their logs: {}/runs/<id>/log.txt", failed,

@@ -8,9 +8,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <thread>
 
 #include "painvrl/data/error.h"
 #include "painvrl/data/io.h"
@@ -105,18 +108,27 @@ void check_output_dir(const std::string& flag, const std::string& out,
   if (ec) input_error("{} {}: cannot list it: {}", flag, out, ec.message());
 }
 
-DirLock DirLock::acquire(const std::string& dir) {
+DirLock DirLock::acquire(const std::string& dir) { return acquire(dir, 0.0); }
+
+DirLock DirLock::acquire(const std::string& dir, double wait_seconds) {
   const std::string path = dir + "/.lock";
   DirLock lock;
   lock.fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
   if (lock.fd_ < 0) input_error("{}: cannot open its lock file: {}", dir, std::strerror(errno));
-  if (::flock(lock.fd_, LOCK_EX | LOCK_NB) != 0) {
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::duration<double>(std::max(0.0, wait_seconds));
+  bool locked = ::flock(lock.fd_, LOCK_EX | LOCK_NB) == 0;
+  while (!locked && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    locked = ::flock(lock.fd_, LOCK_EX | LOCK_NB) == 0;
+  }
+  if (!locked) {
     char buf[32] = {0};
     const ssize_t n = ::pread(lock.fd_, buf, sizeof buf - 1, 0);
     std::string holder = n > 0 ? std::string(buf, size_t(n)) : "";
     while (!holder.empty() && (holder.back() == '\n' || holder.back() == ' ')) holder.pop_back();
     input_error(
-        "{}: in use by process {} (another train or resume writes it); wait for it to end "
+        "{}: in use by process {} (another painvrl command writes it); wait for it to end "
         "or stop it",
         dir, holder.empty() ? "?" : holder);
   }

@@ -269,6 +269,13 @@ void install_stop_handlers() {
   sa.sa_flags = SA_RESTART;
   sigaction(SIGINT, &sa, nullptr);
   sigaction(SIGTERM, &sa, nullptr);
+  // A sweep worker starts with both signals blocked (sweep.cpp), so that a stop sent between its
+  // fork and this point is held, not fatal: it is delivered to the handler here.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  sigprocmask(SIG_UNBLOCK, &stop_signals, nullptr);
 }
 
 const std::atomic<int>& stop_signal() { return g_stop_signal; }

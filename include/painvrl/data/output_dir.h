@@ -31,6 +31,8 @@ class DirLock {
  public:
   DirLock() = default;
   static DirLock acquire(const std::string& dir);
+  // As acquire, but waits up to `wait_seconds` for the holder to let go before refusing.
+  static DirLock acquire(const std::string& dir, double wait_seconds);
   DirLock(DirLock&& o) noexcept : fd_(o.fd_) { o.fd_ = -1; }
   DirLock& operator=(DirLock&& o) noexcept;
   DirLock(const DirLock&) = delete;
