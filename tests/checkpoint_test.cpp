@@ -318,6 +318,36 @@ TEST(Resume, ChangedDatasetOrMissingRunIsRefused) {
   EXPECT_THROW(resume_training(RunOptions{"", fx.tmp / "empty", false}, -1), InputError);
 }
 
+// An edited RUN/config.toml is refused on --resume, naming each changed key with both values;
+// a cosmetic edit (a comment) and a changed thread count are not changes; the restored file
+// resumes.
+TEST(Resume, EditedConfigFileIsRefusedNamingTheKeys) {
+  Fixture fx;
+  const Config c = tiny_config("ultragcn");
+  const std::string got = fx.tmp / "run";
+  stop_after_polls_for_testing(5);
+  EXPECT_THROW(run_training(c, RunOptions{fx.data, got, false}), Interrupted);
+  stop_after_polls_for_testing(0);
+  const std::string path = got + "/config.toml", original = test::read_bytes(path);
+  std::string edited = original;
+  const size_t lr = edited.find("\nlr = ");
+  ASSERT_NE(lr, std::string::npos) << edited;
+  edited.replace(lr, edited.find('\n', lr + 1) - lr, "\nlr = 0.5");
+  test::write_file(path, edited);
+  try {
+    resume_training(RunOptions{"", got, false}, -1);
+    ADD_FAILURE() << "resumed with an edited config.toml";
+  } catch (const InputError& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("config.toml was edited"), std::string::npos) << what;
+    EXPECT_NE(what.find("lr = 0.5 (the run's: "), std::string::npos) << what;
+  }
+  EXPECT_FALSE(fs::exists(got + "/summary.json"));
+  test::write_file(path, "# my notes\n" + original);
+  EXPECT_NO_THROW(resume_training(RunOptions{"", got, false}, 1));
+  EXPECT_TRUE(fs::exists(got + "/summary.json"));
+}
+
 // ---- through the program -------------------------------------------------------------------
 
 std::string tiny_args() {

@@ -187,6 +187,26 @@ TEST(Cli, EveryBadInputExitsOneWithAClearMessageAndWritesNothing) {
       {"binary junk training file", [&](auto d) { write_file(d + "/train.txt", junk); },
        "train.txt:1: column 1 (user)"},
       {"missing split file", [](auto d) { fs::remove(d + "/test.txt"); }, "test.txt"},
+      {"empty test file", [](auto d) { write_file(d + "/test.txt", ""); },
+       "test.txt: no test pairs"},
+      {"test file that repeats training pairs",
+       [](auto d) { write_file(d + "/test.txt", read_bytes(d + "/train.txt")); },
+       "test.txt: no test pairs left"},
+      {"symlink loop for a split file",
+       [](auto d) {
+         fs::remove(d + "/test.txt");
+         fs::create_symlink("loop-b", d + "/test.txt");
+         fs::create_symlink("test.txt", d + "/loop-b");
+       },
+       "test.txt: Too many levels of symbolic links"},
+      {"symlink loop for a split file of a detected layout",
+       [](auto d) {
+         fs::remove(d + "/dataset.toml");
+         fs::remove(d + "/test.txt");
+         fs::create_symlink("loop-b", d + "/test.txt");
+         fs::create_symlink("test.txt", d + "/loop-b");
+       },
+       "test.txt: cannot be read: Too many levels of symbolic links", "ultragcn"},
       // ids and headers, pairs TSV and .inter
       {"TSV negative id",
        [&](auto d) {
@@ -316,7 +336,8 @@ TEST(Cli, EveryBadInputExitsOneWithAClearMessageAndWritesNothing) {
          write_npy_raw(d + "/f.npy", "{'descr': '>f8', 'fortran_order': False, 'shape': (4, 2), }",
                        dbl, sizeof dbl);
        },
-       "f.npy: .npy header field 'descr': big-endian dtype '>f8'"},
+       "f.npy: .npy header field 'descr': big-endian dtype '>f8' is not supported; expected "
+       "its little-endian form '<f8'"},
       {"empty npy file", [](auto d) { write_file(d + "/f.npy", ""); }, "f.npy: the file is empty"},
       {"not an npy file", [](auto d) { write_file(d + "/f.npy", "junk\x01\x02 not numpy"); },
        "f.npy: bad magic string"},
@@ -367,6 +388,10 @@ TEST(Cli, BadConfigurationExitsOneAndWritesNothing) {
   }
   expect_rejected("train --data " + (tmp / "nodata") + " --out " + run,
                   tmp / "nodata" + ": dataset directory not found", run, "missing dataset");
+  fs::create_symlink("loop", tmp / "loop");
+  expect_rejected("train --data " + (tmp / "loop") + " --out " + run,
+                  tmp / "loop" + ": cannot read the dataset directory: Too many levels of symbolic",
+                  run, "dataset directory a symlink loop");
   EXPECT_EQ(run_program("train --data").status, 1);  // command-line parse error
 }
 

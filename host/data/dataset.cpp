@@ -593,9 +593,16 @@ class SpecReader {
   const std::string& toml_path_;
 };
 
+// A regular file (after symlinks); false when nothing is there. A path that exists but cannot be
+// followed (a symlink loop, a permission) is an error naming it, not "missing".
 bool is_file(const fs::path& path) {
   std::error_code error;
-  return fs::is_regular_file(path, error);
+  const fs::file_status status = fs::status(path, error);
+  if (error && error != std::errc::no_such_file_or_directory &&
+      error != std::errc::not_a_directory) {
+    input_error("{}: cannot be read: {}", path.string(), error.message());
+  }
+  return fs::is_regular_file(status);
 }
 
 DatasetSpec detect_layout(const std::string& dir) {
@@ -852,7 +859,11 @@ void write_lightgcn(const std::string& path, const PairList& pairs, int32_t n_us
 
 Dataset load_dataset(const std::string& dir, const LoadOptions& options) {
   std::error_code error;
-  if (!fs::exists(dir, error)) input_error("{}: dataset directory not found", dir);
+  const bool exists = fs::exists(dir, error);
+  if (error && error != std::errc::no_such_file_or_directory) {
+    input_error("{}: cannot read the dataset directory: {}", dir, error.message());
+  }
+  if (!exists) input_error("{}: dataset directory not found", dir);
   if (!fs::is_directory(dir, error)) {
     input_error("{}: not a directory; expected a dataset directory", dir);
   }
@@ -905,7 +916,6 @@ Dataset load_dataset(const std::string& dir, const LoadOptions& options) {
   if (dataset.train.size() == 0) {
     input_error("{}: no training pairs; expected at least one (user, item) pair", train_source);
   }
-  if (dataset.test.size() == 0) log_warn(fmt::format("{}: no test pairs", test_source));
 
   int64_t largest_set_user = largest_listed_user, largest_set_item = -1;
   for (const TestSet& set : dataset.test_sets) {
@@ -942,6 +952,16 @@ Dataset load_dataset(const std::string& dir, const LoadOptions& options) {
                            set.file, dup, rep));
     }
   }
+  // Metrics over no users are not results: a test file with nothing left to evaluate is refused.
+  auto require_test_pairs = [](const PairList& pairs, const std::string& source, int64_t read) {
+    if (pairs.size() > 0) return;
+    input_error(
+        "{}: no test pairs{}; expected at least one held-out (user, item) pair that is not a "
+        "training pair",
+        source, read > 0 ? fmt::format(" left (all {} repeat training pairs)", read) : "");
+  };
+  require_test_pairs(dataset.test, test_source, test_in_train);
+  for (const TestSet& set : dataset.test_sets) require_test_pairs(set.pairs, set.file, 0);
   if (report.heldout_in_train > 0) {
     log_warn(
         fmt::format("{}: dropped {} held-out pairs that repeat a training pair ({} valid, {} "

@@ -339,6 +339,14 @@ NpyDtype parse_descr(const std::string& descr, const std::string& path) {
   if (descr == "<i4") return NpyDtype::kInt32;
   if (descr == "<i8") return NpyDtype::kInt64;
   if (!descr.empty() && descr[0] == '>') {
+    // Name the little-endian twin of the file's own type (a float file gets a float answer).
+    const std::string twin = "<" + descr.substr(1);
+    if (twin == "<f4" || twin == "<f8" || twin == "<i4" || twin == "<i8") {
+      input_error(
+          "{}: .npy header field 'descr': big-endian dtype '{}' is not supported; expected its "
+          "little-endian form '{}' (numpy: np.save(path, array.astype('{}')))",
+          path, escape_bytes(descr), twin, twin);
+    }
     input_error(
         "{}: .npy header field 'descr': big-endian dtype '{}' is not supported; expected "
         "little-endian {}",

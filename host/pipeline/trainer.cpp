@@ -12,7 +12,9 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "painvrl/backend/backend.h"
 #include "painvrl/data/dataset.h"
@@ -658,6 +660,44 @@ void execute_run(const Config& config, const std::string& data_dir, const std::s
   }
 }
 
+// A run continues with the config it started with (the checkpoint's). A config.toml edited since
+// is refused, naming each key that differs, rather than ignored without a word.
+void refuse_edited_config(const std::string& path, const Config& recorded) {
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec)) return;  // removed: the checkpoint has it all
+  Config edited;
+  try {
+    apply_toml(edited, read_text_file(path), path);
+  } catch (const InputError& e) {
+    input_error("--resume: {} was edited and no longer reads as the run's config: {}", path,
+                e.what());
+  }
+  auto key_values = [](const Config& c) {
+    std::map<std::string, std::string> out;
+    std::istringstream lines(to_toml(c));
+    for (std::string line; std::getline(lines, line);) {
+      const size_t eq = line.find(" = ");
+      if (eq != std::string::npos) out[line.substr(0, eq)] = line.substr(eq + 3);
+    }
+    return out;
+  };
+  const auto was = key_values(recorded), now = key_values(edited);
+  std::vector<std::string> changed;
+  for (const auto& [key, value] : now) {
+    if (key == "threads") continue;  // may change on resume (--set threads=N)
+    const auto it = was.find(key);
+    if (it == was.end() || it->second != value) {
+      changed.push_back(fmt::format("{} = {} (the run's: {})", key, value,
+                                    it == was.end() ? "unset" : it->second));
+    }
+  }
+  if (changed.empty()) return;
+  input_error(
+      "--resume: {} was edited since the run started ({}); a run continues only with the "
+      "config it started with: restore the file, or start a new run with --config {}",
+      path, fmt::join(changed, "; "), path);
+}
+
 }  // namespace
 
 void run_training(const Config& config, const RunOptions& options) {
@@ -678,6 +718,7 @@ void resume_training(const RunOptions& options, int threads) {
   const LoadedCheckpoint peek = load_newest_checkpoint(dir, 0, false);
   Config config;
   apply_toml(config, peek.checkpoint.meta.value("config", std::string()), peek.path);
+  refuse_edited_config(dir + "/config.toml", config);
   if (threads >= 0) config.threads = threads;
   const std::string data_dir = !options.data_dir.empty()
                                    ? options.data_dir

@@ -55,6 +55,8 @@ def npy_seeds():
     put(t, "float64-overflow.npy", npy(np.array([[1e300, 1]], dtype=np.float64)))
     put(t, "fortran.npy", npy(np.asfortranarray(features.astype(np.float64))))
     put(t, "big-endian.npy", npy(features.astype(">f4")))
+    put(t, "big-endian-f8.npy", npy(features.astype(">f8")))
+    put(t, "big-endian-i8.npy", npy(np.arange(4, dtype=">i8")))
     put(t, "int16.npy", npy(np.arange(4, dtype=np.int16)))
     put(t, "huge-shape.npy",
         raw_npy("{'descr': '<f4', 'fortran_order': False, 'shape': (1000000000000, 2), }",
@@ -73,6 +75,8 @@ def interaction_seeds():
     put(t, "lightgcn.txt", "0 1 2\n1 3\n2\n\n3 0 0\n4\t5  6 \n")
     put(t, "lightgcn-crlf.txt", "0 1 2\r\n1 3\r\n\r\n2 4")
     put(t, "lightgcn-bad.txt", "0 1 -2\n1 99999999999\n2 x\n")
+    put(t, "empty.txt", "")
+    put(t, "users-only.txt", "0\n1\n2\n")
     put(t, "pairs.tsv", "user\titem\n0\t5\n\n2\t1\n7\t0\n")
     put(t, "pairs-crlf.tsv", "\xef\xbb\xbfuser\titem\r\n0\t5\r\n2\t1")
     put(t, "pairs-bad.tsv", "user\titem\n0\t5\t9\n-1\t2\n")
@@ -88,6 +92,8 @@ def config_seeds():
             shutil.copy(os.path.join(CONFIGS, name), os.path.join(CORPUS, t, name))
     examples = os.path.join(CONFIGS, "examples")
     for name in sorted(os.listdir(examples)):
+        if not name.endswith(".toml"):
+            continue  # sweeps/ holds sweep specs, not configs
         shutil.copy(os.path.join(examples, name), os.path.join(CORPUS, t, "example-" + name))
     put(t, "small.toml", 'method = "ultragcn-mm"\ndim = 32\neval_ks = [5, 10]\nattention = false\n')
     put(t, "crlf.toml", 'method = "painvrl"\r\nkappa = 0.5\r\nselect_metric = "recall@20"')
