@@ -717,6 +717,25 @@ TEST(Cli, QuietKeepsWarningsAndZeroEpochsIsRefused) {
   EXPECT_FALSE(fs::exists(tmp / "z"));
 }
 
+// A config key given as an option (`train --epochs 3`) gets a hint toward --set; an option
+// that is also a key (--seed) is not mistaken for one.
+TEST(Cli, ConfigKeyGivenAsAnOptionGetsASetHint) {
+  for (const std::string& args : {std::string("train --data d --out r --epochs 3"),
+                                  std::string("train --seed 3 --learning-rate=0.1 --data d")}) {
+    const auto r = run_program(args);
+    EXPECT_EQ(r.status, 1) << args;
+    const std::string want = args.find("--epochs") != std::string::npos
+                                 ? "hint: `epochs` is a config key, not an option; set it with "
+                                   "--set epochs=3"
+                                 : "";
+    if (!want.empty()) {
+      EXPECT_NE(r.output.find(want), std::string::npos) << args << ": " << r.output;
+    } else {
+      EXPECT_EQ(r.output.find("hint: `seed`"), std::string::npos) << args << ": " << r.output;
+    }
+  }
+}
+
 // OpenMP threads sleep at barriers unless the user chose otherwise: the program sets
 // OMP_WAIT_POLICY = PASSIVE and executes itself again (libgomp reads it before main), and says so.
 TEST(Cli, OpenMpWaitsPassivelyUnlessTheUserChoseAPolicy) {

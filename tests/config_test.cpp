@@ -42,6 +42,20 @@ TEST(Config, UnknownKeySuggestsNearest) {
   EXPECT_NE(t.find("`batch_size`"), std::string::npos) << t;
 }
 
+// Names other trainers use for our keys are far from ours by edit distance; they get our name.
+TEST(Config, OtherTrainersNamesSuggestOurKey) {
+  Config c;
+  for (const auto& [other, ours] :
+       std::vector<std::pair<std::string, std::string>>{{"learning_rate", "lr"},
+                                                        {"Learning_Rate", "lr"},
+                                                        {"embedding_size", "dim"},
+                                                        {"num_epochs", "epochs"},
+                                                        {"weight_decay", "gamma_emb"}}) {
+    const std::string e = error_of([&] { apply_override(c, other + "=1"); });
+    EXPECT_NE(e.find("did you mean `" + ours + "`"), std::string::npos) << other << ": " << e;
+  }
+}
+
 TEST(Config, MistypedValuesNameTheKey) {
   Config c;
   EXPECT_NE(error_of([&] { apply_override(c, "dim=abc"); }).find("dim"), std::string::npos);
@@ -140,6 +154,12 @@ TEST(Config, ResolvedConfigRoundTrips) {
   EXPECT_EQ(back.seed, 77u);
   EXPECT_DOUBLE_EQ(back.init_std, 0.0003);
   EXPECT_DOUBLE_EQ(back.w1, 1e-7);
+  // Floats in their shortest round-trip form: what the user would write, not 17 digits.
+  const std::string text = to_toml(c);
+  EXPECT_NE(text.find("\nadam_beta1 = 0.9\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("\ninit_std = 0.0003\n"), std::string::npos) << text;
+  EXPECT_EQ(text.find("00000000"), std::string::npos) << text;
+  EXPECT_NE(to_toml(c, true).find("\nadam_beta1 = 0.90000000000000002\n"), std::string::npos);
 }
 
 }  // namespace

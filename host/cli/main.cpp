@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -34,6 +35,38 @@ void ensure_passive_openmp(char** argv) {
   if (std::getenv("OMP_WAIT_POLICY")) return;
   if (setenv("OMP_WAIT_POLICY", "PASSIVE", 1) != 0) return;
   execv("/proc/self/exe", argv);  // returns only when it failed: run with the default policy
+}
+
+// After a command-line error: an option that is really a config key (`train --epochs 3`) gets a
+// hint toward --set, since config keys are not options.
+bool is_option(CLI::App* app, const std::string& flag) {
+  if (app->get_option_no_throw(flag)) return true;
+  for (CLI::App* sub : app->get_subcommands([](CLI::App*) { return true; })) {
+    if (is_option(sub, flag)) return true;
+  }
+  return false;
+}
+
+void print_set_hint(CLI::App& app, int argc, char** argv) {
+  for (int k = 1; k < argc; ++k) {
+    const std::string arg = argv[k];
+    if (arg.rfind("--", 0) != 0 || arg.size() < 3) continue;
+    const std::string flag = arg.substr(0, arg.find('='));
+    if (is_option(&app, flag)) continue;  // --method, --seed, ... are options too
+    std::string name = flag.substr(2);
+    std::replace(name.begin(), name.end(), '-', '_');
+    for (const auto& [key, help] : config_keys()) {
+      if (key != name) continue;
+      std::string value = arg.find('=') != std::string::npos ? arg.substr(arg.find('=') + 1)
+                          : k + 1 < argc                     ? std::string(argv[k + 1])
+                                                             : std::string("VALUE");
+      std::fprintf(stderr,
+                   "hint: `%s` is a config key, not an option; set it with --set %s=%s "
+                   "(`painvrl keys` lists the keys)\n",
+                   name.c_str(), name.c_str(), value.c_str());
+      return;
+    }
+  }
 }
 
 }  // namespace
@@ -241,6 +274,7 @@ int main(int argc, char** argv) {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     const int code = app.exit(e);
+    if (code != 0) print_set_hint(app, argc, argv);
     return code == 0 ? 0 : 1;
   }
 

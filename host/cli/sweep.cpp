@@ -346,7 +346,7 @@ void sweep_plan(const std::string& spec_path, const std::string& dir) {
     }
     Config for_id = c;
     for_id.threads = 0;  // the thread count does not change results
-    const std::string key = to_toml(for_id) + "\ndata = " + r.data + "\n";
+    const std::string key = to_toml(for_id, true) + "\ndata = " + r.data + "\n";
     r.id = fmt::format("{:016x}", hash64(key.data(), key.size())).substr(0, 12);
     r.config_toml = to_toml(c);
     runs.push_back(std::move(r));

@@ -154,6 +154,38 @@ const Key& find_key(const std::string& name, const std::string& origin) {
   for (const Key& k : keys()) {
     if (name == k.name) return k;
   }
+  // What other trainers (UltraGCN's and InvRL's configs, RecBole, MMRec) call our keys: their
+  // names are far from ours by edit distance (learning_rate is nearer to init_std than to lr).
+  static const std::pair<const char*, const char*> kOtherNames[] = {
+      {"learning_rate", "lr"},
+      {"learning-rate", "lr"},
+      {"learningrate", "lr"},
+      {"embedding_dim", "dim"},
+      {"embedding_size", "dim"},
+      {"embed_dim", "dim"},
+      {"emb_dim", "dim"},
+      {"latent_dim", "dim"},
+      {"num_epochs", "epochs"},
+      {"n_epochs", "epochs"},
+      {"max_epoch", "epochs"},
+      {"max_epochs", "epochs"},
+      {"weight_decay", "gamma_emb"},
+      {"reg_weight", "gamma_emb"},
+      {"num_negatives", "negatives"},
+      {"negative_num", "negatives"},
+      {"neg_num", "negatives"},
+      {"random_seed", "seed"},
+      {"num_threads", "threads"},
+      {"train_batch_size", "batch_size"}};
+  std::string lower = name;
+  std::transform(lower.begin(), lower.end(), lower.begin(),
+                 [](unsigned char ch) { return char(std::tolower(ch)); });
+  for (const auto& [other, ours] : kOtherNames) {
+    if (lower == other) {
+      input_error("{}: unknown config key `{}`; did you mean `{}`? (`painvrl keys` lists them all)",
+                  origin, name, ours);
+    }
+  }
   // The nearest key by edit distance, over the name's first 40 characters: every key is under 20,
   // so a longer name is nobody's typo, and the search costs time in the name's length.
   const std::string head = name.substr(0, 40);
@@ -404,7 +436,7 @@ void validate(const Config& c) {
   need(metric_ok, "select_metric", "recall@K, precision@K or ndcg@K with K in eval_ks");
 }
 
-std::string to_toml(const Config& c) {
+std::string to_toml(const Config& c, bool seventeen_digits) {
   std::string out = "# painvrl resolved configuration\n";
   for (const Key& key : keys()) {
     std::visit(
@@ -416,7 +448,9 @@ std::string to_toml(const Config& c) {
           } else if constexpr (std::is_same_v<M, bool>) {
             out += fmt::format("{} = {}\n", key.name, v ? "true" : "false");
           } else if constexpr (std::is_same_v<M, double>) {
-            std::string text = fmt::format("{:.17g}", v);
+            // The shortest text that reads back as the same double (0.9, not
+            // 0.90000000000000002), unless the caller wants the 17-digit form.
+            std::string text = seventeen_digits ? fmt::format("{:.17g}", v) : fmt::format("{}", v);
             if (text.find_first_of(".en") == std::string::npos) text += ".0";  // stays a float
             out += fmt::format("{} = {}\n", key.name, text);
           } else if constexpr (std::is_same_v<M, std::vector<int>>) {

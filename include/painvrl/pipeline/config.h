@@ -129,7 +129,9 @@ std::string nearest_name(const std::string& name, const std::vector<std::string>
 // Checks values and their combinations; throws InputError naming the key.
 void validate(const Config& config);
 // The resolved configuration as TOML (written into the run directory; re-readable).
-std::string to_toml(const Config& config);
+// Floats are written in their shortest round-trip form; `seventeen_digits` gives the form of
+// earlier versions (%.17g), which sweep run ids hash so that ids planned before stay the same.
+std::string to_toml(const Config& config, bool seventeen_digits = false);
 
 // Presets shipped in configs/*.toml, compiled into the program.
 const std::vector<std::pair<std::string, std::string>>& shipped_presets();
