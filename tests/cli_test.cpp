@@ -526,6 +526,8 @@ TEST(Cli, OverwriteNeverTouchesTheDataOrTheUsersFiles) {
   ASSERT_EQ(
       run_program("train --data " + data + " --out " + run + " --set epochs=1 --set dim=8").status,
       0);
+  const std::string spec = (tmp.path / "spec.toml").string();
+  write_file(spec, "data = \"" + data + "\"\n[set]\nepochs = 1\ndim = 8\n[axes]\nseed = [1, 2]\n");
   const auto before = snapshot(root);
   const std::vector<std::string> targets = {data,
                                             home.string(),
@@ -548,6 +550,9 @@ TEST(Cli, OverwriteNeverTouchesTheDataOrTheUsersFiles) {
       if (!existed && r.status == 0) fs::remove_all(t);
       r = run_program("split --data " + data + " --out " + t + " --environments file");
       EXPECT_EQ(r.status, 1) << "split " << what << ": " << r.output;
+      // sweep plan has no --overwrite: it adds runs to a sweep directory, and writes nowhere else.
+      r = run_program("sweep plan " + spec + " --out " + t);
+      EXPECT_EQ(r.status, 1) << "sweep plan " << t << ": " << r.output;
       EXPECT_EQ(snapshot(root), before) << what;
     }
   }

@@ -358,9 +358,29 @@ void sweep_plan(const std::string& spec_path, const std::string& dir) {
     if (a == axes.size()) break;
   }
 
+  // The sweep directory: apart from everything the runs read, and either new, empty, or a sweep
+  // directory already (planning again adds the new runs); never a directory of other files.
+  std::vector<std::string> reads;
+  for (const Run& r : runs) reads.push_back(r.data);
+  check_apart("--out", dir, reads);
   std::error_code ec;
+  if (fs::exists(fs::symlink_status(dir, ec))) {
+    if (!fs::is_directory(dir, ec)) input_error("--out {}: exists and is not a directory", dir);
+    const std::string kind = output_kind(dir);
+    const bool earlier_sweep = kind.empty() && fs::exists(dir + "/manifest.json", ec);
+    if (!kind.empty() && kind != "sweep") {
+      input_error("--out {}: a painvrl {} directory, not a sweep's; choose another", dir, kind);
+    }
+    if (kind.empty() && !earlier_sweep && !fs::is_empty(dir, ec)) {
+      input_error(
+          "--out {}: exists and is not a painvrl sweep directory (no {} marker, no "
+          "manifest.json); choose a new or empty directory",
+          dir, kOutputMarker);
+    }
+  }
   fs::create_directories(dir + "/runs", ec);
   if (ec) input_error("{}: cannot create the sweep directory: {}", dir, ec.message());
+  if (output_kind(dir).empty()) mark_output_dir(dir, "sweep");
   int added = 0;
   std::set<std::string> planned;
   json manifest = {{"spec", fs::absolute(spec_path).string()},

@@ -64,9 +64,8 @@ bool is_export_entry(const std::string& name) {
          ends_with(name, ".tsv") || name.find(".tmp.") != std::string::npos;
 }
 
-void check_output_dir(const std::string& flag, const std::string& out,
-                      const std::vector<std::string>& reads, bool overwrite,
-                      const std::string& kind, bool (*is_own)(const std::string& name)) {
+void check_apart(const std::string& flag, const std::string& out,
+                 const std::vector<std::string>& reads) {
   const fs::path target = canonical_path(out);
   for (const std::string& r : reads) {
     if (r.empty()) continue;
@@ -76,6 +75,20 @@ void check_output_dir(const std::string& flag, const std::string& out,
                   out, within(target, input) ? "is or lies inside" : "contains", r);
     }
   }
+}
+
+std::string output_kind(const std::string& dir) {
+  std::error_code ec;
+  if (!fs::is_regular_file(fs::path(dir) / kOutputMarker, ec)) return "";
+  std::string kind = read_text_file(dir + "/" + kOutputMarker);
+  while (!kind.empty() && (kind.back() == '\n' || kind.back() == '\r')) kind.pop_back();
+  return kind;
+}
+
+void check_output_dir(const std::string& flag, const std::string& out,
+                      const std::vector<std::string>& reads, bool overwrite,
+                      const std::string& kind, bool (*is_own)(const std::string& name)) {
+  check_apart(flag, out, reads);
   std::error_code ec;
   if (!fs::exists(fs::symlink_status(out, ec))) return;
   if (!overwrite) input_error("{} {}: exists; choose another or pass --overwrite", flag, out);

@@ -17,6 +17,12 @@ inline constexpr const char* kOutputMarker = ".painvrl-output";
 void check_output_dir(const std::string& flag, const std::string& out,
                       const std::vector<std::string>& reads, bool overwrite,
                       const std::string& kind, bool (*is_own)(const std::string& name));
+// The containment part of check_output_dir alone: `out` is not, does not hold and does not lie
+// inside any of `reads`.
+void check_apart(const std::string& flag, const std::string& out,
+                 const std::vector<std::string>& reads);
+// The kind named by `dir`'s marker ("" when it has none).
+std::string output_kind(const std::string& dir);
 // Writes the marker of `kind` into `dir` (just created).
 void mark_output_dir(const std::string& dir, const std::string& kind);
 // Moves an existing `out` to "<out>.replaced.<pid>" and returns that path ("" when out does not
