@@ -700,6 +700,44 @@ TEST(Cli, TwoWritersOnOneRunDirectoryOneWins) {
     EXPECT_EQ(read_bytes(run + "/model.npy"), want) << "round " << round;
     EXPECT_TRUE(fs::exists(run + "/summary.json"));
   }
+  // Two --resume of one stopped run: one finishes it, the other is refused at once (or, arriving
+  // after the end, finds it complete); the run equals the lone one.
+  int resumed_pairs = 0;
+  for (int round = 0; round < 8 && resumed_pairs < (sanitized ? 2 : 4); ++round) {
+    const std::string run = tmp / ("stopped" + std::to_string(round));
+    const pid_t first = spawn_program(args + run, tmp / "first.log");
+    ::usleep(useconds_t(50000 + 30000 * round));
+    ::kill(first, SIGTERM);
+    int st = 0;
+    ::waitpid(first, &st, 0);
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 75) continue;  // it ended before the signal
+    ++resumed_pairs;
+    const auto t0 = std::chrono::steady_clock::now();
+    const pid_t a = spawn_program("train --resume " + run, tmp / "a.log");
+    const pid_t b = spawn_program("train --resume " + run, tmp / "b.log");
+    int sa = 0, sb = 0;
+    double ta = -1, tb = -1;
+    while (ta < 0 || tb < 0) {
+      const double now =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if (ta < 0 && ::waitpid(a, &sa, WNOHANG) == a) ta = now;
+      if (tb < 0 && ::waitpid(b, &sb, WNOHANG) == b) tb = now;
+      ASSERT_LT(now, 120.0) << "resume round " << round << ": a writer hangs";
+      ::usleep(2000);
+    }
+    const int ea = WIFEXITED(sa) ? WEXITSTATUS(sa) : -1, eb = WIFEXITED(sb) ? WEXITSTATUS(sb) : -1;
+    const std::string logs = read_bytes(tmp / "a.log") + read_bytes(tmp / "b.log");
+    EXPECT_TRUE(ea == 0 || eb == 0) << "resume round " << round << ": " << ea << ", " << eb << logs;
+    for (const auto& [e, t] : {std::pair{ea, ta}, std::pair{eb, tb}}) {
+      EXPECT_TRUE(e == 0 || e == 1) << "resume round " << round << ": exit " << e << logs;
+      if (e == 1) {
+        EXPECT_LT(t, refuse_within) << "resume round " << round;
+        EXPECT_NE(logs.find("in use by process"), std::string::npos) << logs;
+      }
+    }
+    EXPECT_EQ(read_bytes(run + "/model.npy"), want) << "resume round " << round;
+  }
+  EXPECT_GT(resumed_pairs, 0) << "no run was stopped before its end";
 }
 
 // Issue 19, defect 6 (two of the small ones): --quiet hides progress, never a warning; epochs = 0
