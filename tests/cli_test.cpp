@@ -4,6 +4,7 @@
 // sanitizer report and no run directory; CRLF and no-final-newline twins of every text input
 // train and split exactly like the LF files; and on the real MovieLens-100K split UltraGCN beats
 // the most-popular baseline.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
@@ -799,6 +800,84 @@ TEST(Cli, OpenMpWaitsPassivelyUnlessTheUserChoseAPolicy) {
 
 // Must-show 4 of the foundation: on the real ML-100K split, UltraGCN clearly beats the
 // most-popular baseline on test Recall@20. (The folder must exist: a missing one fails.)
+// Issue 20, items 3, 4 and 7: the rough edges a new user met. An MMRec directory with feature
+// files but no dataset.toml says they are not read; summary.json's train_seconds counts the whole
+// pipeline (final_train_seconds the final model alone); the run's log.txt has what stderr shows,
+// the early dataset warnings and the last word of a failure included; a warning is printed once;
+// invrl logs no Pareto weight; split names its datasets after the source and its cold manifest
+// counts the items training sees without pairs.
+TEST(Cli, NewUsersRoughEdgesAreGone) {
+  TempDir tmp("rough");
+  const std::string mm = tmp / "mmrec";
+  write_inter_dataset(mm);
+  const float feat[8] = {1, 0, 0, 1, 1, 1, 0.5f, 2};
+  write_npy_raw(mm + "/image_feat.npy",
+                "{'descr': '<f4', 'fortran_order': False, 'shape': (4, 2), }", feat, sizeof feat);
+  auto r = run_program("train --method ultragcn --data " + mm + " --out " + (tmp / "mm-run") +
+                       " --set epochs=1 --set dim=4 --set negatives=2");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("image_feat.npy) are not read without a dataset.toml"), std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("tools/convert/from_mmrec.py"), std::string::npos) << r.output;
+
+  const std::string data = tmp / "synth";
+  ASSERT_EQ(run_program("synth --out " + data + " --seed 3 --users 150 --items 100").status, 0);
+  const std::string tiny =
+      " --set dim=8 --set negatives=4 --set batch_size=64 --set epochs=3 --set eval_every=1"
+      " --set pretrain_epochs=2 --set outer_iterations=1 --set envs=2 --set him_epochs=1"
+      " --set him_rounds=1 --set mask_epochs=2 --set mask_batch=64 --set attention_hidden=4";
+  const std::string run = tmp / "painvrl";
+  r = run_program("train --method painvrl --data " + data + " --out " + run + tiny);
+  ASSERT_EQ(r.status, 0) << r.output;
+  const auto summary = test::read_json(run + "/summary.json");
+  double stages = 0;
+  for (const auto& [name, stage] : summary["stages"].items())
+    stages += stage["seconds"].get<double>();
+  EXPECT_GT(stages, 0);
+  EXPECT_NEAR(summary["train_seconds"].get<double>(),
+              stages + summary["final_train_seconds"].get<double>(), 1e-9);
+  EXPECT_LE(summary["train_seconds"].get<double>(), summary["wall_seconds"].get<double>());
+  const std::string log = read_bytes(run + "/log.txt");
+  EXPECT_NE(log.find("done: best epoch"), std::string::npos) << log;
+  EXPECT_NE(log.find("graph: degrees"), std::string::npos) << log;  // before the directory existed
+  EXPECT_NE(log.find("items have no training pairs"), std::string::npos) << log;
+  // Each warning once on stderr.
+  const std::string warning = "items have no training pairs";
+  const size_t first = r.output.find(warning);
+  ASSERT_NE(first, std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find(warning, first + 1), std::string::npos) << r.output;
+
+  r = run_program("train --method invrl --data " + data + " --out " + (tmp / "invrl") + tiny);
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(r.output.find("w_ERM"), std::string::npos) << r.output;
+
+  // A failure after the run directory exists ends log.txt with its reason.
+  const std::string lr_run = tmp / "diverged";
+  r = run_program("train --method ultragcn --data " + data + " --out " + lr_run +
+                  " --set lr=1e38 --set epochs=1 --set dim=4");
+  EXPECT_EQ(r.status, 3) << r.output;
+  EXPECT_NE(read_bytes(lr_run + "/log.txt").find("diverged: "), std::string::npos)
+      << read_bytes(lr_run + "/log.txt");
+
+  const std::string ood = tmp / "split-ood", cold = tmp / "split-cold";
+  ASSERT_EQ(run_program("split --data " + data + " --out " + ood + " --environments file").status,
+            0);
+  EXPECT_NE(read_bytes(ood + "/ood/dataset.toml").find("name = \"synth-ood\""), std::string::npos)
+      << read_bytes(ood + "/ood/dataset.toml");
+  EXPECT_NE(read_bytes(ood + "/iid/dataset.toml").find("name = \"synth-iid\""), std::string::npos);
+  ASSERT_EQ(run_program("split --data " + data + " --out " + cold +
+                        " --environments file --protocol cold")
+                .status,
+            0);
+  const auto manifest = test::read_json(cold + "/manifest.json");
+  r = run_program("inspect " + cold + "/cold-ood");
+  ASSERT_EQ(r.status, 0) << r.output;
+  const std::string count = fmt::format("{} of 100 items have no training pairs",
+                                        manifest["items_without_training_pairs"].get<int>());
+  EXPECT_NE(r.output.find(count), std::string::npos) << count << "\n" << r.output;
+  EXPECT_GE(manifest["items_without_training_pairs"].get<int>(), manifest["cold_items"].get<int>());
+}
+
 TEST(Cli, UltraGcnBeatsMostPopularOnMl100k) {
   TempDir tmp("ml100k");
   const std::string data = test::shared_dir() + "/data/ml100k";

@@ -371,23 +371,23 @@ int main(int argc, char** argv) {
       for (const auto& [name, text] : shipped_presets()) std::printf("%s\n", name.c_str());
     }
   } catch (const InputError& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
+    log_final(fmt::format("error: {}", e.what()));
     return 1;
   } catch (const Interrupted& e) {
     if (run_dir.empty()) {  // sweep run: its message says how to go on
-      std::fprintf(stderr, "interrupted: %s\n", e.what());
+      log_final(fmt::format("interrupted: {}", e.what()));
     } else {
-      std::fprintf(stderr, "interrupted: %s\ncontinue with: painvrl train --resume %s\n", e.what(),
-                   run_dir.c_str());
+      log_final(fmt::format("interrupted: {}\ncontinue with: painvrl train --resume {}", e.what(),
+                            run_dir));
     }
     return kExitInterrupted;
   } catch (const Diverged& e) {
     const auto saved = list_checkpoints(run_dir);
-    std::fprintf(stderr, "diverged: %s\nthe last good checkpoint: %s\n", e.what(),
-                 saved.empty() ? "none" : saved.front().second.c_str());
+    log_final(fmt::format("diverged: {}\nthe last good checkpoint: {}", e.what(),
+                          saved.empty() ? "none" : saved.front().second));
     return kExitDiverged;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "internal error: %s\n", e.what());
+    log_final(fmt::format("internal error: {}", e.what()));
     return 2;
   }
   return 0;

@@ -55,6 +55,16 @@ void per_user_holdout(const PairList& pairs, int32_t n_users, double share, math
   }
 }
 
+// Text for inside a TOML basic string.
+std::string toml_escaped(const std::string& s) {
+  std::string out;
+  for (char ch : s) {
+    if (ch == '"' || ch == '\\') out += '\\';
+    if (static_cast<unsigned char>(ch) >= 0x20) out += ch;
+  }
+  return out;
+}
+
 void write_split_dataset(const std::string& dir, const Dataset& src, const PairList& train,
                          const PairList& valid, const PairList& test, const std::string& note,
                          const std::map<std::pair<int32_t, int32_t>, int32_t>& env_of,
@@ -78,8 +88,8 @@ void write_split_dataset(const std::string& dir, const Dataset& src, const PairL
       "# Written by `painvrl split` ({}); see ../manifest.json.\nname = \"{}\"\n"
       "format = \"lightgcn\"\ntrain = \"train.txt\"\nvalid = \"val.txt\"\ntest = \"test.txt\"\n"
       "n_users = {}\nn_items = {}\nnormalize = {}\ntest_candidates = \"{}\"\n",
-      note, fs::path(dir).filename().string(), src.n_users, src.n_items,
-      src.normalized ? "true" : "false", test_candidates);
+      note, toml_escaped(src.name + "-" + fs::path(dir).filename().string()), src.n_users,
+      src.n_items, src.normalized ? "true" : "false", test_candidates);
   for (const Modality& m : src.modalities) {
     toml += fmt::format("[[modality]]\nname = \"{}\"\nfile = \"{}\"\n", m.name,
                         fs::absolute(m.file).string());
@@ -239,6 +249,12 @@ void run_split(const Config& asked, const std::string& data_dir, const std::stri
                           "cold items, training envs, ranked among the cold items", env_of, "cold");
       manifest["cold_fraction"] = cold_fraction;
       manifest["cold_items"] = n_cold;
+      // What training sees as items without pairs: the cold ones, and warm items whose pairs all
+      // went to the test environment or to validation.
+      std::vector<uint8_t> in_train(static_cast<size_t>(src.n_items), 0);
+      for (size_t p = 0; p < train.size(); ++p) in_train[train.item[p]] = 1;
+      manifest["items_without_training_pairs"] =
+          std::count(in_train.begin(), in_train.end(), uint8_t{0});
       manifest["counts"] = {{"train", train.size()},
                             {"valid", valid.size()},
                             {"cold_iid_test", iid_test.size()},

@@ -635,6 +635,21 @@ DatasetSpec detect_layout(const std::string& dir) {
   if (inter_files.size() == 1) {
     spec.format = "inter";
     spec.file = in_dir(inter_files[0].c_str());
+    // An MMRec directory keeps its features in *_feat.npy beside the .inter file, with no
+    // declaration of which rows they hold: they are not read without a dataset.toml, and saying
+    // nothing would train a model without content as if the features were in.
+    std::vector<std::string> feature_files;
+    for (const std::string& name : entries) {
+      if (name.size() > 9 && name.compare(name.size() - 9, 9, "_feat.npy") == 0)
+        feature_files.push_back(name);
+    }
+    if (!feature_files.empty()) {
+      log_warn(fmt::format(
+          "{}: an MMRec layout; its feature files ({}) are not read without a dataset.toml, so "
+          "the run has no item features; convert it with tools/convert/from_mmrec.py --source "
+          "{} --out DIR",
+          dir, fmt::join(feature_files, ", "), dir));
+    }
     return spec;
   }
   if (inter_files.size() > 1) {
@@ -985,7 +1000,7 @@ Dataset load_dataset(const std::string& dir, const LoadOptions& options) {
     // Expected in the cold-item protocol, where those items are the cold test's candidates.
     const std::string msg =
         fmt::format("{}: {} of {} items have no training pairs{}", dir, report.items_without_train,
-                    dataset.n_items, declares_cold ? " (the cold items of its cold tests)" : "");
+                    dataset.n_items, declares_cold ? " (its cold tests rank among them)" : "");
     if (declares_cold) {
       log_info(msg);
     } else {

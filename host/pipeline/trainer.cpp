@@ -552,6 +552,10 @@ void execute_run(const Config& config, const std::string& data_dir, const std::s
     replaced = create_run_dir(dir, lock);
     write_text_atomic(dir + "/config.toml", to_toml(config));
   }
+  // log.txt: what stderr shows, time-stamped, from the start of the run (the lines before this
+  // point included). Closed when the run completes; after a failure it stays open for the
+  // command's last word (main's log_final).
+  set_log_file(dir + "/log.txt");
   std::ofstream metrics_out(dir + "/metrics.jsonl", std::ios::out | mode);
   std::ofstream trace;
   if (invariant) trace.open(dir + "/trace.jsonl", std::ios::out | mode);
@@ -648,7 +652,16 @@ void execute_run(const Config& config, const std::string& data_dir, const std::s
   }
   summary["epochs_run"] = res.epochs_run;
   summary["stopped_early"] = res.stopped_early;
-  summary["train_seconds"] = res.train_seconds;
+  // train_seconds: the whole pipeline's training (PaInvRL's pretraining, HIM and mask stages
+  // and the final model); final_train_seconds: the final model's alone.
+  double stage_seconds = 0;
+  if (summary.contains("stages")) {
+    for (const auto& [name, stage] : summary["stages"].items()) {
+      stage_seconds += stage.value("seconds", 0.0);
+    }
+  }
+  summary["train_seconds"] = stage_seconds + res.train_seconds;
+  summary["final_train_seconds"] = res.train_seconds;
   summary["pairs_per_second"] =
       res.train_seconds > 0 ? double(res.pairs_trained) / res.train_seconds : 0.0;
   summary["wall_seconds"] = seconds_since(wall0);
@@ -658,6 +671,7 @@ void execute_run(const Config& config, const std::string& data_dir, const std::s
     log_info(fmt::format("done: best epoch {}; test {} at that point; run directory {}",
                          res.best_epoch, nlohmann::json(res.test_at_best.as_map()).dump(), dir));
   }
+  set_log_file("");
 }
 
 // A run continues with the config it started with (the checkpoint's). A config.toml edited since

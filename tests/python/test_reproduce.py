@@ -66,7 +66,7 @@ class EndToEnd(unittest.TestCase):
                     os.path.dirname(PAINVRL_BIN), "--set", "dim=8", "epochs=2", "eval_every=1",
                     "pretrain_epochs=1", "outer_iterations=1", "him_rounds=1", "him_epochs=1",
                     "mask_epochs=1", "mask_batch=32", "attention_hidden=4",
-                    "negatives=4"]
+                    "negatives=4", "threads=3"]
         cls.status, cls.output = run(cls.args, timeout=600)
 
     @classmethod
@@ -90,6 +90,10 @@ class EndToEnd(unittest.TestCase):
                 self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n", png)
         results = read_json(os.path.join(res, "results.json"))["runs"]
         self.assertEqual(len(results), 2 * 9 + 1)  # 9 rows per seed, E = 3 once
+        # --set threads=3 reaches every run (the cores split among the jobs would give 1 or 2).
+        for key, r in results.items():
+            config = read_text(os.path.join(self.work, r["run"], "config.toml"))
+            self.assertIn("\nthreads = 3\n", config, key)
         for key, r in results.items():
             summary = read_json(os.path.join(self.work, r["run"], "summary.json"))
             for k in ("precision@10", "recall@10", "ndcg@10", "recall@20", "ndcg@20"):

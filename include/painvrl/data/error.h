@@ -20,8 +20,12 @@ template <class... Args>
 }
 
 // Warnings and progress go to stderr through one function so tests can silence them.
+// Every line also goes, with a time stamp, to the file set_log_file names (a run's log.txt,
+// appended to); lines logged before it is named are kept and written first.
 void log_info(const std::string& message);
 void log_warn(const std::string& message);
+void log_final(const std::string& message);  // the command's last word (error, interrupted, ...)
 void set_quiet(bool quiet);
+void set_log_file(const std::string& path);  // "" closes it
 
 }  // namespace painvrl
