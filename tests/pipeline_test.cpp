@@ -18,6 +18,7 @@
 #include "painvrl/data/error.h"
 #include "painvrl/data/io.h"
 #include "painvrl/data/npy.h"
+#include "painvrl/pipeline/progress.h"
 #include "painvrl/pipeline/stages.h"
 #include "test_util.h"
 
@@ -41,6 +42,32 @@ const char* kTiny =
     "outer_iterations=2 envs=3 him_epochs=1 him_rounds=2 mask_epochs=2 mask_batch=64 "
     "attention_hidden=4";
 
+// The whole-run ETA: none before a unit has been measured; after one, every stage of the plan
+// is predicted; none outside a run. The work model: a stage's work grows with its size.
+TEST(Pipeline, RunProgressPredictsOnceAUnitIsMeasured) {
+  Config c;
+  c.method = "painvrl";
+  const ProblemSize size{1000, 800, 13000, 2000, 48};
+  RunProgress& p = RunProgress::current();
+  p.start(c, size);
+  p.begin(StageKind::kPretrain, 0);
+  EXPECT_LT(p.eta_seconds(), 0);
+  EXPECT_EQ(p.suffix(), "");
+  p.advance(1, c.pretrain_epochs);
+  EXPECT_GE(p.eta_seconds(), 0);
+  EXPECT_NE(p.suffix().find("[run "), std::string::npos) << p.suffix();
+  p.finish();
+  EXPECT_LT(p.eta_seconds(), 0);
+  EXPECT_EQ(p.suffix(), "");
+  for (StageKind k : {StageKind::kPretrain, StageKind::kHim, StageKind::kMask, StageKind::kFinal}) {
+    const double w = RunProgress::work_per_unit(k, c, size);
+    EXPECT_GT(w, 0);
+    ProblemSize twice = size;
+    twice.n_train *= 2;
+    EXPECT_GT(RunProgress::work_per_unit(k, c, twice), 1.5 * w);
+  }
+}
+
 TEST(Pipeline, PainvrlAndInvrlWriteMaskTraceAndSummary) {
   TempDir tmp("pipe");
   const std::string data = tmp / "synth";
@@ -50,8 +77,11 @@ TEST(Pipeline, PainvrlAndInvrlWriteMaskTraceAndSummary) {
     const auto r =
         run_program("train --method " + method + " --data " + data + " --out " + run + kTiny);
     ASSERT_EQ(r.status, 0) << r.output;
-    EXPECT_NE(r.output.find("HIM outer 1 round"), std::string::npos) << r.output;
-    EXPECT_NE(r.output.find("final eval epoch"), std::string::npos) << r.output;
+    const std::string log = test::read_bytes(run + "/log.txt");
+    EXPECT_NE(log.find("HIM outer 1 round"), std::string::npos) << log;
+    EXPECT_NE(log.find("final eval epoch"), std::string::npos) << log;
+    EXPECT_NE(log.find("[run "), std::string::npos) << log;  // the whole-run ETA
+    EXPECT_NE(r.output.find("final model on Phi"), std::string::npos) << r.output;
     const NpyArray mask = read_npy(run + "/mask.npy");
     ASSERT_EQ(mask.shape, (std::vector<int64_t>{48}));
     for (float m : mask.to_float()) {

@@ -493,6 +493,7 @@ void sweep_run_local(const std::string& dir, int jobs) {
   bool forwarded = false;
   std::vector<std::string> failures;
   const pid_t runner = ::getpid();
+  const auto sweep_start = std::chrono::steady_clock::now();
   // Until a stop: start runs while any are pending; after one, only wait for the running ones.
   while ((!stop_requested() && next < pending.size()) || !running.empty()) {
     while (!stop_requested() && next < pending.size() && int(running.size()) < jobs) {
@@ -563,12 +564,20 @@ void sweep_run_local(const std::string& dir, int jobs) {
       ++failed;
       failures.push_back(id);
     }
-    log_info(fmt::format("[{}/{}] {} {} ({}) in {:.1f}s", done + failed + interrupted,
-                         pending.size(),
+    const size_t ended = size_t(done + failed + interrupted);
+    const double spent =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - sweep_start).count();
+    // Wall time per ended run so far (the workers in parallel), times the runs left.
+    const std::string eta =
+        stop_requested() || ended >= pending.size()
+            ? std::string()
+            : fmt::format("; sweep eta {:.0f}s",
+                          spent / double(ended) * double(pending.size() - ended));
+    log_info(fmt::format("[{}/{}] {} {} ({}) in {:.1f}s{}", ended, pending.size(),
                          code == 0                  ? "done"
                          : code == kExitInterrupted ? "interrupted"
                                                     : fmt::format("FAILED (exit {})", code),
-                         id, axes_label(it->run["axes"]), secs));
+                         id, axes_label(it->run["axes"]), secs, eta));
     if (code != 0 && code != kExitInterrupted) {
       log_info(tail_lines(run_dir(dir, id) + "/log.txt", 5));
     }

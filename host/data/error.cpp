@@ -2,9 +2,12 @@
 // (--quiet) silences progress on stderr only: a warning is always printed, and log.txt has all.
 #include "painvrl/data/error.h"
 
+#include <unistd.h>
+
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <ctime>
 #include <mutex>
 #include <vector>
@@ -51,6 +54,17 @@ void log_info(const std::string& message) {
 void log_warn(const std::string& message) {
   std::fprintf(stderr, "warning: %s\n", message.c_str());
   to_file("warning: " + message);
+}
+
+void log_progress(const std::string& message) {
+  static const bool to_stderr = [] {
+    const char* mode = std::getenv("PAINVRL_PROGRESS");
+    if (mode && std::string(mode) == "all") return true;
+    if (mode && std::string(mode) == "none") return false;
+    return ::isatty(2) == 1;
+  }();
+  if (to_stderr && !g_quiet) std::fprintf(stderr, "%s\n", message.c_str());
+  to_file(message);
 }
 
 void log_final(const std::string& message) {

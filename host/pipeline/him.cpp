@@ -44,6 +44,7 @@
 #include "painvrl/math/sampling.h"
 #include "painvrl/pipeline/algorithm1.h"
 #include "painvrl/pipeline/checkpoint.h"
+#include "painvrl/pipeline/progress.h"
 #include "painvrl/pipeline/signals.h"
 #include "painvrl/pipeline/stages.h"
 
@@ -502,8 +503,10 @@ std::vector<int32_t> identify_environments(const Config& c, const Graph& graph,
     std::fill(sizes.begin(), sizes.end(), 0);
     for (int32_t e : env) ++sizes[e];
     const double share = double(moved) / double(std::max<int64_t>(P, 1));
-    log_info(fmt::format("HIM outer {} round {}: {:.2f}% of pairs moved; sizes [{}] ({:.1f}s)",
-                         outer, round, 100 * share, fmt::join(sizes, ", "), seconds_since(t0)));
+    RunProgress::current().advance(round + 1, c.him_rounds);
+    log_progress(fmt::format(
+        "HIM outer {} round {}: {:.2f}% of pairs moved; sizes [{}] ({:.1f}s){}", outer, round,
+        100 * share, fmt::join(sizes, ", "), seconds_since(t0), RunProgress::current().suffix()));
     if (trace) {
       *trace << nlohmann::json{{"outer", outer},
                                {"him_round", round},

@@ -18,6 +18,7 @@
 #include "painvrl/math/sampling.h"
 #include "painvrl/pipeline/algorithm1.h"
 #include "painvrl/pipeline/checkpoint.h"
+#include "painvrl/pipeline/progress.h"
 #include "painvrl/pipeline/signals.h"
 #include "painvrl/pipeline/stages.h"
 
@@ -262,6 +263,7 @@ void generate_mask(const Config& c, const Evaluator& eval, const MaskSettings& m
       if (!runner->deferred()) drain();
     }
     drain();
+    RunProgress::current().advance(epoch + 1, c.mask_epochs);
     if (st.n_steps > 0 && (epoch + 1) % std::max(1, c.mask_epochs / 8) == 0) {
       double mean = 0, lo = 1, hi = 0;
       for (double x : s.mask) {
@@ -269,13 +271,13 @@ void generate_mask(const Config& c, const Evaluator& eval, const MaskSettings& m
         lo = std::min(lo, double(x));
         hi = std::max(hi, double(x));
       }
-      log_info(fmt::format(
+      log_progress(fmt::format(
           "mask outer {} epoch {:>3}/{}: {}L_ERM {:.4g}, L_IRM {:.4g}; mask mean {:.3f} "
-          "[{:.3f}, {:.3f}]",
+          "[{:.3f}, {:.3f}]{}",
           outer, epoch, c.mask_epochs,
           pareto ? fmt::format("mean w_ERM {:.3f}, ", st.sum_w / st.n_steps) : "",
           st.sum_erm / st.n_steps, st.sum_irm / st.n_steps, mean / double(std::max<int64_t>(d, 1)),
-          lo, hi));
+          lo, hi, RunProgress::current().suffix()));
       st.sum_w = st.sum_erm = st.sum_irm = 0;
       st.n_steps = 0;
     }

@@ -16,6 +16,7 @@
 #include "painvrl/data/io.h"
 #include "painvrl/data/npy.h"
 #include "painvrl/pipeline/algorithm1.h"
+#include "painvrl/pipeline/progress.h"
 
 namespace painvrl {
 
@@ -155,6 +156,10 @@ void StageRunner::stage(StageKey key, const std::function<void(const StageCheckp
       s_.mask_model.save(ck);
     }
   };
+  RunProgress::current().begin(key.kind == StageKey::kPretrain ? StageKind::kPretrain
+                               : key.kind == StageKey::kHim    ? StageKind::kHim
+                                                               : StageKind::kMask,
+                               key.outer);
   const auto t0 = std::chrono::steady_clock::now();
   body(sc);
   const double seconds =
@@ -219,6 +224,7 @@ SelectionResult StageRunner::final_stage(
   sc.resume = resume_order_ == order({StageKey::kFinal}) && resume_inside_ ? resume_ : nullptr;
   sc.phase = "final";
   sc.context = [this](Checkpoint& ck) { s_.save(ck); };
+  RunProgress::current().begin(StageKind::kFinal, 0);
   return body(sc);
 }
 

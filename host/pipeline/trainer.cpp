@@ -27,6 +27,7 @@
 #include "painvrl/pipeline/checkpoint.h"
 #include "painvrl/pipeline/device_select.h"
 #include "painvrl/pipeline/evaluate.h"
+#include "painvrl/pipeline/progress.h"
 #include "painvrl/pipeline/resources.h"
 #include "painvrl/pipeline/signals.h"
 #include "painvrl/pipeline/stages.h"
@@ -227,7 +228,9 @@ std::unique_ptr<Backend> train_fixed(const Config& c, const Graph& graph, const 
     total += dt;
     if (!label.empty()) {
       const int done = epoch + 1 - first_epoch;
-      log_info(epoch_line(label, epoch, epochs, st, dt, total / done * (epochs - epoch - 1)));
+      RunProgress::current().advance(epoch + 1, epochs);
+      log_progress(epoch_line(label, epoch, epochs, st, dt, total / done * (epochs - epoch - 1)) +
+                   RunProgress::current().suffix());
     }
     if (sc && sc->store && sc->store->due(epoch + 1) && epoch + 1 < epochs) {
       Checkpoint ck = backbone_checkpoint(sc, *backend, epoch + 1, EpochStats{});
@@ -387,7 +390,8 @@ SelectionResult train_with_selection(const Config& c, const Evaluator& eval,
     res.pairs_trained += st.pairs;
     res.epochs_run = epoch + 1;
     const double eta = res.train_seconds / res.epochs_run * (c.epochs - res.epochs_run);
-    log_info(epoch_line(label, epoch, c.epochs, st, dt, eta));
+    RunProgress::current().advance(epoch + 1, c.epochs);
+    log_progress(epoch_line(label, epoch, c.epochs, st, dt, eta) + RunProgress::current().suffix());
     bool stop_early = false;
     if (should_evaluate(c, epoch)) {
       const auto te = Clock::now();
@@ -415,7 +419,7 @@ SelectionResult train_with_selection(const Config& c, const Evaluator& eval,
         msg += fmt::format(" | test recall@{} {:.4f} ndcg@{} {:.4f}", c.eval_ks.back(),
                            test.recall.back(), c.eval_ks.back(), test.ndcg.back());
       }
-      log_info(msg + fmt::format(" ({:.1f}s){}", seconds_since(te), improved ? " *" : ""));
+      log_progress(msg + fmt::format(" ({:.1f}s){}", seconds_since(te), improved ? " *" : ""));
       if (improved) {
         sel.best_value = has_valid ? valid.get(c.select_metric) : 0;
         res.best_epoch = epoch;
@@ -504,9 +508,10 @@ void execute_run(const Config& config, const std::string& data_dir, const std::s
   log_info(fmt::format("threads: {} (OpenMP wait policy {})", omp_get_max_threads(),
                        wait_policy ? wait_policy : "the runtime's default"));
   // Refuse before allocating the training state if its estimated peak would not fit.
-  check_host_memory(config,
-                    ProblemSize{data.n_users, data.n_items, int64_t(data.train.size()),
-                                int64_t(data.valid.size() + data.test.size()), data.feature_dim});
+  const ProblemSize size{data.n_users, data.n_items, int64_t(data.train.size()),
+                         int64_t(data.valid.size() + data.test.size()), data.feature_dim};
+  check_host_memory(config, size);
+  RunProgress::current().start(config, size);  // the whole-run ETA of the progress lines
   const uint64_t hash = dataset_content_hash(data);
   LoadedCheckpoint loaded;
   if (resume) {  // the newest checkpoint whose dataset hash matches (older ones if need be)
@@ -603,6 +608,7 @@ void execute_run(const Config& config, const std::string& data_dir, const std::s
     metrics_out << line.dump() << "\n" << std::flush;
     res.best_epoch = 0;
   } else if (m == "ultragcn" || m == "ultragcn-mm") {
+    RunProgress::current().begin(StageKind::kFinal, 0);
     StageCheckpoints sc;
     sc.store = &store;
     sc.phase = "baseline";
@@ -671,6 +677,7 @@ void execute_run(const Config& config, const std::string& data_dir, const std::s
     log_info(fmt::format("done: best epoch {}; test {} at that point; run directory {}",
                          res.best_epoch, nlohmann::json(res.test_at_best.as_map()).dump(), dir));
   }
+  RunProgress::current().finish();
   set_log_file("");
 }
 

@@ -25,6 +25,10 @@ template <class... Args>
 void log_info(const std::string& message);
 void log_warn(const std::string& message);
 void log_final(const std::string& message);  // the command's last word (error, interrupted, ...)
+// Progress lines of long loops (epochs, evaluations, HIM rounds, mask epochs): always in the log
+// file; on stderr when it is a terminal or PAINVRL_PROGRESS=all (never with --quiet), so that the
+// log of a batch job has the lines of log_info only, about one per stage.
+void log_progress(const std::string& message);
 void set_quiet(bool quiet);
 void set_log_file(const std::string& path);  // "" closes it
 
