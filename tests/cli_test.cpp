@@ -823,6 +823,17 @@ TEST(Cli, NewUsersRoughEdgesAreGone) {
   EXPECT_NE(r.output.find("image_feat.npy) are not read without a dataset.toml"), std::string::npos)
       << r.output;
   EXPECT_NE(r.output.find("tools/convert/from_mmrec.py"), std::string::npos) << r.output;
+  // MMRec's id maps beside the .inter file name the users and items of recommend's rows.
+  write_file(mm + "/u_id_mapping.csv", "user_id\tuserID\nalice\t0\nbob\t1\ncarol\t2\n");
+  write_file(mm + "/i_id_mapping.csv", "asin\titemID\nB0\t0\nB1\t1\nB2\t2\nB3\t3\n");
+  r = run_program("train --method ultragcn --data " + mm + " --out " + (tmp / "mm-ids") +
+                  " --set epochs=1 --set dim=4 --set negatives=2");
+  ASSERT_EQ(r.status, 0) << r.output;
+  r = run_program("recommend " + (tmp / "mm-ids") + " --user 1 --k 1");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("user\trank\titem\tscore\tuser_id\titem_id\n1\t1\t"), std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("\tbob\tB"), std::string::npos) << r.output;
 
   const std::string data = tmp / "synth";
   ASSERT_EQ(run_program("synth --out " + data + " --seed 3 --users 150 --items 100").status, 0);

@@ -217,7 +217,16 @@ void run_recommend(const RecommendOptions& o) {
                                 r.layout.content ? r.item_features.data() : nullptr, item_rows);
   }
 
-  std::string out = "user\trank\titem\tscore\n";
+  // With the dataset's id maps, each row also names the user and the item by the dataset's ids.
+  const bool named = !r.data.user_ids.empty() || !r.data.item_ids.empty();
+  auto user_name = [&](int32_t u) {
+    return r.data.user_ids.empty() ? std::to_string(u) : r.data.user_ids[size_t(u)];
+  };
+  auto item_name = [&](int32_t i) {
+    return r.data.item_ids.empty() ? std::to_string(i) : r.data.item_ids[size_t(i)];
+  };
+  std::string out =
+      named ? "user\trank\titem\tscore\tuser_id\titem_id\n" : "user\trank\titem\tscore\n";
   constexpr int64_t kBlock = 256;
   std::vector<float> scores;                          // (block, n_items)
   std::vector<int32_t> order;                         // (n_items,) unseen items of a user
@@ -246,7 +255,8 @@ void run_recommend(const RecommendOptions& o) {
       std::partial_sort(order.begin(), order.begin() + k, order.end(),
                         [&](int32_t a, int32_t c) { return s[a] != s[c] ? s[a] > s[c] : a < c; });
       for (size_t rank = 0; rank < k; ++rank) {
-        out += fmt::format("{}\t{}\t{}\t{:.9g}\n", u, rank + 1, order[rank], s[order[rank]]);
+        out += fmt::format("{}\t{}\t{}\t{:.9g}", u, rank + 1, order[rank], s[order[rank]]);
+        out += named ? fmt::format("\t{}\t{}\n", user_name(u), item_name(order[rank])) : "\n";
       }
       for (int64_t p = seen.offsets[u]; p < seen.offsets[u + 1]; ++p) excluded[seen.items[p]] = 0;
     }
@@ -309,6 +319,18 @@ void run_export(const ExportOptions& o) {
       score += " + <Pf_u, item_content_i>";
     }
     if (!r.mask.empty()) put("mask.npy", r.mask.data(), {d}, "m, the learned feature mask");
+    // The dataset's own ids of the rows, when it has id maps.
+    auto put_ids = [&](const std::string& name, const std::vector<std::string>& ids,
+                       const char* role) {
+      if (ids.empty()) return;
+      std::string text = fmt::format("row\t{}_id\n", role);
+      for (size_t k = 0; k < ids.size(); ++k) text += fmt::format("{}\t{}\n", k, ids[k]);
+      write_text_atomic(tmp + "/" + name, text);
+      files[name] = {{"rows", ids.size()},
+                     {"holds", fmt::format("the dataset's id of each {} row", role)}};
+    };
+    put_ids("user_ids.tsv", r.data.user_ids, "user");
+    put_ids("item_ids.tsv", r.data.item_ids, "item");
     const nlohmann::json manifest = {
         {"run", fs::absolute(o.run_dir).lexically_normal().string()},
         {"method", r.method},

@@ -299,6 +299,7 @@ struct DatasetSpec {
   std::vector<TestSet> test_sets;    // file joined with the directory
   std::vector<Modality> modalities;  // file joined with the directory
   std::string toml_path;             // empty when the layout was detected
+  std::string user_ids, item_ids;    // id map files (may be empty)
 };
 
 size_t edit_distance(std::string_view a, std::string_view b) {
@@ -394,8 +395,9 @@ class SpecReader {
     DatasetSpec spec;
     spec.toml_path = toml_path_;
     static const std::vector<std::string_view> kKeys = {
-        "name",    "format",  "train",     "valid",           "test",     "file",
-        "n_users", "n_items", "normalize", "test_candidates", "test_set", "modality"};
+        "name",     "format",          "train",    "valid",     "test",
+        "file",     "n_users",         "n_items",  "normalize", "test_set",
+        "modality", "test_candidates", "user_ids", "item_ids"};
     for (auto&& [key_object, node] : root) {
       const std::string_view key = key_object.str();
       if (key == "name") {
@@ -416,6 +418,10 @@ class SpecReader {
         spec.test = data_path(nonempty_string(node, key));
       } else if (key == "file") {
         spec.file = data_path(nonempty_string(node, key));
+      } else if (key == "user_ids") {
+        spec.user_ids = data_path(nonempty_string(node, key));
+      } else if (key == "item_ids") {
+        spec.item_ids = data_path(nonempty_string(node, key));
       } else if (key == "n_users") {
         spec.n_users = count_value(node, key);
       } else if (key == "n_items") {
@@ -635,6 +641,8 @@ DatasetSpec detect_layout(const std::string& dir) {
   if (inter_files.size() == 1) {
     spec.format = "inter";
     spec.file = in_dir(inter_files[0].c_str());
+    if (is_file(root / "u_id_mapping.csv")) spec.user_ids = in_dir("u_id_mapping.csv");
+    if (is_file(root / "i_id_mapping.csv")) spec.item_ids = in_dir("i_id_mapping.csv");
     // An MMRec directory keeps its features in *_feat.npy beside the .inter file, with no
     // declaration of which rows they hold: they are not read without a dataset.toml, and saying
     // nothing would train a model without content as if the features were in.
@@ -679,6 +687,58 @@ DatasetSpec detect_layout(const std::string& dir) {
       "(LightGCN text, val.txt optional), train.tsv + test.tsv (user/item tables, val.tsv "
       "optional) and a single *.inter file (MMRec); {}{}",
       dir, found, hint);
+}
+
+// ---- id maps -------------------------------------------------------------------------------
+
+// An id map: a header line, then `original<TAB>our id` per line (MMRec's u_id_mapping.csv and
+// i_id_mapping.csv). Every one of our ids below `count` once at most; ids the map leaves out keep
+// their number as their name (with a warning).
+std::vector<std::string> read_id_map(const std::string& path, const char* role, int32_t count) {
+  const std::string text = read_data_file(path);
+  std::vector<std::string> names(static_cast<size_t>(count));
+  std::vector<uint8_t> named(static_cast<size_t>(count), 0);
+  int64_t line_no = 0, entries = 0;
+  size_t pos = 0;
+  while (pos < text.size()) {
+    size_t end = text.find('\n', pos);
+    if (end == std::string::npos) end = text.size();
+    std::string_view line(text.data() + pos, end - pos);
+    pos = end + 1;
+    ++line_no;
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    if (line_no == 1 || line.empty()) continue;  // the header
+    const size_t tab = line.rfind('\t');
+    if (tab == std::string_view::npos || tab == 0) {
+      input_error("{}:{}: expected `original id<TAB>{} id`, found '{}'", path, line_no, role,
+                  printable(line.substr(0, 80)));
+    }
+    const std::string_view ours = line.substr(tab + 1);
+    int64_t id = -1;
+    const auto [p, ec] = std::from_chars(ours.data(), ours.data() + ours.size(), id);
+    if (ec != std::errc() || p != ours.data() + ours.size() || id < 0) {
+      input_error("{}:{}: column 2: '{}' is not a {} id (a non-negative integer)", path, line_no,
+                  printable(ours.substr(0, 40)), role);
+    }
+    if (id >= count) {
+      input_error("{}:{}: {} id {} is out of range: the dataset has {} {}s", path, line_no, role,
+                  id, count, role);
+    }
+    if (named[size_t(id)]) {
+      input_error("{}:{}: {} id {} is mapped twice", path, line_no, role, id);
+    }
+    named[size_t(id)] = 1;
+    names[size_t(id)] = std::string(line.substr(0, tab));
+    ++entries;
+  }
+  if (entries < count) {
+    log_warn(fmt::format("{}: maps {} of the {} {}s; the others keep their number as their id",
+                         path, entries, count, role));
+    for (int32_t k = 0; k < count; ++k) {
+      if (!named[size_t(k)]) names[size_t(k)] = std::to_string(k);
+    }
+  }
+  return names;
 }
 
 // ---- cleaning ------------------------------------------------------------------------------
@@ -1008,6 +1068,10 @@ Dataset load_dataset(const std::string& dir, const LoadOptions& options) {
     }
   }
 
+  if (!spec.user_ids.empty())
+    dataset.user_ids = read_id_map(spec.user_ids, "user", dataset.n_users);
+  if (!spec.item_ids.empty())
+    dataset.item_ids = read_id_map(spec.item_ids, "item", dataset.n_items);
   if (options.load_features) load_features(dataset);
   return dataset;
 }

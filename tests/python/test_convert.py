@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import inspect, read_pairs_tsv, read_toml, run_py, tool, write  # noqa: E402
+from common import (PAINVRL_BIN, inspect, read_pairs_tsv, read_toml, run, run_py, tool,  # noqa: E402
+                    write)
 
 MMGCN = tool("convert", "from_mmgcn.py")
 MMREC = tool("convert", "from_mmrec.py")
@@ -233,6 +234,36 @@ class FromMmrec(unittest.TestCase):
         np.testing.assert_array_equal(text, self.text.astype(np.float32))
         out = inspect(self, self.out)
         self.assertIn(f"pairs        train {3 * N_USERS}  valid {N_USERS}  test {N_USERS}", out)
+
+    def test_id_maps_travel_and_name_the_recommendations(self):
+        write(os.path.join(self.src, "u_id_mapping.csv"),
+              "user_id\tuserID\n" + "".join(f"U{u:03d}x\t{u}\n" for u in range(N_USERS)))
+        write(os.path.join(self.src, "i_id_mapping.csv"),
+              "asin\titemID\n" + "".join(f"{i}_Item {i}\t{i}\n" for i in range(N_ITEMS)))
+        st, log = self.convert()
+        self.assertEqual(st, 0, log)
+        t = read_toml(os.path.join(self.out, "dataset.toml"))
+        self.assertEqual((t["user_ids"], t["item_ids"]), ("u_id_mapping.csv", "i_id_mapping.csv"))
+        run_dir = os.path.join(self.tmp.name, "run")
+        st, log = run([PAINVRL_BIN, "train", "--method", "ultragcn", "--data", self.out, "--out",
+                       run_dir, "--set", "epochs=1", "--set", "dim=4", "--set", "negatives=2"])
+        self.assertEqual(st, 0, log)
+        st, out = run([PAINVRL_BIN, "recommend", run_dir, "--user", "3", "--k", "2"])
+        self.assertEqual(st, 0, out)
+        lines = [line for line in out.splitlines() if line and not line.startswith("warning")]
+        self.assertEqual(lines[0], "user\trank\titem\tscore\tuser_id\titem_id")
+        for line in lines[1:]:
+            u, _, i, _, uid, iid = line.split("\t")
+            self.assertEqual((uid, iid), (f"U{int(u):03d}x", f"{i}_Item {i}"))
+        st, out = run([PAINVRL_BIN, "export", run_dir])
+        self.assertEqual(st, 0, out)
+        with open(os.path.join(run_dir, "export", "item_ids.tsv")) as f:
+            self.assertEqual(f.read().splitlines()[:2], ["row\titem_id", "0\t0_Item 0"])
+        # A map that names an id twice, or past the count, is refused naming the line.
+        write(os.path.join(self.out, "u_id_mapping.csv"), "h\tx\na\t1\nb\t1\n")
+        st, out = run([PAINVRL_BIN, "inspect", self.out])
+        self.assertEqual(st, 1, out)
+        self.assertIn("u_id_mapping.csv:3: user id 1 is mapped twice", out)
 
     def test_feature_option_and_pt_file(self):
         torch.save(torch.ones(N_ITEMS, 2), os.path.join(self.src, "v.pt"))

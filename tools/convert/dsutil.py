@@ -132,9 +132,11 @@ def toml_str(s):
     return json.dumps(str(s))
 
 
-def dataset_toml(*, name, fmt, splits, n_users, n_items, modalities, comments=(), normalize=True):
+def dataset_toml(*, name, fmt, splits, n_users, n_items, modalities, comments=(), normalize=True,
+                 id_maps=None):
     """Text of a dataset.toml. splits: {"train": file, "valid": file, "test": file} for lightgcn /
-    tsv, or {"file": file} for inter; modalities: [(name, file), ...]."""
+    tsv, or {"file": file} for inter; modalities: [(name, file), ...]; id_maps: {"user_ids":
+    file, "item_ids": file} (the dataset's own ids, a header and `original<TAB>id` lines)."""
     lines = [f"# {c}" if c else "#" for c in comments]
     lines += [f"name = {toml_str(name)}", f"format = {toml_str(fmt)}"]
     for k, v in splits.items():
@@ -144,6 +146,8 @@ def dataset_toml(*, name, fmt, splits, n_users, n_items, modalities, comments=()
     if n_items is not None:
         lines.append(f"n_items = {int(n_items)}")
     lines.append(f"normalize = {'true' if normalize else 'false'}")
+    for k, v in (id_maps or {}).items():
+        lines.append(f"{k} = {toml_str(v)}")
     for mname, mfile in modalities:
         lines += ["", "[[modality]]", f"name = {toml_str(mname)}", f"file = {toml_str(mfile)}"]
     return "\n".join(lines) + "\n"

@@ -21,6 +21,7 @@ userID + 1. Refuses, naming the file: a missing file, a malformed line, an x_lab
 import argparse
 import glob
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -94,11 +95,18 @@ def main():
                 used[key] = f
         for mname, m in mats:
             save_npy(os.path.join(tmp, f"{mname}.npy"), m)
+        # MMRec's maps from its 0-based ids back to the original ones go along, so that
+        # `painvrl recommend` and `export` can name users and items as the source does.
+        id_maps = {}
+        for key, f in (("user_ids", "u_id_mapping.csv"), ("item_ids", "i_id_mapping.csv")):
+            if os.path.isfile(os.path.join(src, f)):
+                shutil.copyfile(os.path.join(src, f), os.path.join(tmp, f))
+                id_maps[key] = f
         write_text(os.path.join(tmp, "dataset.toml"), dataset_toml(
             comments=[f"Converted from the MMRec layout ({inter})",
                       "by tools/convert/from_mmrec.py."],
             name=name, fmt="tsv", splits=used, n_users=n_users, n_items=n_items,
-            modalities=[(m, f"{m}.npy") for m, _ in mats]))
+            modalities=[(m, f"{m}.npy") for m, _ in mats], id_maps=id_maps))
     counts = ", ".join(f"{k} {int((rows[:, 2] == lab).sum())}" for lab, (k, _) in files.items())
     mods = ", ".join(f"{m} {x.shape[1]}" for m, x in mats) or "none"
     print(f"wrote {a.out}: {n_users} users, {n_items} items; pairs {counts}; modalities {mods}",

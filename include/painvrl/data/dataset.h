@@ -82,6 +82,10 @@ struct Dataset {
   int64_t feature_dim = 0;      // d
   std::vector<float> features;  // (n_items, d) row-major, per-modality row-normalised
   bool normalized = true;
+  // The dataset's own ids of its users and items, by our id (empty: ours are theirs), from the
+  // id maps it declares (user_ids / item_ids in dataset.toml) or, beside an MMRec .inter file,
+  // u_id_mapping.csv and i_id_mapping.csv: a header line, then `original<TAB>our id` per line.
+  std::vector<std::string> user_ids, item_ids;
   DataReport report;
 };
 
