@@ -20,6 +20,7 @@
 #include "painvrl/data/npy.h"
 #include "painvrl/pipeline/progress.h"
 #include "painvrl/pipeline/stages.h"
+#include "painvrl/pipeline/threads.h"
 #include "test_util.h"
 
 namespace painvrl {
@@ -66,6 +67,28 @@ TEST(Pipeline, RunProgressPredictsOnceAUnitIsMeasured) {
     twice.n_train *= 2;
     EXPECT_GT(RunProgress::work_per_unit(k, c, twice), 1.5 * w);
   }
+}
+
+// threads = 0 on a shared machine: the cores other processes keep busy are left to them (a
+// neighbour counts once it keeps 0.7 of a core busy), never fewer than one thread.
+TEST(Pipeline, ThreadGovernorLeavesBusyCoresToTheNeighbours) {
+  EXPECT_EQ(ThreadGovernor::threads_for(0.0, 2), 2);
+  EXPECT_EQ(ThreadGovernor::threads_for(-0.1, 2), 2);  // measurement noise
+  EXPECT_EQ(ThreadGovernor::threads_for(0.5, 2), 2);
+  EXPECT_EQ(ThreadGovernor::threads_for(0.75, 2), 1);
+  EXPECT_EQ(ThreadGovernor::threads_for(1.0, 2), 1);
+  EXPECT_EQ(ThreadGovernor::threads_for(7.0, 2), 1);
+  EXPECT_EQ(ThreadGovernor::threads_for(1.0, 8), 7);
+  EXPECT_EQ(ThreadGovernor::threads_for(2.9, 8), 5);
+  EXPECT_EQ(ThreadGovernor::threads_for(3.0, 1), 1);
+  ThreadGovernor& g = ThreadGovernor::current();
+  g.start(3);  // a fixed count is kept
+  EXPECT_EQ(g.threads(), 3);
+  g.adapt(0.0);
+  EXPECT_EQ(g.threads(), 3);
+  g.start(0);
+  EXPECT_GE(g.threads(), 1);
+  EXPECT_EQ(g.threads(), g.most());
 }
 
 TEST(Pipeline, PainvrlAndInvrlWriteMaskTraceAndSummary) {

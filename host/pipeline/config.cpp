@@ -30,7 +30,8 @@ const std::vector<Key>& keys() {
   static const std::vector<Key> k = {
       {"method", &Config::method, "ultragcn | ultragcn-mm | mostpop | invrl | painvrl"},
       {"seed", &Config::seed, "seed of every random draw"},
-      {"threads", &Config::threads, "CPU threads (0: all cores)"},
+      {"threads", &Config::threads,
+       "CPU threads (0: all cores, fewer while other processes keep cores busy)"},
       {"device", &Config::device,
        "cpu | cuda | auto (auto: the CPU until the CUDA backend has passed its device check)"},
       {"deterministic", &Config::deterministic,

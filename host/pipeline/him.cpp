@@ -47,6 +47,7 @@
 #include "painvrl/pipeline/progress.h"
 #include "painvrl/pipeline/signals.h"
 #include "painvrl/pipeline/stages.h"
+#include "painvrl/pipeline/threads.h"
 
 namespace painvrl {
 namespace {
@@ -504,6 +505,7 @@ std::vector<int32_t> identify_environments(const Config& c, const Graph& graph,
     for (int32_t e : env) ++sizes[e];
     const double share = double(moved) / double(std::max<int64_t>(P, 1));
     RunProgress::current().advance(round + 1, c.him_rounds);
+    ThreadGovernor::current().adapt();
     log_progress(fmt::format(
         "HIM outer {} round {}: {:.2f}% of pairs moved; sizes [{}] ({:.1f}s){}", outer, round,
         100 * share, fmt::join(sizes, ", "), seconds_since(t0), RunProgress::current().suffix()));

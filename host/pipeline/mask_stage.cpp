@@ -21,6 +21,7 @@
 #include "painvrl/pipeline/progress.h"
 #include "painvrl/pipeline/signals.h"
 #include "painvrl/pipeline/stages.h"
+#include "painvrl/pipeline/threads.h"
 
 namespace painvrl {
 
@@ -264,6 +265,7 @@ void generate_mask(const Config& c, const Evaluator& eval, const MaskSettings& m
     }
     drain();
     RunProgress::current().advance(epoch + 1, c.mask_epochs);
+    ThreadGovernor::current().adapt();
     if (st.n_steps > 0 && (epoch + 1) % std::max(1, c.mask_epochs / 8) == 0) {
       double mean = 0, lo = 1, hi = 0;
       for (double x : s.mask) {

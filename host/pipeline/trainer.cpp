@@ -31,6 +31,7 @@
 #include "painvrl/pipeline/resources.h"
 #include "painvrl/pipeline/signals.h"
 #include "painvrl/pipeline/stages.h"
+#include "painvrl/pipeline/threads.h"
 
 namespace painvrl {
 namespace {
@@ -221,6 +222,7 @@ std::unique_ptr<Backend> train_fixed(const Config& c, const Graph& graph, const 
   double total = 0;
   for (int epoch = first_epoch; epoch < epochs; ++epoch) {
     const auto t0 = Clock::now();
+    ThreadGovernor::current().adapt();
     shuffle_pairs(pairs, shuffled, c.seed, stage, uint32_t(epoch));
     EpochStats st = epoch == first_epoch ? partial : EpochStats{};
     run_epoch_steps(*backend, shuffled, epoch, st, sc, what);
@@ -382,6 +384,7 @@ SelectionResult train_with_selection(const Config& c, const Evaluator& eval,
   const std::string label = stage_name.empty() ? "" : stage_name + " ";
   for (int epoch = first_epoch; epoch < c.epochs; ++epoch) {
     const auto t0 = Clock::now();
+    ThreadGovernor::current().adapt();
     shuffle_pairs(data.train, shuffled, c.seed, stage, uint32_t(epoch));
     EpochStats st = epoch == first_epoch ? partial : EpochStats{};
     run_epoch_steps(*backend, shuffled, epoch, st, &own, what);
@@ -466,7 +469,7 @@ void execute_run(const Config& config, const std::string& data_dir, const std::s
                  bool overwrite, const LoadedCheckpoint* resume) {
   const auto wall0 = Clock::now();
   validate(config);
-  if (config.threads > 0) omp_set_num_threads(config.threads);
+  ThreadGovernor::current().start(config.threads);  // fixed, or adapted to the neighbours
   if (dir.empty()) input_error("--out: a run directory is required");
   // The run directory must not be, hold or lie in what the run reads, and --overwrite replaces
   // only a run directory: checked before anything is read or written.
@@ -583,7 +586,7 @@ void execute_run(const Config& config, const std::string& data_dir, const std::s
   summary["dataset_path"] = std::filesystem::absolute(data.dir).lexically_normal().string();
   summary["dataset_hash"] = fmt::format("{:016x}", hash);
   summary["backend"] = device;
-  summary["threads"] = omp_get_max_threads();
+  summary["threads"] = ThreadGovernor::current().most();
   if (invariant) {
     summary["objective"] = m == "invrl" ? "fixed" : config.objective;
     summary["attention"] = m == "painvrl" && config.attention;
