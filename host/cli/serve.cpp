@@ -188,77 +188,145 @@ std::vector<int32_t> read_users_file(const std::string& path, int32_t n_users) {
 
 }  // namespace
 
+struct ServedModel::Impl {
+  TrainedRun run;
+  std::vector<float> item_rows;   // (n_items, D or 2D) [T_i, W (m * f_i) + b]; empty for mostpop
+  std::vector<float> popularity;  // (n_items,) training counts, mostpop only
+  UserItemCsr seen;               // the users' training items
+};
+
+ServedModel::ServedModel(const std::string& run_dir, const std::string& data_dir)
+    : impl_(std::make_unique<Impl>()) {
+  Impl& m = *impl_;
+  m.run = load_run(run_dir, data_dir);
+  const TrainedRun& r = m.run;
+  m.seen = UserItemCsr::build(r.data.train, r.data.n_users);
+  if (r.method == "mostpop") {
+    m.popularity.assign(size_t(r.data.n_items), 0.0f);
+    for (size_t p = 0; p < r.data.train.size(); ++p)
+      m.popularity[size_t(r.data.train.item[p])] += 1;
+  } else {
+    cpu::build_item_rows<float>(r.layout, r.params.data(),
+                                r.layout.content ? r.item_features.data() : nullptr, m.item_rows);
+  }
+}
+
+ServedModel::~ServedModel() = default;
+
+const Dataset& ServedModel::dataset() const { return impl_->run.data; }
+const std::string& ServedModel::method() const { return impl_->run.method; }
+int64_t ServedModel::factor_width() const {
+  const ParamLayout& L = impl_->run.layout;
+  return impl_->run.method == "mostpop" ? 0 : (L.content ? 2 * L.dim : L.dim);
+}
+
+void ServedModel::factors(float* user_rows, float* item_rows) const {
+  const TrainedRun& r = impl_->run;
+  const ParamLayout& L = r.layout;
+  const int64_t width = factor_width(), D = L.dim;
+  for (int64_t u = 0; u < L.n_users; ++u) {
+    std::copy_n(r.params.data() + L.pt + u * D, D, user_rows + u * width);
+    if (L.content) std::copy_n(r.params.data() + L.pf + u * D, D, user_rows + u * width + D);
+  }
+  std::copy(impl_->item_rows.begin(), impl_->item_rows.end(), item_rows);
+}
+
+void ServedModel::recommend(const int32_t* users, int64_t n_users, int k, bool exclude_seen,
+                            int32_t* items_out, float* scores_out) const {
+  const Impl& m = *impl_;
+  const TrainedRun& r = m.run;
+  const int32_t n_items = r.data.n_items;
+  if (k < 1 || k > n_items) {
+    input_error("k = {}: expected 1 to {} (the number of items)", k, n_items);
+  }
+  for (int64_t b = 0; b < n_users; ++b) {
+    if (users[b] < 0 || users[b] >= r.data.n_users) {
+      input_error("unknown user {} (the dataset has users 0 to {})", users[b], r.data.n_users - 1);
+    }
+  }
+  constexpr int64_t kBlock = 256;
+  std::vector<float> scores;                          // (block, n_items)
+  std::vector<int32_t> order;                         // (n_items,) unseen items of a user
+  std::vector<uint8_t> excluded(size_t(n_items), 0);  // (n_items,) 1: in the user's training
+  for (int64_t first = 0; first < n_users; first += kBlock) {
+    const int64_t count = std::min<int64_t>(kBlock, n_users - first);
+    scores.resize(size_t(count) * size_t(n_items));
+    if (r.method == "mostpop") {
+      for (int64_t b = 0; b < count; ++b) {
+        std::copy(m.popularity.begin(), m.popularity.end(), scores.begin() + b * n_items);
+      }
+    } else {
+      cpu::score_users<float>(r.layout, r.params.data(), m.item_rows, users + first, count,
+                              scores.data());
+    }
+    for (int64_t b = 0; b < count; ++b) {
+      const int32_t u = users[first + b];
+      const float* s = scores.data() + b * n_items;
+      if (exclude_seen) {
+        for (int64_t p = m.seen.offsets[u]; p < m.seen.offsets[u + 1]; ++p)
+          excluded[m.seen.items[p]] = 1;
+      }
+      order.clear();
+      for (int32_t i = 0; i < n_items; ++i) {
+        if (!excluded[size_t(i)]) order.push_back(i);
+      }
+      const size_t kept = std::min(order.size(), size_t(k));
+      // Best first; equal scores by item id, so the list is the same on every machine.
+      std::partial_sort(order.begin(), order.begin() + kept, order.end(),
+                        [&](int32_t a, int32_t c) { return s[a] != s[c] ? s[a] > s[c] : a < c; });
+      int32_t* items = items_out + (first + b) * k;
+      float* row_scores = scores_out + (first + b) * k;
+      for (size_t rank = 0; rank < size_t(k); ++rank) {
+        items[rank] = rank < kept ? order[rank] : -1;
+        row_scores[rank] = rank < kept ? s[order[rank]] : std::numeric_limits<float>::quiet_NaN();
+      }
+      if (exclude_seen) {
+        for (int64_t p = m.seen.offsets[u]; p < m.seen.offsets[u + 1]; ++p)
+          excluded[m.seen.items[p]] = 0;
+      }
+    }
+  }
+}
+
 void run_recommend(const RecommendOptions& o) {
   if (o.users.empty() && o.users_file.empty()) {
     input_error("recommend: give --user U or --users FILE");
   }
-  const TrainedRun r = load_run(o.run_dir, o.data_dir);
-  const int32_t n_items = r.data.n_items;
+  const ServedModel model(o.run_dir, o.data_dir);
+  const Dataset& data = model.dataset();
+  const int32_t n_items = data.n_items;
   if (o.k < 1 || o.k > n_items) {
     input_error("--k {}: expected 1 to {} (the number of items)", o.k, n_items);
   }
   std::vector<int32_t> users;
   for (int64_t u : o.users) {
-    users.push_back(parse_user(std::to_string(u), r.data.n_users, "--user"));
+    users.push_back(parse_user(std::to_string(u), data.n_users, "--user"));
   }
   if (!o.users_file.empty()) {
-    const std::vector<int32_t> more = read_users_file(o.users_file, r.data.n_users);
+    const std::vector<int32_t> more = read_users_file(o.users_file, data.n_users);
     users.insert(users.end(), more.begin(), more.end());
   }
-  const UserItemCsr seen = UserItemCsr::build(r.data.train, r.data.n_users);
-
-  std::vector<float> item_rows;  // (n_items, D or 2D) [T_i, W (m * f_i) + b]
-  std::vector<float> popularity;
-  if (r.method == "mostpop") {
-    popularity.assign(size_t(n_items), 0.0f);
-    for (size_t p = 0; p < r.data.train.size(); ++p) popularity[size_t(r.data.train.item[p])] += 1;
-  } else {
-    cpu::build_item_rows<float>(r.layout, r.params.data(),
-                                r.layout.content ? r.item_features.data() : nullptr, item_rows);
-  }
+  std::vector<int32_t> items(users.size() * size_t(o.k));  // (users, k)
+  std::vector<float> scores(items.size());                 // (users, k)
+  model.recommend(users.data(), int64_t(users.size()), o.k, true, items.data(), scores.data());
 
   // With the dataset's id maps, each row also names the user and the item by the dataset's ids.
-  const bool named = !r.data.user_ids.empty() || !r.data.item_ids.empty();
+  const bool named = !data.user_ids.empty() || !data.item_ids.empty();
   auto user_name = [&](int32_t u) {
-    return r.data.user_ids.empty() ? std::to_string(u) : r.data.user_ids[size_t(u)];
+    return data.user_ids.empty() ? std::to_string(u) : data.user_ids[size_t(u)];
   };
   auto item_name = [&](int32_t i) {
-    return r.data.item_ids.empty() ? std::to_string(i) : r.data.item_ids[size_t(i)];
+    return data.item_ids.empty() ? std::to_string(i) : data.item_ids[size_t(i)];
   };
   std::string out =
       named ? "user\trank\titem\tscore\tuser_id\titem_id\n" : "user\trank\titem\tscore\n";
-  constexpr int64_t kBlock = 256;
-  std::vector<float> scores;                          // (block, n_items)
-  std::vector<int32_t> order;                         // (n_items,) unseen items of a user
-  std::vector<uint8_t> excluded(size_t(n_items), 0);  // (n_items,) 1: in the user's training
-  for (size_t first = 0; first < users.size(); first += kBlock) {
-    const int64_t count = std::min<int64_t>(kBlock, int64_t(users.size() - first));
-    scores.resize(size_t(count) * size_t(n_items));
-    if (r.method == "mostpop") {
-      for (int64_t b = 0; b < count; ++b) {
-        std::copy(popularity.begin(), popularity.end(), scores.begin() + b * n_items);
-      }
-    } else {
-      cpu::score_users<float>(r.layout, r.params.data(), item_rows, users.data() + first, count,
-                              scores.data());
-    }
-    for (int64_t b = 0; b < count; ++b) {
-      const int32_t u = users[first + size_t(b)];
-      const float* s = scores.data() + b * n_items;
-      for (int64_t p = seen.offsets[u]; p < seen.offsets[u + 1]; ++p) excluded[seen.items[p]] = 1;
-      order.clear();
-      for (int32_t i = 0; i < n_items; ++i) {
-        if (!excluded[size_t(i)]) order.push_back(i);
-      }
-      const size_t k = std::min(order.size(), size_t(o.k));
-      // Best first; equal scores by item id, so the list is the same on every machine.
-      std::partial_sort(order.begin(), order.begin() + k, order.end(),
-                        [&](int32_t a, int32_t c) { return s[a] != s[c] ? s[a] > s[c] : a < c; });
-      for (size_t rank = 0; rank < k; ++rank) {
-        out += fmt::format("{}\t{}\t{}\t{:.9g}", u, rank + 1, order[rank], s[order[rank]]);
-        out += named ? fmt::format("\t{}\t{}\n", user_name(u), item_name(order[rank])) : "\n";
-      }
-      for (int64_t p = seen.offsets[u]; p < seen.offsets[u + 1]; ++p) excluded[seen.items[p]] = 0;
+  for (size_t b = 0; b < users.size(); ++b) {
+    for (int rank = 0; rank < o.k; ++rank) {
+      const int32_t item = items[b * size_t(o.k) + size_t(rank)];
+      if (item < 0) break;  // the user has fewer unseen items than k
+      out += fmt::format("{}\t{}\t{}\t{:.9g}", users[b], rank + 1, item,
+                         scores[b * size_t(o.k) + size_t(rank)]);
+      out += named ? fmt::format("\t{}\t{}\n", user_name(users[b]), item_name(item)) : "\n";
     }
   }
   if (o.out_file.empty()) {

@@ -19,8 +19,10 @@ std::mutex g_file_mutex;
 std::FILE* g_file = nullptr;       // log.txt of the run, once set_log_file named it
 std::vector<std::string> g_early;  // lines logged before that (bounded)
 constexpr size_t kEarlyLines = 4000;
+std::function<void(const std::string&)> g_sink;  // set and cleared by the caller's thread
 
 void to_file(const std::string& line) {
+  if (g_sink) g_sink(line);
   char stamp[32];
   const std::time_t now = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
   std::strftime(stamp, sizeof stamp, "%Y-%m-%d %H:%M:%S ", std::localtime(&now));
@@ -35,6 +37,8 @@ void to_file(const std::string& line) {
 }  // namespace
 
 void set_quiet(bool quiet) { g_quiet = quiet; }
+
+void set_log_sink(std::function<void(const std::string&)> sink) { g_sink = std::move(sink); }
 
 void set_log_file(const std::string& path) {
   const std::lock_guard<std::mutex> lock(g_file_mutex);

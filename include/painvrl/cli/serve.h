@@ -7,10 +7,41 @@
 //   the ID-only model), with the best-validation parameters.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
 namespace painvrl {
+
+struct Dataset;
+
+// A finished run loaded for serving (the CLI's recommend, the Python package): its parameters,
+// mask and dataset, checked to fit together, and the item rows scoring uses.
+class ServedModel {
+ public:
+  ServedModel(const std::string& run_dir, const std::string& data_dir = "");
+  ~ServedModel();
+  ServedModel(const ServedModel&) = delete;
+  ServedModel& operator=(const ServedModel&) = delete;
+
+  const Dataset& dataset() const;
+  const std::string& method() const;
+  // Top-k items of each of `n_users` users, best first (equal scores by item id), never an item
+  // of the user's training split when exclude_seen: items_out, scores_out (n_users, k), padded
+  // with -1 and NaN past a user's candidates. Throws InputError for k outside [1, n_items] or an
+  // unknown user.
+  void recommend(const int32_t* users, int64_t n_users, int k, bool exclude_seen,
+                 int32_t* items_out, float* scores_out) const;
+  // Rows whose dot products are the scores: user_rows (n_users, W) = [Pt_u, Pf_u] and item_rows
+  // (n_items, W) = [T_i, W (m * f_i) + b], W = factor_width() (D, or 2D for the content models;
+  // 0 for mostpop).
+  int64_t factor_width() const;
+  void factors(float* user_rows, float* item_rows) const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
 
 struct RecommendOptions {
   std::string run_dir;

@@ -4,6 +4,7 @@
 #pragma once
 #include <fmt/format.h>
 
+#include <functional>
 #include <stdexcept>
 #include <string>
 
@@ -31,5 +32,8 @@ void log_final(const std::string& message);  // the command's last word (error, 
 void log_progress(const std::string& message);
 void set_quiet(bool quiet);
 void set_log_file(const std::string& path);  // "" closes it
+// Also hands every line (progress included, whatever --quiet says) to `sink`, e.g. the Python
+// package's callback; an empty function removes it.
+void set_log_sink(std::function<void(const std::string&)> sink);
 
 }  // namespace painvrl
