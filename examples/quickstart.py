@@ -4,7 +4,6 @@ defaults, their IID / OOD Recall@20 and the mask per planted block. Run it after
 `pip install .` (README), from the repository root: examples/quickstart.py [DATA_DIR]"""
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -12,9 +11,7 @@ import numpy as np
 import painvrl
 
 data_dir = sys.argv[1] if len(sys.argv) > 1 else "runs/synth"
-if not os.path.isdir(data_dir):
-    subprocess.run(["build/painvrl", "synth", "--out", data_dir], check=True)
-data = painvrl.Dataset.load(data_dir)
+data = painvrl.Dataset.load(data_dir) if os.path.isdir(data_dir) else painvrl.synth(data_dir)
 kinds = json.load(open(os.path.join(data_dir, "manifest.json")))["column_kinds"]
 for model in ("ultragcn-mm", "painvrl"):
     run = painvrl.train(data, model=model)

@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 
 from . import _painvrl  # noqa: E402
 
-__all__ = ["Dataset", "Run", "train", "config_keys", "DivergedError"]
+__all__ = ["Dataset", "Run", "train", "synth", "config_keys", "DivergedError"]
 
 
 class DivergedError(RuntimeError):
@@ -34,6 +34,13 @@ class DivergedError(RuntimeError):
 
 
 _painvrl._set_diverged_error(DivergedError)
+
+
+def synth(out, seed=1, users=1000, items=800):
+    """Writes the built-in planted dataset (`painvrl synth --out OUT`: 1,000 users, 800 items,
+    48 feature columns of which 16 invariant, 16 spurious, 16 noise) and returns it loaded."""
+    _painvrl.synth(os.fspath(out), int(seed), int(users), int(items))
+    return Dataset.load(out)
 
 
 def config_keys():

@@ -18,6 +18,7 @@
 #include "painvrl/cli/serve.h"
 #include "painvrl/data/dataset.h"
 #include "painvrl/data/error.h"
+#include "painvrl/data/synth.h"
 #include "painvrl/pipeline/checkpoint.h"
 #include "painvrl/pipeline/config.h"
 #include "painvrl/pipeline/signals.h"
@@ -149,6 +150,19 @@ NB_MODULE(_painvrl, m) {
       "The resolved config as TOML; raises ValueError naming a bad key or value.");
   m.def("config_keys", &config_keys, "Every config key with its description.");
 
+  m.def(
+      "synth",
+      [](const std::string& out_dir, uint64_t seed, int32_t users, int32_t items) {
+        SynthOptions o;
+        o.seed = seed;
+        o.users = users;
+        o.items = items;
+        nb::gil_scoped_release release;
+        write_synthetic_dataset(out_dir, o);
+      },
+      nb::arg("out_dir"), nb::arg("seed") = SynthOptions{}.seed,
+      nb::arg("users") = SynthOptions{}.users, nb::arg("items") = SynthOptions{}.items,
+      "Writes `painvrl synth`'s planted dataset (its defaults unless told) into out_dir.");
   m.def(
       "load_dataset",
       [](const std::string& dir) {

@@ -179,6 +179,15 @@ class Package(unittest.TestCase):
         with self.assertRaises(painvrl.DivergedError):
             painvrl.train(self.data, model="ultragcn", config=dict(TINY, lr=1e38, epochs=1))
 
+    def test_synth_is_the_clis(self):
+        out = os.path.join(self.tmp.name, "py-synth")
+        d = painvrl.synth(out, seed=3, users=150, items=100)
+        self.assertEqual((d.n_users, d.n_items), (150, 100))
+        for name in ("train.txt", "test.txt", "features.npy", "dataset.toml"):
+            self.assertEqual(read(os.path.join(out, name)), read(os.path.join(self.data, name)))
+        with self.assertRaises(ValueError):
+            painvrl.synth(out)  # it exists: refused as the CLI refuses it
+
     def test_keys_and_metrics(self):
         keys = painvrl.config_keys()
         self.assertIn("mask_lambda", keys)
