@@ -222,7 +222,7 @@ int main(int argc, char** argv) {
   }
   if (cuda::usable_device_count() == 0) {
     std::printf("no usable GPU (%s): nothing to time\n", cuda::describe_device().c_str());
-    return 0;
+    return cuda::gpu_required() ? 1 : 0;
   }
   try {
     std::printf("device: %s\n", cuda::describe_device().c_str());

@@ -7,17 +7,24 @@
 
 namespace painvrl::cuda {
 
+namespace {
+std::string g_device_error;  // why the last count found no device ("" when it found one)
+}
+
 int usable_device_count() {
   int count = 0;
-  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+  const cudaError_t err = cudaGetDeviceCount(&count);
+  if (err != cudaSuccess) {
+    g_device_error = std::string(cudaGetErrorName(err)) + ": " + cudaGetErrorString(err);
     cudaGetLastError();  // clear the sticky error
     return 0;
   }
+  g_device_error = count == 0 ? "cudaGetDeviceCount found 0 devices" : "";
   return count;
 }
 
 std::string describe_device() {
-  if (usable_device_count() == 0) return "no usable CUDA device";
+  if (usable_device_count() == 0) return "no usable CUDA device (" + g_device_error + ")";
   cudaDeviceProp prop{};
   if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess) return "no usable CUDA device";
   char line[256];

@@ -39,8 +39,13 @@
 namespace painvrl {
 namespace {
 
-#define SKIP_WITHOUT_GPU() \
-  if (cuda::usable_device_count() == 0) GTEST_SKIP() << cuda::describe_device()
+// Without a device a gpu test skips, unless PAINVRL_REQUIRE_GPU=1 (the device check) makes that
+// a failure naming the CUDA error.
+#define SKIP_WITHOUT_GPU()                                                                  \
+  if (cuda::usable_device_count() == 0) {                                                   \
+    if (cuda::gpu_required()) FAIL() << "PAINVRL_REQUIRE_GPU: " << cuda::describe_device(); \
+    GTEST_SKIP() << cuda::describe_device();                                                \
+  }
 
 using test::scaled_error;
 using test::Toy;

@@ -13,7 +13,10 @@ namespace painvrl {
 namespace {
 
 TEST(GpuMath, DeviceMatchesHostFormulas) {
-  if (cuda::usable_device_count() == 0) GTEST_SKIP() << cuda::describe_device();
+  if (cuda::usable_device_count() == 0) {
+    if (cuda::gpu_required()) FAIL() << "PAINVRL_REQUIRE_GPU: " << cuda::describe_device();
+    GTEST_SKIP() << cuda::describe_device();
+  }
   for (unsigned long long seed : {1ull, 7ull, 2233ull}) {
     const int n = 4096;
     std::vector<float> z(n), out(4 * n, std::nanf(""));

@@ -267,6 +267,9 @@ void generate_mask(const Config& c, const Evaluator& eval, const MaskSettings& m
     RunProgress::current().advance(epoch + 1, c.mask_epochs);
     ThreadGovernor::current().adapt();
     if (st.n_steps > 0 && (epoch + 1) % std::max(1, c.mask_epochs / 8) == 0) {
+      // The device runner keeps the mask on the device; the host copy is current only after
+      // sync_state (without it a GPU run logged the initial mask at every line).
+      runner->sync_state();
       double mean = 0, lo = 1, hi = 0;
       for (double x : s.mask) {
         mean += x;
