@@ -57,8 +57,8 @@ std::string resolve_device(const std::string& device) {
     }
     log_warn(fmt::format(
         "--device cuda on {}: the CUDA backend has not yet passed its device check; the "
-        "backbone stages and HIM's environment models train on the GPU, the mask generation "
-        "and the ranking run on the CPU",
+        "backbone stages, HIM's environment models, the mask generation and the ranking run "
+        "on the GPU unverified",
         found));
     return "cuda";
   }
