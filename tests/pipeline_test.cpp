@@ -18,9 +18,11 @@
 #include "painvrl/data/error.h"
 #include "painvrl/data/io.h"
 #include "painvrl/data/npy.h"
+#include "painvrl/pipeline/config.h"
 #include "painvrl/pipeline/progress.h"
 #include "painvrl/pipeline/stages.h"
 #include "painvrl/pipeline/threads.h"
+#include "painvrl/pipeline/trainer.h"
 #include "test_util.h"
 
 namespace painvrl {
@@ -89,6 +91,98 @@ TEST(Pipeline, ThreadGovernorLeavesBusyCoresToTheNeighbours) {
   g.start(0);
   EXPECT_GE(g.threads(), 1);
   EXPECT_EQ(g.threads(), g.most());
+}
+
+// A runner that, like the device's, keeps the state to itself and brings the host copy up to date
+// only in sync_state(): the CPU runner on a private copy of the state.
+class DeferredRunner final : public MaskRunner {
+ public:
+  DeferredRunner(const MaskRunSetup& setup, const MaskRunState& host)
+      : host_(host),
+        params_(*host.params),
+        adam_m_(*host.adam_m),
+        adam_v_(*host.adam_v),
+        adam_t_(*host.adam_t),
+        mask_(*host.mask),
+        mask_m_(*host.mask_m),
+        mask_v_(*host.mask_v),
+        mask_t_(*host.mask_t),
+        scale_(*host.scale) {
+    own_ = MaskRunState{&params_, &adam_m_, &adam_v_, &adam_t_, &mask_,
+                        &mask_m_, &mask_v_, &mask_t_, &scale_};
+    inner_ = make_cpu_mask_runner(setup, own_);
+  }
+  void begin_epoch(const std::vector<std::vector<int32_t>>& env_pairs, int epoch) override {
+    inner_->begin_epoch(env_pairs, epoch);
+  }
+  void step(int64_t step) override { inner_->step(step); }
+  bool deferred() const override { return true; }
+  MaskDrain drain() override { return inner_->drain(); }
+  void sync_state() override {
+    inner_->sync_state();
+    *host_.params = params_, *host_.adam_m = adam_m_, *host_.adam_v = adam_v_;
+    *host_.adam_t = adam_t_, *host_.mask = mask_, *host_.mask_m = mask_m_;
+    *host_.mask_v = mask_v_, *host_.mask_t = mask_t_, *host_.scale = scale_;
+  }
+
+ private:
+  MaskRunState host_, own_;
+  std::vector<double> params_, adam_m_, adam_v_;
+  long long adam_t_;
+  std::vector<double> mask_, mask_m_, mask_v_;
+  long long mask_t_;
+  ParetoScale scale_;
+  std::unique_ptr<MaskRunner> inner_;
+};
+
+std::unique_ptr<MaskRunner> make_deferred_runner(const MaskRunSetup& setup,
+                                                 const MaskRunState& state) {
+  return std::make_unique<DeferredRunner>(setup, state);
+}
+
+// Issue 22, item 5: the mask stage's progress lines report the current mask with a runner that
+// updates the host copy only in sync_state() (the device runner); they reported the initial
+// 0.500 at every line. The run's results equal the CPU runner's.
+TEST(Pipeline, MaskLinesReportTheCurrentMaskWithADeferredRunner) {
+  TempDir tmp("deferred");
+  const std::string data = tmp / "synth";
+  ASSERT_EQ(run_program("synth --out " + data + " --seed 2 --users 100 --items 80").status, 0);
+  Config c;
+  c.method = "painvrl";
+  for (const char* kv : {"dim=8", "negatives=4", "batch_size=128", "epochs=2", "eval_every=1",
+                         "pretrain_epochs=1", "outer_iterations=1", "envs=2", "him_epochs=1",
+                         "him_rounds=1", "mask_epochs=8", "mask_batch=64", "attention_hidden=4"}) {
+    apply_override(c, kv);
+  }
+  run_training(c, RunOptions{data, tmp / "cpu", false});
+  set_mask_runner_factory_for_testing(make_deferred_runner);
+  run_training(c, RunOptions{data, tmp / "deferred", false});
+  set_mask_runner_factory_for_testing(nullptr);
+  EXPECT_EQ(test::read_bytes(tmp / "cpu" + "/mask.npy"),
+            test::read_bytes(tmp / "deferred" + "/mask.npy"));
+  // Each "mask outer 0 epoch E/8: ... mask mean M" line against the trace's last step of E.
+  std::map<int, double> traced;
+  std::ifstream trace(tmp / "deferred" + "/trace.jsonl");
+  for (std::string line; std::getline(trace, line);) {
+    const auto j = nlohmann::json::parse(line);
+    if (j.contains("mask_mean") && j.contains("epoch"))
+      traced[j["epoch"].get<int>()] = j["mask_mean"];
+  }
+  std::ifstream log(tmp / "deferred" + "/log.txt");
+  int lines = 0;
+  for (std::string line; std::getline(log, line);) {
+    const size_t at = line.find("mask outer 0 epoch");
+    if (at == std::string::npos) continue;
+    const int epoch = std::stoi(line.substr(at + 18));
+    const size_t mean_at = line.find("mask mean ");
+    ASSERT_NE(mean_at, std::string::npos) << line;
+    const double mean = std::stod(line.substr(mean_at + 10));
+    ASSERT_TRUE(traced.count(epoch)) << line;
+    EXPECT_NEAR(mean, traced[epoch], 5e-4) << line;
+    ++lines;
+  }
+  EXPECT_GT(lines, 1);
+  EXPECT_NE(traced.rbegin()->second, 0.5);  // the mask moved, so a stale 0.500 would show
 }
 
 TEST(Pipeline, PainvrlAndInvrlWriteMaskTraceAndSummary) {

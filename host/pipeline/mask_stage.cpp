@@ -25,6 +25,12 @@
 
 namespace painvrl {
 
+namespace {
+MaskRunnerFactory g_runner_factory = nullptr;
+}
+
+void set_mask_runner_factory_for_testing(MaskRunnerFactory factory) { g_runner_factory = factory; }
+
 std::vector<float> scale_columns(const std::vector<float>& f, int64_t d,
                                  const std::vector<float>& factor) {
   std::vector<float> out(f.size());
@@ -220,7 +226,10 @@ void generate_mask(const Config& c, const Evaluator& eval, const MaskSettings& m
 #ifdef PAINVRL_HAVE_CUDA
   if (c.device == "cuda") runner = cuda::make_mask_runner(rs, run_state, env_pairs);
 #endif
-  if (!runner) runner = make_cpu_mask_runner(rs, run_state);
+  if (!runner) {
+    runner =
+        g_runner_factory ? g_runner_factory(rs, run_state) : make_cpu_mask_runner(rs, run_state);
+  }
   const math::PhiloxKey order_key =
       math::make_key(c.seed, math::stream_id(math::RngStream::kShuffle, stage_key));
   const int64_t steps = (largest + c.mask_batch - 1) / c.mask_batch;

@@ -136,6 +136,11 @@ HimHooks him_hooks();
 // for diagnostics), for each of `pairs`; ids renumbered 0.. in order.
 std::vector<int32_t> environments_from_file(const std::string& path, const PairList& pairs);
 
+// Tests: the runner the mask stage uses where it would use the CPU's (nullptr: the CPU's), e.g.
+// one that, like the device runner, updates the host state only in sync_state().
+using MaskRunnerFactory = std::unique_ptr<MaskRunner> (*)(const MaskRunSetup&, const MaskRunState&);
+void set_mask_runner_factory_for_testing(MaskRunnerFactory factory);
+
 // Pieces of one mask-generation step, shared by the pipeline and `debug-step`.
 MaskSettings mask_settings_from(const Config& c);
 MaskRunOptions mask_run_options(const Config& c);
