@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -15,6 +16,16 @@
 #include "painvrl/cuda/kernels.h"
 
 namespace painvrl::cuda {
+
+// PAINVRL_CUDA_SYNC=1 (diagnosis): every checked call is followed by a device synchronisation,
+// so that an asynchronous fault is reported at the launch that caused it, not at a later call.
+inline bool cuda_sync_mode() {
+  static const bool on = [] {
+    const char* v = std::getenv("PAINVRL_CUDA_SYNC");
+    return v != nullptr && v[0] != '\0' && v[0] != '0';
+  }();
+  return on;
+}
 
 // Every runtime, launcher and cuBLAS call is checked; the message names the call (for a launch,
 // the kernel's launcher) and where it was made.
@@ -24,6 +35,15 @@ namespace painvrl::cuda {
     if (err_ != cudaSuccess) {                                                              \
       throw std::runtime_error(fmt::format("CUDA error in {} ({}:{}): {}", #call, __FILE__, \
                                            __LINE__, cudaGetErrorString(err_)));            \
+    }                                                                                       \
+    if (::painvrl::cuda::cuda_sync_mode()) {                                                \
+      const cudaError_t sync_ = cudaDeviceSynchronize();                                    \
+      if (sync_ != cudaSuccess) {                                                           \
+        throw std::runtime_error(                                                           \
+            fmt::format("CUDA error after {} ({}:{}; PAINVRL_CUDA_SYNC): "                  \
+                        "{}",                                                               \
+                        #call, __FILE__, __LINE__, cudaGetErrorString(sync_)));             \
+      }                                                                                     \
     }                                                                                       \
   } while (0)
 #define PAINVRL_CUBLAS_CHECK(call)                                                            \
