@@ -627,7 +627,7 @@ TEST(EmulatedKernels, TopKIsTheHostRanking) {
     for (bool use_candidates : {false, true}) {
       const std::vector<uint8_t> cands = use_candidates ? candidates : std::vector<uint8_t>{};
       const RankFn host = host_ranker(score, n_items, exclude, cands);
-      for (int k : {1, 7, seed == 1 ? int(n_items) : 20}) {
+      for (int k : {1, 7, 32, 33, seed == 1 ? int(n_items) : 20}) {
         std::vector<int32_t> want(size_t(count) * k, -2), got(size_t(count) * k, -2);
         host(users.data(), count, k, want.data());
         std::vector<float> block(size_t(count) * n_items);
@@ -636,14 +636,43 @@ TEST(EmulatedKernels, TopKIsTheHostRanking) {
                       exclude.offsets.data(), exclude.items.data(), users.data(), count, n_items,
                       use_candidates ? cands.data() : nullptr, block.data(), nullptr),
                   cudaSuccess);
+        // Both selections: the one pass (k <= 32, launch_top_k) and the rounds.
+        const std::vector<float> excluded = block;
         ASSERT_EQ(k::launch_top_k(block.data(), count, n_items, k, got.data(), nullptr),
                   cudaSuccess);
         EXPECT_EQ(got, want) << "seed " << seed << " k " << k << " candidates " << use_candidates;
+        std::fill(got.begin(), got.end(), -2);
+        ASSERT_EQ(k::launch_top_k_rounds(excluded.data(), count, n_items, k, got.data(), nullptr),
+                  cudaSuccess);
+        EXPECT_EQ(got, want) << "rounds: seed " << seed << " k " << k;
       }
     }
     std::vector<int32_t> out(1);
     EXPECT_EQ(k::launch_top_k(scores.data(), 1, n_items, n_items + 1, out.data(), nullptr),
               cudaErrorInvalidValue);
+  }
+  // Rows much longer than the block, so that every thread's list fills and drops (the one pass),
+  // with ties and -inf.
+  std::mt19937 rng(3);
+  const int32_t n_items = 1500, count = 3;
+  std::vector<float> rows(size_t(count) * n_items);
+  for (float& x : rows) x = rng() % 11 == 0 ? -INFINITY : float(int(rng() % 40)) * 0.25f;
+  for (int kk : {1, 5, 20, 32}) {
+    std::vector<int32_t> want(size_t(count) * kk), got(want.size(), -2),
+        got_rounds(want.size(), -2);
+    for (int32_t r = 0; r < count; ++r) {
+      std::vector<int32_t> order(static_cast<size_t>(n_items));
+      std::iota(order.begin(), order.end(), 0);
+      const float* s = rows.data() + size_t(r) * n_items;
+      std::partial_sort(order.begin(), order.begin() + kk, order.end(),
+                        [&](int32_t a, int32_t b) { return s[a] != s[b] ? s[a] > s[b] : a < b; });
+      std::copy_n(order.begin(), kk, want.begin() + size_t(r) * kk);
+    }
+    ASSERT_EQ(k::launch_top_k(rows.data(), count, n_items, kk, got.data(), nullptr), cudaSuccess);
+    ASSERT_EQ(k::launch_top_k_rounds(rows.data(), count, n_items, kk, got_rounds.data(), nullptr),
+              cudaSuccess);
+    EXPECT_EQ(got, want) << "long rows, k " << kk;
+    EXPECT_EQ(got_rounds, want) << "long rows, rounds, k " << kk;
   }
 }
 

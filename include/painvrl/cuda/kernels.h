@@ -244,8 +244,12 @@ cudaError_t launch_exclude_items(const int64_t* offsets, const int32_t* items, c
                                  int64_t count, int32_t n_items, const uint8_t* candidates,
                                  float* scores, cudaStream_t stream);
 // ranked (count, k) = each row's k best items, score descending, ties towards the smaller id
-// (host/pipeline/evaluate.cpp's order); 0 < k <= n_items.
+// (host/pipeline/evaluate.cpp's order); 0 < k <= n_items. One pass over each row for k <= 32,
+// else the rounds below.
 cudaError_t launch_top_k(const float* scores, int64_t count, int32_t n_items, int32_t k,
                          int32_t* ranked, cudaStream_t stream);
+// The same lists by k rounds over the whole row (the first version; the lab's variant 1).
+cudaError_t launch_top_k_rounds(const float* scores, int64_t count, int32_t n_items, int32_t k,
+                                int32_t* ranked, cudaStream_t stream);
 
 }  // namespace painvrl::PAINVRL_KERNEL_NS
