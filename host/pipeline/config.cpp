@@ -73,7 +73,8 @@ const std::vector<Key>& keys() {
       {"eval_test_each", &Config::eval_test_each, "record test metrics at every evaluation"},
       {"eval_ks", &Config::eval_ks, "list of K for P/R/NDCG@K"},
       {"ndcg", &Config::ndcg, "standard | invrl"},
-      {"eval_block", &Config::eval_block, "users scored per block"},
+      {"eval_block", &Config::eval_block,
+       "users scored per block (the GPU ranks at least 4,096 users per call)"},
       {"candidates", &Config::candidates,
        "auto | all | cold: the test's ranking candidates (auto: the dataset's test_candidates; "
        "cold: the items without training pairs; validation always ranks all)"},

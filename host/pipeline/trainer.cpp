@@ -257,10 +257,14 @@ Metrics rank_and_evaluate(const Evaluator& ev, Backend& backend, const PairList&
                           const std::vector<uint8_t>& cands) {
   const Config& config = ev.config;
   if (backend.prepare_ranking(ev.graph.train_by_user, cands)) {  // ranked on the device
+    // Thousands of users per call: each call ends with the ranked ids' copy to the host, and
+    // eval_block's 256 (sized for the CPU's score buffer) made that a sync every 256 users. The
+    // metrics do not depend on the block (per-user sums, added in a fixed order).
+    constexpr int kDeviceRankBlock = 4096;
     return evaluate_ranked([&backend](const int32_t* users, int64_t count, int k,
                                       int32_t* ranked) { backend.rank(users, count, k, ranked); },
                            ev.data.n_users, ev.data.n_items, heldout, config.eval_ks,
-                           parse_ndcg(config.ndcg), config.eval_block);
+                           parse_ndcg(config.ndcg), std::max(config.eval_block, kDeviceRankBlock));
   }
   return evaluate_full_ranking([&backend](const int32_t* users, int64_t count,
                                           float* out) { backend.score(users, count, out); },
