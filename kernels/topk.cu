@@ -47,54 +47,6 @@ __device__ __forceinline__ bool ranks_before(float sa, int32_t ja, float sb, int
   return sa != sb ? sa > sb : ja < jb;
 }
 
-__global__ void __launch_bounds__(kTopKThreads)
-    top_k_kernel(const float* scores, int32_t n_items, int32_t k, int32_t* ranked) {
-  __shared__ float warp_score[kTopKThreads / 32];
-  __shared__ int32_t warp_item[kTopKThreads / 32];
-  const int64_t r = blockIdx.x;
-  const float* row = scores + r * n_items;
-  float prev_s = 0;
-  int32_t prev_j = -1;  // none picked yet
-  const int warps = int(blockDim.x + 31) / 32;
-  for (int32_t round = 0; round < k; ++round) {
-    float best_s = 0;
-    int32_t best_j = -1;
-    for (int32_t j = threadIdx.x; j < n_items; j += blockDim.x) {
-      const float s = row[j];
-      if (prev_j >= 0 && !ranks_before(prev_s, prev_j, s, j)) continue;  // picked already
-      if (best_j < 0 || ranks_before(s, j, best_s, best_j)) {
-        best_s = s;
-        best_j = j;
-      }
-    }
-    for (int lane_mask = 16; lane_mask > 0; lane_mask >>= 1) {
-      const float os = __shfl_xor_sync(0xffffffffu, best_s, lane_mask);
-      const int32_t oj = __shfl_xor_sync(0xffffffffu, best_j, lane_mask);
-      if (oj >= 0 && (best_j < 0 || ranks_before(os, oj, best_s, best_j))) {
-        best_s = os;
-        best_j = oj;
-      }
-    }
-    if (threadIdx.x % 32 == 0) {
-      warp_score[threadIdx.x / 32] = best_s;
-      warp_item[threadIdx.x / 32] = best_j;
-    }
-    __syncthreads();
-    best_j = -1;
-    for (int w = 0; w < warps; ++w) {
-      const int32_t oj = warp_item[w];
-      if (oj >= 0 && (best_j < 0 || ranks_before(warp_score[w], oj, best_s, best_j))) {
-        best_s = warp_score[w];
-        best_j = oj;
-      }
-    }
-    __syncthreads();                                       // warp_* free for the next round
-    if (threadIdx.x == 0) ranked[r * k + round] = best_j;  // -1 only if k > n_items
-    prev_s = best_s;
-    prev_j = best_j;
-  }
-}
-
 // The block-wide best of each thread's candidate (s, j) (j < 0: none), the same in every thread.
 __device__ __forceinline__ void block_best(float& best_s, int32_t& best_j, float* warp_score,
                                            int32_t* warp_item) {
@@ -121,6 +73,32 @@ __device__ __forceinline__ void block_best(float& best_s, int32_t& best_j, float
     }
   }
   __syncthreads();  // warp_* free for the next call
+}
+
+__global__ void __launch_bounds__(kTopKThreads)
+    top_k_kernel(const float* scores, int32_t n_items, int32_t k, int32_t* ranked) {
+  __shared__ float warp_score[kTopKThreads / 32];
+  __shared__ int32_t warp_item[kTopKThreads / 32];
+  const int64_t r = blockIdx.x;
+  const float* row = scores + r * n_items;
+  float prev_s = 0;
+  int32_t prev_j = -1;  // none picked yet
+  for (int32_t round = 0; round < k; ++round) {
+    float best_s = 0;
+    int32_t best_j = -1;
+    for (int32_t j = threadIdx.x; j < n_items; j += blockDim.x) {
+      const float s = row[j];
+      if (prev_j >= 0 && !ranks_before(prev_s, prev_j, s, j)) continue;  // picked already
+      if (best_j < 0 || ranks_before(s, j, best_s, best_j)) {
+        best_s = s;
+        best_j = j;
+      }
+    }
+    block_best(best_s, best_j, warp_score, warp_item);
+    if (threadIdx.x == 0) ranked[r * k + round] = best_j;  // -1 only if k > n_items
+    prev_s = best_s;
+    prev_j = best_j;
+  }
 }
 
 constexpr int kListMax = 32;  // the one-pass selection's longest per-thread list

@@ -293,13 +293,17 @@ TEST(Resume, CorruptNewestCheckpointFallsBackToTheOlder) {
   }
 }
 
+// A tiny ultragcn run in `got`, stopped (as by SIGTERM) early in its first epochs.
+void stopped_run(const Fixture& fx, const std::string& got) {
+  stop_after_polls_for_testing(5);
+  EXPECT_THROW(run_training(tiny_config("ultragcn"), RunOptions{fx.data, got, false}), Interrupted);
+  stop_after_polls_for_testing(0);
+}
+
 TEST(Resume, ChangedDatasetOrMissingRunIsRefused) {
   Fixture fx;
-  const Config c = tiny_config("ultragcn");
   const std::string got = fx.tmp / "run";
-  stop_after_polls_for_testing(5);
-  EXPECT_THROW(run_training(c, RunOptions{fx.data, got, false}), Interrupted);
-  stop_after_polls_for_testing(0);
+  stopped_run(fx, got);
   // The same layout, other content.
   const std::string other = fx.tmp / "other";
   SynthOptions so;
@@ -323,11 +327,8 @@ TEST(Resume, ChangedDatasetOrMissingRunIsRefused) {
 // resumes.
 TEST(Resume, EditedConfigFileIsRefusedNamingTheKeys) {
   Fixture fx;
-  const Config c = tiny_config("ultragcn");
   const std::string got = fx.tmp / "run";
-  stop_after_polls_for_testing(5);
-  EXPECT_THROW(run_training(c, RunOptions{fx.data, got, false}), Interrupted);
-  stop_after_polls_for_testing(0);
+  stopped_run(fx, got);
   const std::string path = got + "/config.toml", original = test::read_bytes(path);
   std::string edited = original;
   const size_t lr = edited.find("\nlr = ");

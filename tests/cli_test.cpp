@@ -665,6 +665,38 @@ TEST(Cli, ARunWithNonFiniteParametersIsNotASuccess) {
 // Issue 19, defect 2: one writer per run directory. Two writers started together on one run
 // directory, 20 times (fresh runs, then --overwrite of a finished one): one wins, the other is
 // refused within 2 s, and the winner's model is the one a lone run writes.
+// Starts two commands together and waits for both: each one's exit status and seconds to its
+// exit (-1, -1 for both when either is still running after 120 s; both are then killed).
+struct Race {
+  int exit_a;
+  double seconds_a;
+  int exit_b;
+  double seconds_b;
+};
+Race race(const std::string& args_a, const std::string& args_b, const std::string& log_a,
+          const std::string& log_b) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const pid_t a = spawn_program(args_a, log_a);
+  const pid_t b = spawn_program(args_b, log_b);
+  int sa = 0, sb = 0;
+  double ta = -1, tb = -1;
+  while (ta < 0 || tb < 0) {
+    const double now = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (ta < 0 && ::waitpid(a, &sa, WNOHANG) == a) ta = now;
+    if (tb < 0 && ::waitpid(b, &sb, WNOHANG) == b) tb = now;
+    if (now > 120.0) {
+      ::kill(a, SIGKILL);
+      ::kill(b, SIGKILL);
+      if (ta < 0) ::waitpid(a, &sa, 0);
+      if (tb < 0) ::waitpid(b, &sb, 0);
+      return {-1, -1, -1, -1};
+    }
+    ::usleep(2000);
+  }
+  auto code = [](int st) { return WIFEXITED(st) ? WEXITSTATUS(st) : -1; };
+  return {code(sa), ta, code(sb), tb};
+}
+
 TEST(Cli, TwoWritersOnOneRunDirectoryOneWins) {
   TempDir tmp("writers");
   const std::string data = tmp / "synth";
@@ -683,20 +715,9 @@ TEST(Cli, TwoWritersOnOneRunDirectoryOneWins) {
     const std::string run = tmp / ("run" + std::to_string(round % 2));
     const std::string flags = round < rounds / 2 ? "" : " --overwrite";
     if (round < rounds / 2) fs::remove_all(run);
-    const auto t0 = std::chrono::steady_clock::now();
-    const pid_t a = spawn_program(args + run + flags, tmp / "a.log");
-    const pid_t b = spawn_program(args + run + flags, tmp / "b.log");
-    int sa = 0, sb = 0;
-    double ta = -1, tb = -1;  // seconds to each one's exit
-    while (ta < 0 || tb < 0) {
-      const double now =
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      if (ta < 0 && ::waitpid(a, &sa, WNOHANG) == a) ta = now;
-      if (tb < 0 && ::waitpid(b, &sb, WNOHANG) == b) tb = now;
-      ASSERT_LT(now, 120.0) << "round " << round << ": a writer hangs";
-      ::usleep(2000);
-    }
-    const int ea = WIFEXITED(sa) ? WEXITSTATUS(sa) : -1, eb = WIFEXITED(sb) ? WEXITSTATUS(sb) : -1;
+    const auto [ea, ta, eb, tb] =
+        race(args + run + flags, args + run + flags, tmp / "a.log", tmp / "b.log");
+    ASSERT_GE(ta, 0) << "round " << round << ": a writer hangs";
     EXPECT_TRUE((ea == 0) != (eb == 0))
         << "round " << round << ": exits " << ea << ", " << eb << "\n"
         << read_bytes(tmp / "a.log") << read_bytes(tmp / "b.log");
@@ -717,20 +738,9 @@ TEST(Cli, TwoWritersOnOneRunDirectoryOneWins) {
     ::waitpid(first, &st, 0);
     if (!WIFEXITED(st) || WEXITSTATUS(st) != 75) continue;  // it ended before the signal
     ++resumed_pairs;
-    const auto t0 = std::chrono::steady_clock::now();
-    const pid_t a = spawn_program("train --resume " + run, tmp / "a.log");
-    const pid_t b = spawn_program("train --resume " + run, tmp / "b.log");
-    int sa = 0, sb = 0;
-    double ta = -1, tb = -1;
-    while (ta < 0 || tb < 0) {
-      const double now =
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      if (ta < 0 && ::waitpid(a, &sa, WNOHANG) == a) ta = now;
-      if (tb < 0 && ::waitpid(b, &sb, WNOHANG) == b) tb = now;
-      ASSERT_LT(now, 120.0) << "resume round " << round << ": a writer hangs";
-      ::usleep(2000);
-    }
-    const int ea = WIFEXITED(sa) ? WEXITSTATUS(sa) : -1, eb = WIFEXITED(sb) ? WEXITSTATUS(sb) : -1;
+    const auto [ea, ta, eb, tb] =
+        race("train --resume " + run, "train --resume " + run, tmp / "a.log", tmp / "b.log");
+    ASSERT_GE(ta, 0) << "resume round " << round << ": a writer hangs";
     const std::string logs = read_bytes(tmp / "a.log") + read_bytes(tmp / "b.log");
     EXPECT_TRUE(ea == 0 || eb == 0) << "resume round " << round << ": " << ea << ", " << eb << logs;
     for (const auto& [e, t] : {std::pair{ea, ta}, std::pair{eb, tb}}) {

@@ -215,6 +215,7 @@ class Run:
         self.path = os.path.abspath(path)
         self._keep = keep  # the temporary directory of train(out=None)
         self._model = None
+        self._factors = None
 
     def __repr__(self):
         state = "complete" if self.complete else "not finished"
@@ -271,15 +272,20 @@ class Run:
             self._model = _painvrl.Model(self.path)
         return self._model
 
+    def _factor_tables(self):
+        if self._factors is None:  # both tables come from one call; built once per Run
+            self._factors = self._served().factors()
+        return self._factors
+
     @property
     def user_factors(self):
         """float32 (n_users, W): [Pt_u, Pf_u] (W = D, or 2D for the content models)."""
-        return self._served().factors()[0]
+        return self._factor_tables()[0]
 
     @property
     def item_factors(self):
         """float32 (n_items, W): [T_i, W (m * f_i) + b]; scores = user_factors @ item_factors.T"""
-        return self._served().factors()[1]
+        return self._factor_tables()[1]
 
     def recommend(self, users, k=10, exclude_seen=True):
         """Top-k items of each user, best first (ties by item id), never a training item of the
@@ -331,7 +337,7 @@ class Run:
         finally:
             if bar is not None:
                 bar.close()
-        self._model = None
+        self._model = self._factors = None
         return self
 
 
