@@ -193,6 +193,8 @@ void size_step_buffers(const ParamLayout& L, int64_t batch, int32_t n_negatives,
 }
 
 constexpr int64_t kScoreBlock = 4096;  // users scored per GEMM (the evaluation's block)
+// The k that setup's memory check allows for ranking; a larger k is checked when it is asked for.
+constexpr int32_t kRankKAllowance = 100;
 
 class CudaBackend final : public Backend {
  public:
@@ -211,15 +213,13 @@ class CudaBackend final : public Backend {
           fmt::format("the CUDA backend supports dim <= {} (dim = {})", kFusedLossMaxDim, L.dim));
     }
     ctx_ = std::make_unique<StreamContext>(setup.tf32);
-    size_t free_bytes = 0, total_bytes = 0;
-    PAINVRL_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
-    const int64_t need = backend_device_bytes(
-        setup, graph.ii_k, int64_t(graph.train_by_user.items.size()), kScoreBlock);
-    if (need > int64_t(free_bytes)) {
-      throw std::runtime_error(
-          fmt::format("the run needs about {} MiB of GPU memory and {} MiB are free", need >> 20,
-                      int64_t(free_bytes) >> 20));
-    }
+    BackendMemoryInputs mem;
+    mem.ii_k = graph.ii_k;
+    mem.n_pairs = int64_t(graph.train_by_user.items.size());
+    mem.score_block = std::min<int64_t>(kScoreBlock, L.n_users);
+    mem.rank_k = kRankKAllowance;
+    check_device_fits(backend_device_bytes(setup, mem), "training on the GPU",
+                      "lower batch_size or negatives");
     setup_ = setup;
     const cudaStream_t s = ctx_->stream();
     for (DeviceBuffer<float>* buf : {&grad_, &adam_m_, &adam_v_}) {
@@ -467,26 +467,67 @@ class CudaBackend final : public Backend {
 
 std::unique_ptr<Backend> make_cuda_backend() { return std::make_unique<CudaBackend>(); }
 
-int64_t backend_device_bytes(const TrainSetup& setup, int32_t ii_k, int64_t n_pairs,
-                             int64_t score_block) {
+int64_t backend_device_bytes(const TrainSetup& setup, const BackendMemoryInputs& in) {
   const ParamLayout& L = setup.layout;
-  const int64_t width = L.content ? 2 * L.dim : L.dim;
-  int64_t floats = 4 * L.total;                              // params, grad, m, v
-  floats += int64_t(L.n_users) + L.n_items;                  // betas
-  floats += 2 * int64_t(L.n_items) * ii_k;                   // neighbour ids and weights
-  if (L.content) floats += int64_t(L.n_items) * L.feat_dim;  // F
-  floats += 3 * int64_t(L.n_items) * L.dim + L.n_items;      // X, dX, ones
-  floats += int64_t(setup.batch_size) * setup.negatives + 2 * (4096 + setup.batch_size);
-  floats += 2 * kAdamBlocks + 2 * n_pairs;          // block sums; the epoch's shuffled pairs
-  floats += int64_t(L.n_items) * width;             // scoring rows
-  floats += score_block * (width + L.n_items + 1);  // a scoring block
-  if (setup.deterministic) {  // size_deterministic's buffers; CUB's storage about as much again
-    const int64_t terms = 1 + setup.negatives + (setup.loss.kappa != 0 ? ii_k : 0);
-    const int64_t n = std::max<int64_t>(setup.batch_size * terms, 4096 + setup.batch_size);
-    floats += 2 * setup.batch_size * terms + (4096 + setup.batch_size) * 2 * L.dim + 6 * n;
+  const int64_t items = L.n_items, users = L.n_users, D = L.dim;
+  const int64_t width = L.content ? 2 * D : D;
+  const int64_t B = setup.batch_size, N = std::max(setup.negatives, 1);
+  const int64_t pairs = in.n_pairs, block = in.score_block;
+  int64_t words = 4 * L.total;                        // params, grad, m, v
+  words += users + items + 2 * items * in.ii_k;       // betas, neighbour weights and ids
+  if (L.content) words += items * L.feat_dim;         // F
+  words += 2 * items * D + items;                     // X, dX, ones
+  words += 2 * (4096 + B) + B * N + 2 * kAdamBlocks;  // row losses, negatives, Adam's block sums
+  words += 2 * pairs;                                 // the epoch's shuffled pairs
+  words += items * width;                             // the scoring rows
+  words += std::max(block, pairs) + pairs;  // users scored (a block, or HIM's pairs), items
+  words += block * width + std::max(block * items, pairs);  // a block's user rows, its scores
+  words += pairs + block * in.rank_k;                       // the exclusions, the ranked ids
+  int64_t bytes = 4 * words + sizeof(EpochAccumulators) + sizeof(int);
+  bytes += 8 * (users + 1) + items;  // the exclusions' offsets, the candidate flags
+  if (setup.deterministic) {         // size_deterministic's buffers and CUB's storage
+    const int64_t terms = 1 + setup.negatives + (setup.loss.kappa != 0 ? in.ii_k : 0);
+    const int64_t n = std::max<int64_t>(B * terms, 4096 + B);
+    bytes += 4 * (2 * B * terms + (4096 + B) * 2 * D + 4 * n) + sort_temp_bytes(n, nullptr);
   }
-  const int64_t cublas_workspace = int64_t(64) << 20;
-  return 4 * floats + cublas_workspace;
+  return bytes + kCublasWorkspaceAllowance;
+}
+
+int64_t him_train_device_bytes(const TrainSetup& setup, int32_t ii_k,
+                               const std::vector<int64_t>& env_sizes) {
+  const ParamLayout& L = setup.layout;
+  const int64_t E = int64_t(env_sizes.size()), items = L.n_items, D = L.dim;
+  const int64_t width = E * D, B = setup.batch_size, N = std::max(setup.negatives, 1);
+  int64_t rows = 0, steps = 0;
+  for (int64_t n : env_sizes) {
+    rows += n;
+    steps = std::max(steps, (n + B - 1) / B);
+  }
+  const int64_t n_params = E * (D * L.feat_dim + D);
+  int64_t words = L.n_users + items + 2 * items * ii_k + items * L.feat_dim;  // graph, psi
+  words += L.total + 4 * n_params;                         // the backbone; W_all|b_all, m, v, grad
+  words += 2 * items * width + items;                      // X_all, dX_all, ones
+  words += 2 * (4096 + E * B) + E * B * N;                 // row losses, negatives
+  words += 4 * rows;                                       // the epoch's users, items, envs, index
+  int64_t bytes = 4 * words + E * sizeof(math::PhiloxKey)  // the models' negative keys
+                  + sizeof(double) + sizeof(int) + sizeof(long long) +
+                  steps * E * (sizeof(math::AdamStep) + 1);  // Adam steps, active flags
+  if (setup.deterministic) {
+    const int64_t terms = 1 + setup.negatives + (setup.loss.kappa != 0 ? ii_k : 0);
+    const int64_t n = std::max<int64_t>(E * B * terms, 4096 + E * B);
+    bytes += 4 * (2 * E * B * terms + (4096 + E * B) * 2 * D + 4 * n) + sort_temp_bytes(n, nullptr);
+  }
+  return bytes + kCublasWorkspaceAllowance;
+}
+
+int64_t him_assign_device_bytes(int32_t n_users, int32_t n_items, int32_t dim, int64_t feat_dim,
+                                int32_t envs, int64_t n_pairs) {
+  const int64_t width = int64_t(envs) * dim;
+  const int64_t words = 2 * int64_t(n_users) * dim + int64_t(n_items) * dim       // Pt, Pf, T
+                        + width * feat_dim + width                                // W_all, b_all
+                        + int64_t(n_items) * feat_dim + int64_t(n_items) * width  // psi, X_all
+                        + 3 * n_pairs;  // users, items, envs
+  return 4 * words + kCublasWorkspaceAllowance;
 }
 
 LossTerms<float> loss_grad_on_device(const ParamLayout& L, const float* params,
@@ -622,6 +663,14 @@ std::vector<float> train_env_models_projection_on_device(const TrainSetup& ts, c
   const int64_t n = int64_t(params.size());
   StreamContext ctx(ts.tf32);
   const cudaStream_t s = ctx.stream();
+  const int32_t B = ts.batch_size, N = ts.negatives;
+  const int32_t terms = 1 + N + (ts.loss.kappa != 0 ? graph.ii_k : 0);
+  {
+    std::vector<int64_t> sizes;
+    for (const PairList& p : env_pairs) sizes.push_back(int64_t(p.size()));
+    check_device_fits(him_train_device_bytes(ts, graph.ii_k, sizes),
+                      "HIM's environment models on the GPU", "lower batch_size or envs");
+  }
   DeviceProblem P;
   upload_problem(graph, &psi, feat_dim, P, s);
   DeviceBuffer<float> d_backbone, d_params, d_m, d_v, d_grad, x, grad_x, ones;
@@ -640,10 +689,9 @@ std::vector<float> train_env_models_projection_on_device(const TrainSetup& ts, c
   }
   DeviceBuffer<math::PhiloxKey> d_keys;
   d_keys.upload(neg_keys, s);
-  const int32_t B = ts.batch_size, N = ts.negatives;
   StepBuffers sb;
   sb.deterministic = ts.deterministic;
-  size_deterministic(sb, int64_t(E) * B, 1 + N + (ts.loss.kappa != 0 ? graph.ii_k : 0), D, s);
+  size_deterministic(sb, int64_t(E) * B, terms, D, s);
   sb.row_loss.reserve(2 * (4096 + int64_t(E) * B));
   sb.negatives.reserve(int64_t(E) * B * std::max(N, 1));
   DeviceBuffer<double> epoch_loss;
@@ -749,6 +797,8 @@ std::vector<int32_t> assign_environments_on_device(const cpu::EnvModelsView& m, 
   const int64_t P = int64_t(pairs.size());
   StreamContext ctx(tf32);
   const cudaStream_t s = ctx.stream();
+  check_device_fits(him_assign_device_bytes(m.n_users, m.n_items, D, m.feat_dim, E, P),
+                    "HIM's reassignment on the GPU", "lower envs");
   DeviceBuffer<float> pt, pf, t, w_all, b_all, features, x;
   pt.upload(m.pt, int64_t(m.n_users) * D, s);
   pf.upload(m.pf, int64_t(m.n_users) * D, s);

@@ -37,6 +37,15 @@ DeviceGemm dgemm_on(cublasHandle_t handle) {
   };
 }
 
+// Whether every feature value is exactly a float (the float copy is then made and used).
+bool features_exact_in_float(const MaskProblem<double>& P) {
+  const int64_t n = int64_t(P.n_items) * P.d;
+  for (int64_t k = 0; k < n; ++k) {
+    if (double(float(P.features[k])) != P.features[k]) return false;
+  }
+  return true;
+}
+
 // The frozen problem of one outer iteration on the device, in double.
 struct DeviceMaskProblem {
   DeviceBuffer<double> pt, pf, ti, features, beta_user, beta_item, ii_weights;
@@ -46,19 +55,13 @@ struct DeviceMaskProblem {
 
   // fp32_features: also a float copy of the features when they round-trip exactly.
   void upload(const MaskProblem<double>& P, cudaStream_t s, bool fp32_features) {
-    has_f32 = false;
-    if (fp32_features) {
+    has_f32 = fp32_features && features_exact_in_float(P);
+    if (has_f32) {
       const int64_t n = int64_t(P.n_items) * P.d;
       std::vector<float> f(static_cast<size_t>(n));
-      has_f32 = true;
-      for (int64_t k = 0; k < n && has_f32; ++k) {
-        f[size_t(k)] = float(P.features[k]);
-        has_f32 = double(f[size_t(k)]) == P.features[k];
-      }
-      if (has_f32) {
-        features_f32.upload(f, s);
-        PAINVRL_CUDA_CHECK(cudaStreamSynchronize(s));  // f is freed on return
-      }
+      for (int64_t k = 0; k < n; ++k) f[size_t(k)] = float(P.features[k]);
+      features_f32.upload(f, s);
+      PAINVRL_CUDA_CHECK(cudaStreamSynchronize(s));  // f is freed on return
     }
     const int64_t nu = int64_t(P.n_users) * P.D, ni = int64_t(P.n_items) * P.D;
     pt.upload(P.Pt, nu, s);
@@ -157,18 +160,6 @@ void check_mask_step(cudaError_t e, const char* what) {
   }
 }
 
-// Refuses a run that would not fit, before it allocates.
-void check_fits(int64_t bytes, const char* what) {
-  size_t free_bytes = 0, total_bytes = 0;
-  PAINVRL_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
-  if (bytes > int64_t(free_bytes)) {
-    throw std::runtime_error(fmt::format(
-        "{} needs about {:.2f} GiB of device memory and {:.2f} GiB is free; lower mask_batch or "
-        "negatives, or run on the CPU (--device cpu)",
-        what, double(bytes) / (1 << 30), double(free_bytes) / (1 << 30)));
-  }
-}
-
 class DeviceMaskRunner final : public MaskRunner {
  public:
   DeviceMaskRunner(const MaskRunSetup& setup, const MaskRunState& state,
@@ -188,21 +179,12 @@ class DeviceMaskRunner final : public MaskRunner {
     rows_ = batch_offsets_.back();
     steps_per_epoch_ = (largest + c.mask_batch - 1) / c.mask_batch;
     args_ = step_args(S_.layout, S_.settings, S_.problem, E, c.negatives, rows_);
-    const MaskLayout& L = S_.layout;
+    std::vector<int64_t> sizes;
+    for (const auto& v : env_pairs) sizes.push_back(int64_t(v.size()));
+    check_device_fits(mask_runner_device_bytes(S_, sizes), "mask generation on the GPU",
+                      "lower mask_batch or negatives");
     const MaskProblem<double>& P = S_.problem;
-    const int64_t problem_doubles = 2 * int64_t(P.n_users) * P.D + int64_t(P.n_items) * P.D +
-                                    int64_t(P.n_items) * P.d + P.n_users + P.n_items +
-                                    int64_t(P.n_items) * P.ii_k;  // + ii_neighbors below
-    const int64_t state_doubles = 3 * L.total + 3 * L.d + int64_t(E) * L.d;
-    const int64_t bytes =
-        8 * (problem_doubles + state_doubles +
-             DeviceMaskStep::doubles(L, rows_, mask_terms_per_row(args_), E, P.n_items) +
-             4 * steps_per_epoch_) +
-        4 * (int64_t(P.n_items) * P.ii_k + 3 * int64_t(S_.train->size()) +
-             rows_ * (2 + c.negatives)) +
-        (int64_t(64) << 20);  // cuBLAS workspace
-    check_fits(bytes, "mask generation on the GPU");
-
+    const MaskLayout& L = S_.layout;
     const cudaStream_t s = ctx_.stream();
     problem_.upload(P, s, S_.fp32_features);
     train_user_.upload(S_.train->user, s);
@@ -357,6 +339,33 @@ class DeviceMaskRunner final : public MaskRunner {
 };
 
 }  // namespace
+
+int64_t mask_runner_device_bytes(const MaskRunSetup& setup, const std::vector<int64_t>& env_sizes) {
+  const MaskRunOptions& c = setup.options;
+  const MaskLayout& L = setup.layout;
+  const MaskProblem<double>& P = setup.problem;
+  const int64_t E = int64_t(env_sizes.size());
+  int64_t rows = 0, largest = 0, pairs = 0;
+  for (int64_t n : env_sizes) {
+    rows += std::min<int64_t>(c.mask_batch, n);
+    largest = std::max(largest, n);
+    pairs += n;
+  }
+  const int64_t steps = std::max<int64_t>((largest + c.mask_batch - 1) / c.mask_batch, 1);
+  const MaskStepArgs a = step_args(L, setup.settings, P, int32_t(E), c.negatives, rows);
+  const int64_t items = P.n_items, users = P.n_users;
+  int64_t doubles = 2 * users * P.D + items * P.D + items * P.d  // Pt, Pf, Ti, F
+                    + users + items + items * P.ii_k;            // betas, neighbour weights
+  doubles += 3 * L.total + 3 * L.d + E * L.d;  // params, m, v; mask, its m, v; the noise
+  doubles += DeviceMaskStep::doubles(L, rows, mask_terms_per_row(a), int32_t(E), P.n_items);
+  doubles += 4 * steps + 3;  // the trace, the normalisation state
+  int64_t words = items * P.ii_k + 2 * int64_t(setup.train->size()) + pairs     // ids, pairs
+                  + rows * (2 + std::max(c.negatives, 1));                      // the batch
+  if (setup.fp32_features && features_exact_in_float(P)) words += items * P.d;  // F in float
+  return 8 * doubles + 4 * words + 16 * (E + 1)  // the environments' and the batch's offsets
+         + sizeof(int) + sizeof(long long) +
+         sort_temp_bytes(rows * mask_terms_per_row(a), nullptr) + kCublasWorkspaceAllowance;
+}
 
 std::unique_ptr<MaskRunner> make_mask_runner(const MaskRunSetup& setup, const MaskRunState& state,
                                              const std::vector<std::vector<int32_t>>& env_pairs) {

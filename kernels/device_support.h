@@ -69,7 +69,14 @@ struct CublasApi {
   decltype(&::cublasGetStatusString) status_string;
 };
 
+// Tests without a GPU put a fake cuBLAS here (tests/fake_cuda.cpp); null: the library's.
+inline const CublasApi*& cublas_api_override() {
+  static const CublasApi* api = nullptr;
+  return api;
+}
+
 inline const CublasApi& cublas_api() {
+  if (const CublasApi* fake = cublas_api_override()) return *fake;
   static const CublasApi api = [] {
     const std::string soname = "libcublas.so." + std::to_string(CUBLAS_VER_MAJOR);
     void* lib = dlopen(soname.c_str(), RTLD_NOW | RTLD_LOCAL);
@@ -174,6 +181,27 @@ class StreamContext {
 cudaError_t sort_pairs_stable(void* temp, size_t& temp_bytes, const int32_t* keys_in,
                               int32_t* keys_out, const int32_t* vals_in, int32_t* vals_out,
                               int64_t n, cudaStream_t stream);
+
+// CUB's storage for a stable sort of up to max_n pairs (its own size query; nothing runs).
+inline int64_t sort_temp_bytes(int64_t max_n, cudaStream_t stream) {
+  size_t bytes = 0;
+  PAINVRL_CUDA_CHECK(
+      sort_pairs_stable(nullptr, bytes, nullptr, nullptr, nullptr, nullptr, max_n, stream));
+  return int64_t(bytes);
+}
+
+// Refuses work whose device memory estimate (backend.h) exceeds the free memory, before it
+// allocates; `what` names the work, `advice` what to change.
+inline void check_device_fits(int64_t bytes, const char* what, const char* advice) {
+  size_t free_bytes = 0, total_bytes = 0;
+  PAINVRL_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+  if (bytes > int64_t(free_bytes)) {
+    throw std::runtime_error(fmt::format(
+        "{} needs about {:.2f} GiB of device memory and {:.2f} GiB is free; {}, or run on the "
+        "CPU (--device cpu)",
+        what, double(bytes) / (1 << 30), double(free_bytes) / (1 << 30), advice));
+  }
+}
 
 // A DeviceSortPairs (kernels.h) on `stream` for up to max_n pairs, its storage grown once in temp.
 inline DeviceSortPairs stable_sort_on(cudaStream_t stream, DeviceBuffer<char>& temp,

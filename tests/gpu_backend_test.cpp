@@ -13,9 +13,11 @@
 // The mask-generation step (kernels/mask_step.cu, cuBLAS DGEMM) gives every output of
 // mask_step<double> to 1e-9 relative on several seeds, with and without attention; the device
 // mask runner's epochs equal the CPU runner's, and a diverging run stops at the CPU's step.
+#include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <optional>
 #include <random>
@@ -662,6 +664,45 @@ TEST(GpuBackend, RefusesWhatItDoesNotImplement) {
   } catch (const std::invalid_argument& e) {
     EXPECT_NE(std::string(e.what()).find("touched"), std::string::npos) << e.what();
   }
+}
+
+// The setup estimate against the device's own count: free memory before the backend and after
+// setup, an epoch, ranking and HIM's pair scores (the CUDA context made beforehand). The real
+// allocator rounds blocks up (to 2 MiB for large ones), so up to 32 MiB over is allowed; the
+// exact accounting is tests/device_memory_test.cpp's, on the fake device.
+TEST(GpuBackend, MemoryEstimateHoldsWhatTheDeviceReports) {
+  SKIP_WITHOUT_GPU();
+  const Toy toy = test::make_toy(8, 20000, 5000);
+  const Config c = toy_config(8);
+  const TrainSetup setup = make_train_setup(c, toy.n_users, toy.n_items, toy.d, true, 0);
+  ASSERT_EQ(cudaFree(nullptr), cudaSuccess);  // the context, outside the measurement
+  size_t free_before = 0, free_after = 0, total = 0;
+  ASSERT_EQ(cudaMemGetInfo(&free_before, &total), cudaSuccess);
+  auto backend = cuda::make_cuda_backend();
+  backend->setup(setup, toy.graph, toy.features);
+  EpochStats stats;
+  backend->train_steps(toy.train, 0, stats, nullptr);
+  backend->prepare_scoring();
+  ASSERT_TRUE(backend->prepare_ranking(toy.graph.train_by_user, {}));
+  std::vector<int32_t> users(size_t(toy.n_users));
+  for (int32_t u = 0; u < toy.n_users; ++u) users[size_t(u)] = u;
+  std::vector<int32_t> ranked(users.size() * 20);
+  backend->rank(users.data(), toy.n_users, 20, ranked.data());
+  std::vector<float> scores(toy.train.size());
+  backend->score_pairs(toy.train.user.data(), toy.train.item.data(), int64_t(toy.train.size()),
+                       scores.data());
+  ASSERT_EQ(cudaMemGetInfo(&free_after, &total), cudaSuccess);
+  cuda::BackendMemoryInputs in;
+  in.ii_k = toy.graph.ii_k;
+  in.n_pairs = int64_t(toy.graph.train_by_user.items.size());
+  in.score_block = 4096;
+  in.rank_k = 20;
+  const int64_t estimate = cuda::backend_device_bytes(setup, in);
+  const int64_t used = int64_t(free_before) - int64_t(free_after);
+  std::printf("device memory: used %.1f MiB, estimate %.1f MiB (%.1f MiB of it cuBLAS's)\n",
+              used / 1048576.0, estimate / 1048576.0, cuda::kCublasWorkspaceAllowance / 1048576.0);
+  EXPECT_LE(used, estimate + (int64_t(32) << 20));
+  EXPECT_GE(used, (estimate - cuda::kCublasWorkspaceAllowance) / 2);
 }
 
 }  // namespace

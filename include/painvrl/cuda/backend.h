@@ -27,11 +27,37 @@ namespace painvrl::cuda {
 
 std::unique_ptr<Backend> make_cuda_backend();
 
-// Bytes of device memory the backend needs for `setup` with a graph of `ii_k` neighbours per
-// item, `n_pairs` training pairs and scoring blocks of `score_block` users (the check made before
-// setup allocates).
-int64_t backend_device_bytes(const TrainSetup& setup, int32_t ii_k, int64_t n_pairs,
-                             int64_t score_block);
+// Device memory estimates, buffer by buffer, each checked against free memory before the
+// allocation it describes (setup, the mask runner, HIM's training and reassignment), and each
+// held by tests/device_memory_test.cpp against what the code allocates under a fake device
+// (tests/fake_cuda.cpp). Every estimate includes kCublasWorkspaceAllowance, which cuBLAS
+// allocates for itself; CUB's sort storage comes from CUB's own size query (which needs the CUDA
+// runtime but runs nothing).
+constexpr int64_t kCublasWorkspaceAllowance = int64_t(64) << 20;
+
+// What the backend's estimate depends on beyond the setup.
+struct BackendMemoryInputs {
+  int32_t ii_k = 0;         // item neighbours per item
+  int64_t n_pairs = 0;      // training pairs: the epoch's pairs, the ranking's exclusions
+                            // (Graph::train_by_user) and HIM's scored pairs (score_pairs)
+  int64_t score_block = 0;  // users per scoring block (at most 4,096; at most the users)
+  int32_t rank_k = 0;       // the largest k ranked
+};
+// The CUDA backend for `setup`: the problem, parameters and Adam's moments, one step's buffers,
+// the epoch's pairs, the scoring rows and one block, the ranking's exclusions and output, HIM's
+// pair scores, and the deterministic mode's buffers.
+int64_t backend_device_bytes(const TrainSetup& setup, const BackendMemoryInputs& in);
+
+// HIM's environment models trained on the device (train_env_models_projection_on_device) with
+// E = env_sizes.size() environments of these many pairs, and their reassignment of n_pairs pairs
+// (assign_environments_on_device).
+int64_t him_train_device_bytes(const TrainSetup& setup, int32_t ii_k,
+                               const std::vector<int64_t>& env_sizes);
+int64_t him_assign_device_bytes(int32_t n_users, int32_t n_items, int32_t dim, int64_t feat_dim,
+                                int32_t envs, int64_t n_pairs);
+
+// The device mask runner (make_mask_runner) for `setup` whose environments hold env_sizes pairs.
+int64_t mask_runner_device_bytes(const MaskRunSetup& setup, const std::vector<int64_t>& env_sizes);
 
 // One loss and gradient evaluation on the device, for tests and the kernel lab: copies the
 // problem in, runs the projection, the fused kernel and dW, db, and copies back the data terms
