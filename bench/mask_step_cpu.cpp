@@ -13,7 +13,9 @@
 // Bytes: every term reads its feature row in both passes: 2 terms d sizeof(double).
 //
 //   build/bench/bench_mask_step_cpu [--shape ml1m|tiktok|synth|all] [--steps 5] [--threads 0]
-//                                   [--variants 0,1] [--no-torch]
+//                                   [--variants 0,1] [--no-torch] [--save F | --against F]
+// --save F writes v1's outputs of each shape run to F.<shape>; --against F compares v1's outputs
+// with those files (from a build before a change) and reports whether they are bit-identical.
 #include <cblas.h>
 #include <omp.h>
 
@@ -154,6 +156,18 @@ void step_v1(const Problem& p, MaskStepWorkspace<double>& ws, MaskStepResult<dou
                     p.settings, ws, out);
 }
 
+// v1's outputs, flattened in a fixed order (for --save and --against).
+std::vector<double> flatten(const MaskStepResult<double>& r) {
+  std::vector<double> out;
+  for (const std::vector<double>* v :
+       {&r.loss_env, &r.G, &r.V, &r.g_E, &r.g_I, &r.grad, &r.mask_grad, &r.mask_new})
+    out.insert(out.end(), v->begin(), v->end());
+  out.push_back(r.L_ERM);
+  out.push_back(r.L_IRM);
+  out.push_back(r.w_ERM);
+  return out;
+}
+
 // Largest |a - b| over max |b| (the array's scale), over every output.
 double worst_error(const MaskStepResult<double>& a, const MaskStepResult<double>& b) {
   auto err = [](const std::vector<double>& x, const std::vector<double>& y) {
@@ -240,6 +254,7 @@ int main(int argc, char** argv) {
   std::string shape = "ml1m", variants = "0,1";
   int steps = 5, threads = 0;
   bool torch = true;
+  std::string save_path, against_path;
   for (int a = 1; a < argc; ++a) {
     const std::string k = argv[a];
     auto next = [&]() -> std::string {
@@ -259,10 +274,14 @@ int main(int argc, char** argv) {
       variants = next();
     } else if (k == "--no-torch") {
       torch = false;
+    } else if (k == "--save") {
+      save_path = next();
+    } else if (k == "--against") {
+      against_path = next();
     } else {
       std::fprintf(stderr,
                    "usage: %s [--shape ml1m|tiktok|synth|all] [--steps N] [--threads N] "
-                   "[--variants 0,1] [--no-torch]\n",
+                   "[--variants 0,1] [--no-torch] [--save F | --against F]\n",
                    argv[0]);
       return 2;
     }
@@ -276,6 +295,15 @@ int main(int argc, char** argv) {
   const bool want0 = variants.find('0') != std::string::npos;
   const bool want1 = variants.find('1') != std::string::npos;
   int failures = 0;
+  // --save F / --against F: one file per shape, F.<shape>.
+  auto read_doubles = [](const std::string& path, std::vector<double>& out) {
+    FILE* f = std::fopen(path.c_str(), "rb");
+    if (!f) return false;
+    double x;
+    while (std::fread(&x, sizeof x, 1, f) == 1) out.push_back(x);
+    std::fclose(f);
+    return true;
+  };
   for (const Shape& s : kShapes) {
     if (shape != "all" && shape != s.name) continue;
     const Problem p = make_problem(s, 7);
@@ -295,6 +323,36 @@ int main(int argc, char** argv) {
     failures += !ok;
     std::printf("  validate v1 against v0: worst scaled error %.2e %s\n", err,
                 ok ? "(ok)" : "FAIL");
+    const std::vector<double> flat = flatten(r1);
+    if (!save_path.empty()) {
+      const std::string path = save_path + "." + s.name;
+      FILE* f = std::fopen(path.c_str(), "wb");
+      if (!f || std::fwrite(flat.data(), sizeof(double), flat.size(), f) != flat.size()) {
+        std::fprintf(stderr, "%s: cannot write\n", path.c_str());
+        return 2;
+      }
+      std::fclose(f);
+      std::printf("  v1's outputs saved to %s (%zu values)\n", path.c_str(), flat.size());
+    }
+    if (!against_path.empty()) {
+      const std::string path = against_path + "." + s.name;
+      std::vector<double> against;
+      if (!read_doubles(path, against) || against.size() != flat.size()) {
+        std::fprintf(stderr, "%s: missing, or not %zu values\n", path.c_str(), flat.size());
+        return 2;
+      }
+      int64_t differ = 0;
+      double worst = 0;
+      for (size_t k = 0; k < flat.size(); ++k) {
+        const double b = against[k];
+        if (std::memcmp(&flat[k], &b, sizeof b) != 0) ++differ;
+        worst = std::max(worst, std::fabs(flat[k] - b) / std::max(std::fabs(b), 1e-300));
+      }
+      std::printf(
+          "  v1 against %s: %lld of %zu values differ in some bit (worst relative %.2e)%s\n",
+          path.c_str(), (long long)differ, flat.size(), worst,
+          differ == 0 ? ": bit-identical" : "");
+    }
     double t1 = 0;
     for (int v = 0; v < 2; ++v) {
       if ((v == 0 && !want0) || (v == 1 && !want1)) continue;

@@ -1,13 +1,19 @@
 // The closed-form mask step (host/cpu/mask_step.cpp) against central finite differences in double:
 // g_E, g_I, and the gradients of L_ERM and L_IRM with respect to W, b and the attention MLPs, on
 // tiny random problems (several seeds, E = 2 and 3, with and without attention). And w_ERM: both
-// clip ends, the zero-denominator rule, and the descent property of Eq. 20-23.
+// clip ends, the zero-denominator rule, and the descent property of Eq. 20-23. And the production
+// step's outputs, bit for bit, on one, two and three threads (a problem big enough for several
+// of its GEMM row and column chunks).
 #include "painvrl/backend/mask_step.h"
 
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <cmath>
+#include <cstring>
 #include <random>
+
+#include "mask_problem.h"
 
 namespace painvrl {
 namespace {
@@ -155,6 +161,44 @@ TEST_P(MaskStepFd, ClosedFormMatchesFiniteDifferences) {
 INSTANTIATE_TEST_SUITE_P(SeedsEnvsAttention, MaskStepFd,
                          testing::Combine(testing::Values(1u, 2u, 3u), testing::Values(2, 3),
                                           testing::Bool()));
+
+TEST(MaskStep, BitIdenticalOnOneTwoAndThreeThreads) {
+  const int saved = omp_get_max_threads();
+  for (bool attention : {false, true}) {
+    for (unsigned seed : {3u, 4u}) {
+      // 150 rows per environment and d = 300: three row chunks and five column chunks.
+      const test::MaskTestProblem p(seed, 32, 300, 16, attention, 3, false, 150);
+      const MaskProblem<double> P = p.cpu_problem();
+      const MaskSettings S =
+          test::mask_test_settings(MaskObjective::kPareto, ParetoNormalize::kL2, 0.5);
+      std::vector<MaskStepResult<double>> out;
+      for (int threads : {1, 2, 3}) {
+        omp_set_num_threads(threads);
+        out.push_back(mask_step<double>(p.layout, p.params.data(), p.mask.data(), P, p.batches,
+                                        p.noise.data(), S));
+      }
+      omp_set_num_threads(saved);
+      auto same = [](const std::vector<double>& a, const std::vector<double>& b) {
+        return a.size() == b.size() &&
+               std::memcmp(a.data(), b.data(), sizeof(double) * a.size()) == 0;
+      };
+      for (size_t k = 1; k < out.size(); ++k) {
+        const std::string what = "attention " + std::to_string(attention) + " seed " +
+                                 std::to_string(seed) + " threads " + std::to_string(k + 1);
+        EXPECT_TRUE(same(out[k].grad, out[0].grad)) << what;
+        EXPECT_TRUE(same(out[k].G, out[0].G)) << what;
+        EXPECT_TRUE(same(out[k].g_E, out[0].g_E)) << what;
+        EXPECT_TRUE(same(out[k].g_I, out[0].g_I)) << what;
+        EXPECT_TRUE(same(out[k].mask_new, out[0].mask_new)) << what;
+        EXPECT_EQ(std::memcmp(&out[k].L_IRM, &out[0].L_IRM, sizeof(double)), 0) << what;
+        EXPECT_EQ(std::memcmp(&out[k].w_ERM, &out[0].w_ERM, sizeof(double)), 0) << what;
+      }
+      double moved = 0;  // the step did something
+      for (double g : out[0].grad) moved = std::max(moved, std::fabs(g));
+      EXPECT_GT(moved, 0);
+    }
+  }
+}
 
 TEST(ParetoWeight, ClipEndsAndZeroDenominator) {
   // |g_I| >> |g_E| along the same line: the min-norm point is g_E itself (w = 1).

@@ -171,6 +171,23 @@ void gemm_rows(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T* a, in
   }
 }
 
+// C (m x n) = A^T B for A (k x m), B (k x n), all row-major, with the output's columns cut into
+// fixed chunks of kColChunk that threads take in turn: for the products whose m is small (D or
+// H) and whose k (rows, touched items) is long, where gemm_rows would leave one chunk and one
+// thread. Each output element is computed by the same single-threaded BLAS call whatever the
+// thread count.
+constexpr int64_t kColChunk = 64;
+template <class T>
+void gemm_cols_at(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb,
+                  T* c, int64_t ldc) {
+  const int64_t chunks = (n + kColChunk - 1) / kColChunk;
+#pragma omp parallel for schedule(dynamic, 1) if (chunks > 1)
+  for (int64_t x = 0; x < chunks; ++x) {
+    const int64_t c0 = x * kColChunk, cols = std::min(kColChunk, n - c0);
+    gemm(true, false, m, cols, k, T(1), a, lda, b + c0, ldb, T(0), c + c0, ldc);
+  }
+}
+
 // The term loops' vector pieces. `omp simd` reductions keep several partial sums in a fixed
 // order set at compile time (the same on every run and thread count) instead of one serial chain.
 template <class T>
@@ -199,6 +216,32 @@ void axpy2(T ca, T cb, const T* f, T* ya, T* yb, int64_t n) {
   for (int64_t k = 0; k < n; ++k) {
     ya[k] += ca * f[k];
     yb[k] += cb * f[k];
+  }
+}
+
+// dot2 for two feature rows at once: four independent sums, each in dot2's order.
+template <class T>
+void dot2x2(const T* a, const T* b, const T* f, const T* g, int64_t n, T& fa, T& fb, T& ga, T& gb) {
+  T x = 0, y = 0, z = 0, w = 0;
+#pragma omp simd reduction(+ : x, y, z, w)
+  for (int64_t k = 0; k < n; ++k) {
+    x += a[k] * f[k];
+    y += b[k] * f[k];
+    z += a[k] * g[k];
+    w += b[k] * g[k];
+  }
+  fa = x;
+  fb = y;
+  ga = z;
+  gb = w;
+}
+// axpy2 with f, then with g: each element gets f's terms added before g's, as two calls would.
+template <class T>
+void axpy2x2(T ca, T cb, const T* f, T da, T db, const T* g, T* ya, T* yb, int64_t n) {
+#pragma omp simd
+  for (int64_t k = 0; k < n; ++k) {
+    ya[k] = (ya[k] + ca * f[k]) + da * g[k];
+    yb[k] = (yb[k] + cb * f[k]) + db * g[k];
   }
 }
 
@@ -286,6 +329,7 @@ void mask_step(const MaskLayout& L, const T* params, const T* mask, const MaskPr
   resize(ws.q, size_t(rows) * d);
   gemm_rows<T>(false, false, rows, d, D, ws.pf_rows.data(), D, W, d, T(0), ws.q.data(), d);
   int64_t n_touched = 0;
+  const int64_t w_in = D + d;
   if (att) {
     // Touched items in first-seen order, and their [T_j, f_j] rows.
     resize(ws.item_slot, size_t(P.n_items));
@@ -299,7 +343,6 @@ void mask_step(const MaskLayout& L, const T* params, const T* mask, const MaskPr
       }
     }
     n_touched = int64_t(ws.touched.size());
-    const int64_t w_in = D + d;
     resize(ws.item_in, size_t(n_touched) * w_in);
 #pragma omp parallel for schedule(static)
     for (int64_t x = 0; x < n_touched; ++x) {
@@ -316,41 +359,47 @@ void mask_step(const MaskLayout& L, const T* params, const T* mask, const MaskPr
       std::copy(P.Pt + size_t(u) * D, P.Pt + size_t(u + 1) * D, dst);
       std::copy(P.Pf + size_t(u) * D, P.Pf + size_t(u + 1) * D, dst + D);
     }
-    resize(ws.user_pre, size_t(2) * rows * H);
-    resize(ws.item_pre, size_t(2) * n_touched * H);
+    // Both MLPs' first layers in one product each (their weights stacked, 2H outputs):
+    // user_pre (rows, 2H) = user_in (rows, 2D) w1u_both^T;  item_pre = item_in w1i_both^T + b1.
+    resize(ws.w1u_both, size_t(2) * H * 2 * D);
+    resize(ws.w1i_both, size_t(2) * H * w_in);
     for (int k = 0; k < 2; ++k) {
-      // user_pre_k (rows, H) = user_in (rows, 2D) w1u_k^T;  item_pre_k = item_in w1i_k^T + b1_k
-      gemm_rows<T>(false, true, rows, H, 2 * D, ws.user_in.data(), 2 * D, params + L.w1u[k], 2 * D,
-                   T(0), ws.user_pre.data() + size_t(k) * rows * H, H);
-      T* ip = ws.item_pre.data() + size_t(k) * n_touched * H;
-      for (int64_t x = 0; x < n_touched; ++x)
-        std::copy(params + L.b1[k], params + L.b1[k] + H, ip + size_t(x) * H);
-      gemm_rows<T>(false, true, n_touched, H, w_in, ws.item_in.data(), w_in, params + L.w1i[k],
-                   w_in, T(1), ip, H);
+      std::copy(params + L.w1u[k], params + L.w1u[k] + size_t(H) * 2 * D,
+                ws.w1u_both.data() + size_t(k) * H * 2 * D);
+      std::copy(params + L.w1i[k], params + L.w1i[k] + size_t(H) * w_in,
+                ws.w1i_both.data() + size_t(k) * H * w_in);
     }
+    resize(ws.user_pre, size_t(rows) * 2 * H);
+    resize(ws.item_pre, size_t(n_touched) * 2 * H);
+    gemm_rows<T>(false, true, rows, 2 * H, 2 * D, ws.user_in.data(), 2 * D, ws.w1u_both.data(),
+                 2 * D, T(0), ws.user_pre.data(), 2 * H);
+    for (int64_t x = 0; x < n_touched; ++x) {
+      for (int k = 0; k < 2; ++k) {
+        std::copy(params + L.b1[k], params + L.b1[k] + H,
+                  ws.item_pre.data() + size_t(x) * 2 * H + size_t(k) * H);
+      }
+    }
+    gemm_rows<T>(false, true, n_touched, 2 * H, w_in, ws.item_in.data(), w_in, ws.w1i_both.data(),
+                 w_in, T(1), ws.item_pre.data(), 2 * H);
   }
-  // The attention logit of term t's MLP k; hid (H) gets relu(pre) when not null.
-  auto logit = [&](int k, int64_t r, int32_t j, T* hid) {
-    const T* up = ws.user_pre.data() + (size_t(k) * rows + r) * H;
-    const T* ip = ws.item_pre.data() + (size_t(k) * n_touched + ws.item_slot[j]) * H;
-    const T* w2 = params + L.w2[k];
-    T acc = 0;
-    if (hid) {
-#pragma omp simd reduction(+ : acc)
-      for (int32_t x = 0; x < H; ++x) {
-        const T pre = up[x] + ip[x];
-        const T h = pre > T(0) ? pre : T(0);
-        hid[x] = h;
-        acc += w2[x] * h;
-      }
-    } else {
-#pragma omp simd reduction(+ : acc)
-      for (int32_t x = 0; x < H; ++x) {
-        const T pre = up[x] + ip[x];
-        acc += w2[x] * (pre > T(0) ? pre : T(0));
-      }
+  // Both attention logits of row r's term on item j, as two independent sums.
+  auto logits = [&](int64_t r, int32_t j, T& l0, T& l1) {
+    const T* up = ws.user_pre.data() + size_t(r) * 2 * H;
+    const T* ip = ws.item_pre.data() + size_t(ws.item_slot[j]) * 2 * H;
+    const T *w2a = params + L.w2[0], *w2b = params + L.w2[1];
+    T a = 0, b = 0;
+#pragma omp simd reduction(+ : a)
+    for (int32_t x = 0; x < H; ++x) {
+      const T pa = up[x] + ip[x];
+      a += w2a[x] * (pa > T(0) ? pa : T(0));
     }
-    return params[L.b2[k]] + acc;
+#pragma omp simd reduction(+ : b)
+    for (int32_t x = 0; x < H; ++x) {
+      const T pb = up[H + x] + ip[H + x];
+      b += w2b[x] * (pb > T(0) ? pb : T(0));
+    }
+    l0 = params[L.b2[0]] + a;
+    l1 = params[L.b2[1]] + b;
   };
 
   // ---- pass 1: scores, losses, S1 and S2
@@ -362,6 +411,7 @@ void mask_step(const MaskLayout& L, const T* params, const T* mask, const MaskPr
 #pragma omp parallel
   {
     std::vector<T> qmu(static_cast<size_t>(d));
+    std::vector<int64_t> valid(static_cast<size_t>(TPR));
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < rows; ++r) {
       const int32_t e = row_env[r], u = B.users[r];
@@ -374,31 +424,61 @@ void mask_step(const MaskLayout& L, const T* params, const T* mask, const MaskPr
       std::fill(s1, s1 + d, T(0));
       std::fill(s2, s2 + d, T(0));
       double loss = 0;
-      for (int32_t slot = 0; slot < TPR; ++slot) {
-        const int64_t t = r * TPR + slot;
-        const int32_t j = ws.term_item[t];
-        T* tv = ws.term.data() + size_t(t) * kTermFields;
-        if (j < 0) continue;
-        T a_phi = 1, a_psi = 0;
+      auto alphas = [&](int64_t t, T& a_phi, T& a_psi) {
+        a_phi = 1;
+        a_psi = 0;
         if (att) {
-          a_phi = math::sigmoid(logit(0, r, j, nullptr));
-          a_psi = math::sigmoid(logit(1, r, j, nullptr));
+          T l0, l1;
+          logits(r, ws.term_item[t], l0, l1);
+          a_phi = math::sigmoid(l0);
+          a_psi = math::sigmoid(l1);
         }
+      };
+      // Term t's score from its dots, its loss added to `loss`, its values kept; c1, c2: the
+      // coefficients of f_j in S1 and S2.
+      auto finish = [&](int64_t t, T a_phi, T a_psi, T A, T Bq, T& c1, T& c2) {
+        const int32_t j = ws.term_item[t];
         const T diff = a_phi - a_psi;
-        const T* f = P.features + size_t(j) * d;
-        T A, Bq;
-        dot2(q, qmu.data(), f, d, A, Bq);
-        const T s =
+        const T sc =
             base + dot(P.Ti + size_t(j) * D, P.Pt + size_t(u) * D, D) + a_psi * A + diff * Bq;
-        const math::MaskTermLoss<T> bl = math::mask_term_loss(s, term_weight[t], term_positive[t]);
+        const math::MaskTermLoss<T> bl = math::mask_term_loss(sc, term_weight[t], term_positive[t]);
         loss += double(bl.loss);
-        axpy2(bl.delta * a_psi, bl.delta * diff, f, s1, s2, d);
+        c1 = bl.delta * a_psi;
+        c2 = bl.delta * diff;
+        T* tv = ws.term.data() + size_t(t) * kTermFields;
         tv[kAlphaPhi] = a_phi;
         tv[kAlphaPsi] = a_psi;
         tv[kA] = A;
         tv[kB] = Bq;
         tv[kDelta] = bl.delta;
         tv[kDelta2] = bl.delta2;
+      };
+      // The row's terms with an item, in slot order, two at a time (each sum is added in the
+      // order one term at a time adds it; two rows' reads and four independent sums in flight).
+      int32_t nv = 0;
+      for (int32_t slot = 0; slot < TPR; ++slot) {
+        if (ws.term_item[r * TPR + slot] >= 0) valid[size_t(nv++)] = r * TPR + slot;
+      }
+      for (int32_t x = 0; x < nv; x += 2) {
+        const int64_t ta = valid[size_t(x)];
+        const T* fa = P.features + size_t(ws.term_item[ta]) * d;
+        T pa, sa, ca1, ca2;
+        alphas(ta, pa, sa);
+        if (x + 1 < nv) {
+          const int64_t tb = valid[size_t(x + 1)];
+          const T* fb = P.features + size_t(ws.term_item[tb]) * d;
+          T pb, sb, Aa, Ba, Ab, Bb, cb1, cb2;
+          alphas(tb, pb, sb);
+          dot2x2(q, qmu.data(), fa, fb, d, Aa, Ba, Ab, Bb);
+          finish(ta, pa, sa, Aa, Ba, ca1, ca2);
+          finish(tb, pb, sb, Ab, Bb, cb1, cb2);
+          axpy2x2(ca1, ca2, fa, cb1, cb2, fb, s1, s2, d);
+        } else {
+          T A, Bq;
+          dot2(q, qmu.data(), fa, d, A, Bq);
+          finish(ta, pa, sa, A, Bq, ca1, ca2);
+          axpy2(ca1, ca2, fa, s1, s2, d);
+        }
       }
       ws.row_loss[r] = loss;
     }
@@ -427,8 +507,8 @@ void mask_step(const MaskLayout& L, const T* params, const T* mask, const MaskPr
     R.loss_env[e] = T(le);
     R.L_ERM += R.loss_env[e] / T(E);
     // G_e (D, d) = Pf_e^T (rows_e, D)^T row_vec_e (rows_e, d)
-    gemm_rows<T>(true, false, D, d, re, ws.pf_rows.data() + size_t(r0) * D, D,
-                 ws.row_vec.data() + size_t(r0) * d, d, T(0), R.G.data() + size_t(e) * D * d, d);
+    gemm_cols_at<T>(D, d, re, ws.pf_rows.data() + size_t(r0) * D, D,
+                    ws.row_vec.data() + size_t(r0) * d, d, R.G.data() + size_t(e) * D * d, d);
   }
   resize(ws.gbar, size_t(D) * d);
   resize(ws.radj, size_t(E) * D * d);
@@ -471,6 +551,7 @@ void mask_step(const MaskLayout& L, const T* params, const T* mask, const MaskPr
 #pragma omp parallel
   {
     std::vector<T> rumu(static_cast<size_t>(d));
+    std::vector<int64_t> valid(static_cast<size_t>(TPR));
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < rows; ++r) {
       const T* mu = ws.gate.data() + size_t(row_env[r]) * d;
@@ -481,47 +562,83 @@ void mask_step(const MaskLayout& L, const T* params, const T* mask, const MaskPr
       std::fill(s3, s3 + d, T(0));
       std::fill(s4, s4 + d, T(0));
       double gsum = 0, dsum = 0;
-      for (int32_t slot = 0; slot < TPR; ++slot) {
-        const int64_t t = r * TPR + slot;
-        const int32_t j = ws.term_item[t];
-        if (j < 0) continue;
+      // Term t's gamma from its dots, its pieces of dJ/dalpha kept; c1, c2: the coefficients of
+      // f_j in S3 and S4.
+      auto finish = [&](int64_t t, T C, T Dq, T& c1, T& c2) {
         T* tv = ws.term.data() + size_t(t) * kTermFields;
-        const T* f = P.features + size_t(j) * d;
-        T C, Dq;
-        dot2(ru, rumu.data(), f, d, C, Dq);
         const T a_psi = tv[kAlphaPsi], diff = tv[kAlphaPhi] - a_psi;
         const T delta = tv[kDelta];
         const T gamma = tv[kDelta2] * (a_psi * C + diff * Dq);
         gsum += double(gamma);
         dsum += double(delta * inv_E);
-        axpy2(gamma * a_psi, gamma * diff, f, s3, s4, d);
+        c1 = gamma * a_psi;
+        c2 = gamma * diff;
         tv[kGamma] = gamma;
         tv[kDAlphaPhiErm] = delta * inv_E * tv[kB];
         tv[kDAlphaPsiErm] = delta * inv_E * (tv[kA] - tv[kB]);
         tv[kDAlphaPhiIrm] = gamma * tv[kB] + delta * Dq;
         tv[kDAlphaPsiIrm] = gamma * (tv[kA] - tv[kB]) + delta * (C - Dq);
+      };
+      int32_t nv = 0;  // two terms at a time, as in pass 1
+      for (int32_t slot = 0; slot < TPR; ++slot) {
+        if (ws.term_item[r * TPR + slot] >= 0) valid[size_t(nv++)] = r * TPR + slot;
+      }
+      for (int32_t x = 0; x < nv; x += 2) {
+        const int64_t ta = valid[size_t(x)];
+        const T* fa = P.features + size_t(ws.term_item[ta]) * d;
+        T ca1, ca2;
+        if (x + 1 < nv) {
+          const int64_t tb = valid[size_t(x + 1)];
+          const T* fb = P.features + size_t(ws.term_item[tb]) * d;
+          T Ca, Da, Cb, Db, cb1, cb2;
+          dot2x2(ru, rumu.data(), fa, fb, d, Ca, Da, Cb, Db);
+          finish(ta, Ca, Da, ca1, ca2);
+          finish(tb, Cb, Db, cb1, cb2);
+          axpy2x2(ca1, ca2, fa, cb1, cb2, fb, s3, s4, d);
+        } else {
+          T C, Dq;
+          dot2(ru, rumu.data(), fa, d, C, Dq);
+          finish(ta, C, Dq, ca1, ca2);
+          axpy2(ca1, ca2, fa, s3, s4, d);
+        }
       }
       ws.row_gsum[r] = gsum;
       ws.row_dsum[r] = dsum;
     }
   }
-  // g_E and g_I: per column, the rows in order, gated by their environment's open indicator.
-#pragma omp parallel for schedule(static)
-  for (int64_t j = 0; j < d; ++j) {
-    T gE = 0, gI = 0;
-    for (int32_t e = 0; e < E; ++e) {
-      const T op = ws.open[size_t(e) * d + j];
-      T se = 0, si = 0;
-      for (int64_t r = B.env_offsets[e]; r < B.env_offsets[e + 1]; ++r) {
-        const size_t x = size_t(r) * d + j;
-        se += ws.q[x] * ws.s2[x];
-        si += ws.q[x] * ws.s4[x] + ws.ru[x] * ws.s2[x];
+  // g_E and g_I: per column, the rows in order, gated by their environment's open indicator;
+  // threads take blocks of columns and walk the rows' segments of them.
+  const int64_t col_blocks = (d + kColChunk - 1) / kColChunk;
+#pragma omp parallel
+  {
+    std::vector<T> se(static_cast<size_t>(kColChunk)), si(static_cast<size_t>(kColChunk));
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t cb = 0; cb < col_blocks; ++cb) {
+      const int64_t j0 = cb * kColChunk, w = std::min(kColChunk, d - j0);
+      T gE[kColChunk] = {}, gI[kColChunk] = {};
+      for (int32_t e = 0; e < E; ++e) {
+        std::fill(se.begin(), se.end(), T(0));
+        std::fill(si.begin(), si.end(), T(0));
+        for (int64_t r = B.env_offsets[e]; r < B.env_offsets[e + 1]; ++r) {
+          const size_t o = size_t(r) * d + j0;
+          const T *q = ws.q.data() + o, *s2 = ws.s2.data() + o, *s4 = ws.s4.data() + o,
+                  *ru = ws.ru.data() + o;
+          for (int64_t x = 0; x < w; ++x) {
+            se[x] += q[x] * s2[x];
+            si[x] += q[x] * s4[x] + ru[x] * s2[x];
+          }
+        }
+        for (int64_t x = 0; x < w; ++x) {
+          const T op = ws.open[size_t(e) * d + j0 + x];
+          gE[x] += op * se[x] * inv_E;
+          gI[x] += op * si[x];
+        }
       }
-      gE += op * se * inv_E;
-      gI += op * si;
+      for (int64_t x = 0; x < w; ++x) {
+        R.g_E[j0 + x] = gE[x];
+        R.g_I[j0 + x] = T(2) * mask[j0 + x] * v2_col[j0 + x] + gI[x];
+      }
     }
-    R.g_E[j] = gE;
-    R.g_I[j] = T(2) * mask[j] * v2_col[j] + gI;
   }
 
   // ---- w_ERM, the mask direction, then the weighted parameter gradient
@@ -538,8 +655,7 @@ void mask_step(const MaskLayout& L, const T* params, const T* mask, const MaskPr
              wI * (ws.s3[o + x] + mu[x] * ws.s4[o + x]);
     }
   }
-  gemm_rows<T>(true, false, D, d, rows, ws.pf_rows.data(), D, ws.row_vec.data(), d, T(0),
-               R.grad.data() + L.W, d);
+  gemm_cols_at<T>(D, d, rows, ws.pf_rows.data(), D, ws.row_vec.data(), d, R.grad.data() + L.W, d);
   for (int32_t k = 0; k < D; ++k) {
     double acc = 0;
     for (int64_t r = 0; r < rows; ++r)
@@ -576,12 +692,19 @@ void mask_step(const MaskLayout& L, const T* params, const T* mask, const MaskPr
         const T alpha[2] = {tv[kAlphaPhi], tv[kAlphaPsi]};
         const T dalpha[2] = {wE * tv[kDAlphaPhiErm] + wI * tv[kDAlphaPhiIrm],
                              wE * tv[kDAlphaPsiErm] + wI * tv[kDAlphaPsiIrm]};
+        const T* up = ws.user_pre.data() + size_t(r) * 2 * H;
+        const T* ip = ws.item_pre.data() + size_t(ws.item_slot[j]) * 2 * H;
         for (int k = 0; k < 2; ++k) {
           const T dlogit = dalpha[k] * alpha[k] * (T(1) - alpha[k]);
           tv[kDAlphaPhiErm + k] = dlogit;  // kept for the item pass
-          logit(k, r, j, hid.data());
           db2[k] += dlogit;
           const T* w2 = params + L.w2[k];
+          const T *upk = up + k * H, *ipk = ip + k * H;
+#pragma omp simd
+          for (int32_t x = 0; x < H; ++x) {
+            const T pre = upk[x] + ipk[x];
+            hid[x] = pre > T(0) ? pre : T(0);
+          }
           T* dwk = dw2 + k * H;
           T* dpk = dpre[k];
 #pragma omp simd
@@ -615,26 +738,25 @@ void mask_step(const MaskLayout& L, const T* params, const T* mask, const MaskPr
     for (int k = 0; k < 2; ++k) {
       T* acc = ws.item_dpre.data() + (size_t(k) * n_touched + x) * H;
       std::fill(acc, acc + H, T(0));
-      const T* ip = ws.item_pre.data() + (size_t(k) * n_touched + x) * H;
+      const T* ip = ws.item_pre.data() + size_t(x) * 2 * H + size_t(k) * H;
       const T* w2 = params + L.w2[k];
       for (int64_t p = ws.item_term_offsets[x]; p < ws.item_term_offsets[x + 1]; ++p) {
         const int64_t t = ws.item_terms[p];
         const int64_t r = t / TPR;
         const T dlogit = ws.term[size_t(t) * kTermFields + kDAlphaPhiErm + k];
-        const T* up = ws.user_pre.data() + (size_t(k) * rows + r) * H;
+        const T* up = ws.user_pre.data() + size_t(r) * 2 * H + size_t(k) * H;
 #pragma omp simd
         for (int32_t h = 0; h < H; ++h) acc[h] += T(up[h] + ip[h] > T(0)) * (dlogit * w2[h]);
       }
     }
   }
-  const int64_t w_in = D + d;
   for (int k = 0; k < 2; ++k) {
     // dJ/dw1u_k (H, 2D) = row_dpre_k^T (H, rows) user_in (rows, 2D)
-    gemm_rows<T>(true, false, H, 2 * D, rows, ws.row_dpre.data() + size_t(k) * rows * H, H,
-                 ws.user_in.data(), 2 * D, T(0), R.grad.data() + L.w1u[k], 2 * D);
+    gemm_cols_at<T>(H, 2 * D, rows, ws.row_dpre.data() + size_t(k) * rows * H, H, ws.user_in.data(),
+                    2 * D, R.grad.data() + L.w1u[k], 2 * D);
     // dJ/dw1i_k (H, D + d) = item_dpre_k^T (H, touched) item_in (touched, D + d)
-    gemm_rows<T>(true, false, H, w_in, n_touched, ws.item_dpre.data() + size_t(k) * n_touched * H,
-                 H, ws.item_in.data(), w_in, T(0), R.grad.data() + L.w1i[k], w_in);
+    gemm_cols_at<T>(H, w_in, n_touched, ws.item_dpre.data() + size_t(k) * n_touched * H, H,
+                    ws.item_in.data(), w_in, R.grad.data() + L.w1i[k], w_in);
     T* gb1 = R.grad.data() + L.b1[k];
     T* gw2 = R.grad.data() + L.w2[k];
     T gb2 = 0;

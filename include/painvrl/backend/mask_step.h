@@ -91,18 +91,19 @@ struct MaskStepResult {
 // Scratch of mask_step, reused from step to step so that a step allocates nothing once warm.
 template <class T>
 struct MaskStepWorkspace {
-  std::vector<T> gate, open;        // (E, d) mu_e and the unclipped indicator
-  std::vector<T> pf_rows, user_in;  // (rows, D) Pf_u; (rows, 2D) [Pt_u, Pf_u]
-  std::vector<T> q, ru;             // (rows, d) W^T Pf_u; R_e^T Pf_u
-  std::vector<T> s1, s2, s3, s4;    // (rows, d) per-row term sums (see mask_step.cpp)
-  std::vector<T> row_vec;           // (rows, d) products' right-hand sides
-  std::vector<T> user_pre;          // (2, rows, H) w1u_k [Pt_u; Pf_u]
-  std::vector<T> item_pre;          // (2, touched, H) w1i_k [T_j; f_j] + b1_k
-  std::vector<T> item_in;           // (touched, D + d) [T_j, f_j] of the touched items
-  std::vector<int32_t> item_slot;   // (n_items,) index among the touched items, or -1
-  std::vector<int32_t> touched;     // (touched,) item ids in first-seen order
-  std::vector<T> term;              // (rows * terms, kTermFields) per-term values
-  std::vector<int32_t> term_item;   // (rows * terms,) item id, -1 for a zero-weight term
+  std::vector<T> gate, open;          // (E, d) mu_e and the unclipped indicator
+  std::vector<T> pf_rows, user_in;    // (rows, D) Pf_u; (rows, 2D) [Pt_u, Pf_u]
+  std::vector<T> q, ru;               // (rows, d) W^T Pf_u; R_e^T Pf_u
+  std::vector<T> s1, s2, s3, s4;      // (rows, d) per-row term sums (see mask_step.cpp)
+  std::vector<T> row_vec;             // (rows, d) products' right-hand sides
+  std::vector<T> user_pre;            // (rows, 2H) MLP k's w1u_k [Pt_u; Pf_u] in columns kH..
+  std::vector<T> item_pre;            // (touched, 2H) MLP k's w1i_k [T_j; f_j] + b1_k likewise
+  std::vector<T> w1u_both, w1i_both;  // (2H, 2D), (2H, D + d): both MLPs' first layers stacked
+  std::vector<T> item_in;             // (touched, D + d) [T_j, f_j] of the touched items
+  std::vector<int32_t> item_slot;     // (n_items,) index among the touched items, or -1
+  std::vector<int32_t> touched;       // (touched,) item ids in first-seen order
+  std::vector<T> term;                // (rows * terms, kTermFields) per-term values
+  std::vector<int32_t> term_item;     // (rows * terms,) item id, -1 for a zero-weight term
   std::vector<double> row_loss, row_dsum, row_gsum;  // (rows,)
   std::vector<T> gbar, radj;                         // (D, d); (E, D, d)
   std::vector<T> row_dpre, item_dpre;                // (2, rows, H); (2, touched, H)
