@@ -327,11 +327,13 @@ int main(int argc, char** argv) {
     if (!save_path.empty()) {
       const std::string path = save_path + "." + s.name;
       FILE* f = std::fopen(path.c_str(), "wb");
-      if (!f || std::fwrite(flat.data(), sizeof(double), flat.size(), f) != flat.size()) {
+      const bool written =
+          f && std::fwrite(flat.data(), sizeof(double), flat.size(), f) == flat.size();
+      if (f) std::fclose(f);
+      if (!written) {
         std::fprintf(stderr, "%s: cannot write\n", path.c_str());
         return 2;
       }
-      std::fclose(f);
       std::printf("  v1's outputs saved to %s (%zu values)\n", path.c_str(), flat.size());
     }
     if (!against_path.empty()) {

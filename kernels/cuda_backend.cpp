@@ -361,6 +361,10 @@ class CudaBackend final : public Backend {
       PAINVRL_CUDA_CHECK(launch_exclude_items(
           exclude_offsets_.data(), exclude_items_.data(), score_users_.data(), n, n_items,
           has_candidates_ ? candidates_.data() : nullptr, scores_.data(), s));
+      if (k > kRankKAllowance) {  // beyond what setup's check allowed for
+        check_device_fits(4 * n * (k - kRankKAllowance), "ranking on the GPU",
+                          "lower the largest of eval_ks");
+      }
       ranked_.reserve(n * k);
       PAINVRL_CUDA_CHECK(launch_top_k(scores_.data(), n, n_items, k, ranked_.data(), s));
       ranked_.download(ranked + first * k, n * k, s);

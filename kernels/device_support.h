@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "painvrl/cuda/backend.h"
 #include "painvrl/cuda/kernels.h"
 
 namespace painvrl::cuda {
@@ -191,11 +192,12 @@ inline int64_t sort_temp_bytes(int64_t max_n, cudaStream_t stream) {
 }
 
 // Refuses work whose device memory estimate (backend.h) exceeds the free memory, before it
-// allocates; `what` names the work, `advice` what to change.
+// allocates; `what` names the work, `advice` what to change. The estimates count the bytes asked
+// for; kRoundingAllowance (backend.h) covers the device allocator's rounding.
 inline void check_device_fits(int64_t bytes, const char* what, const char* advice) {
   size_t free_bytes = 0, total_bytes = 0;
   PAINVRL_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
-  if (bytes > int64_t(free_bytes)) {
+  if (bytes + kRoundingAllowance > int64_t(free_bytes)) {
     throw std::runtime_error(fmt::format(
         "{} needs about {:.2f} GiB of device memory and {:.2f} GiB is free; {}, or run on the "
         "CPU (--device cpu)",

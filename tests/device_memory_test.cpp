@@ -183,7 +183,7 @@ TEST_F(DeviceMemory, WorkThatDoesNotFitIsRefusedBeforeItAllocates) {
   in.n_pairs = int64_t(toy.graph.train_by_user.items.size());
   in.score_block = toy.n_users;
   in.rank_k = 100;  // setup's allowance
-  const int64_t need = cuda::backend_device_bytes(setup, in);
+  const int64_t need = cuda::backend_device_bytes(setup, in) + cuda::kRoundingAllowance;
   fake::set_free_bytes(fake::live_bytes() + need - 1024);
   {
     auto backend = cuda::make_cuda_backend();
@@ -206,7 +206,8 @@ TEST_F(DeviceMemory, WorkThatDoesNotFitIsRefusedBeforeItAllocates) {
   test::MaskTestProblem p(2, 16, 100, 8, true, 2, false);
   std::mt19937 rng(1);
   test::MaskRunFixture fx(p, {120, 80}, 32, "sgd", rng);
-  const int64_t mask_need = cuda::mask_runner_device_bytes(fx.setup, {120, 80});
+  const int64_t mask_need =
+      cuda::mask_runner_device_bytes(fx.setup, {120, 80}) + cuda::kRoundingAllowance;
   fake::set_free_bytes(fake::live_bytes() + mask_need - 1024);
   test::MaskRunnerState state(p.params, p.mask);
   try {

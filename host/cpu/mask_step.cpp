@@ -28,6 +28,7 @@
 #include <cmath>
 #include <numeric>
 
+#include "painvrl/cpu/ultragcn_loss.h"
 #include "painvrl/math/activations.h"
 #include "painvrl/math/mask.h"
 #include "painvrl/math/ultragcn.h"
@@ -272,6 +273,8 @@ template <class T>
 void mask_step(const MaskLayout& L, const T* params, const T* mask, const MaskProblem<T>& P,
                const EnvBatches& B, const T* noise, const MaskSettings& S, MaskStepWorkspace<T>& ws,
                MaskStepResult<T>& R) {
+  // Every product below is a single-threaded BLAS call on a fixed chunk, whoever set the count.
+  cpu::use_single_threaded_blas();
   const int32_t E = B.E(), N = B.n_negatives, D = L.D, H = L.H;
   const int32_t K = S.kappa > 0 ? P.ii_k : 0;
   const int32_t TPR = 1 + N + K;  // terms per row

@@ -88,7 +88,8 @@ struct MaskStepResult {
   std::vector<T> mask_new;   // (d,) clip(m - step * mask_grad, 0, 1)
 };
 
-// Scratch of mask_step, reused from step to step so that a step allocates nothing once warm.
+// Scratch of mask_step, reused from step to step: once warm, a step allocates only a few small
+// vectors (per-row scratch of each thread, the rows' environments and term weights).
 template <class T>
 struct MaskStepWorkspace {
   std::vector<T> gate, open;          // (E, d) mu_e and the unclipped indicator
@@ -114,8 +115,8 @@ struct MaskStepWorkspace {
 };
 
 // noise: (E, d). Returns every intermediate the debug dump records. The production step
-// (host/cpu/mask_step.cpp); the overload with a workspace fills `out` and allocates nothing once
-// the workspace has seen a step of this size.
+// (host/cpu/mask_step.cpp); the overload with a workspace fills `out` and reuses the workspace's
+// large buffers once it has seen a step of this size.
 template <class T>
 MaskStepResult<T> mask_step(const MaskLayout& layout, const T* params, const T* mask,
                             const MaskProblem<T>& problem, const EnvBatches& batches,

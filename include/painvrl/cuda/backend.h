@@ -34,6 +34,9 @@ std::unique_ptr<Backend> make_cuda_backend();
 // allocates for itself; CUB's sort storage comes from CUB's own size query (which needs the CUDA
 // runtime but runs nothing).
 constexpr int64_t kCublasWorkspaceAllowance = int64_t(64) << 20;
+// What the check adds to an estimate for the device allocator, which rounds blocks up (large ones
+// to 2 MiB): enough for the few dozen buffers a stage holds.
+constexpr int64_t kRoundingAllowance = int64_t(32) << 20;
 
 // What the backend's estimate depends on beyond the setup.
 struct BackendMemoryInputs {
