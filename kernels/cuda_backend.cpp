@@ -46,17 +46,35 @@ struct StepBuffers {
   DeviceSortPairs sort;  // on the step's stream, storage in sort_temp (size_deterministic)
 };
 
-// Sizes the deterministic mode's buffers once for batches of up to max_rows rows (a fused launch
-// has fewer than 4096 + rows warps: fused_loss_term_chunks), so that no step allocates.
+// Terms per batch row of the fused loss: the positive, the negatives, the item neighbours.
+int32_t loss_terms(const TrainSetup& setup, int32_t ii_k) {
+  return 1 + setup.negatives + (setup.loss.kappa != 0 ? ii_k : 0);
+}
+
+// The pairs the deterministic mode sorts for batches of up to max_rows rows (a fused launch has
+// fewer than 4096 + rows warps: fused_loss_term_chunks).
+int64_t deterministic_pairs(int64_t max_rows, int32_t terms) {
+  return std::max<int64_t>(max_rows * terms, 4096 + max_rows);
+}
+
+// Sizes the deterministic mode's buffers once for batches of up to max_rows rows, so that no
+// step allocates.
 void size_deterministic(StepBuffers& sb, int64_t max_rows, int32_t terms, int32_t dim,
                         cudaStream_t stream) {
   if (!sb.deterministic) return;
-  const int64_t warps = 4096 + max_rows, n = std::max<int64_t>(max_rows * terms, warps);
+  const int64_t warps = 4096 + max_rows, n = deterministic_pairs(max_rows, terms);
   sb.term_coef.reserve(max_rows * terms);
   sb.term_key.reserve(max_rows * terms);
   sb.warp_user_grad.reserve(warps * 2 * dim);
   sb.reduce_scratch.reserve(4 * n);
   sb.sort = stable_sort_on(stream, sb.sort_temp, n);
+}
+
+// The bytes size_deterministic allocates, CUB's storage included.
+int64_t deterministic_bytes(int64_t max_rows, int32_t terms, int32_t dim) {
+  const int64_t n = deterministic_pairs(max_rows, terms);
+  return 4 * (2 * max_rows * terms + (4096 + max_rows) * 2 * int64_t(dim) + 4 * n) +
+         sort_temp_bytes(n, nullptr);
 }
 
 // The fused loss of `a` on ctx's stream: by atomics, or in the deterministic mode through the
@@ -235,8 +253,7 @@ class CudaBackend final : public Backend {
     upload_problem(graph, L.content ? &features : nullptr, L.feat_dim, problem_, s);
     size_step_buffers(L, setup.batch_size, setup.negatives, step_, s);
     step_.deterministic = setup.deterministic;
-    size_deterministic(step_, setup.batch_size,
-                       1 + setup.negatives + (setup.loss.kappa != 0 ? graph.ii_k : 0), L.dim, s);
+    size_deterministic(step_, setup.batch_size, loss_terms(setup, graph.ii_k), L.dim, s);
     block_sums_.reserve(2 * kAdamBlocks);
     acc_.reserve(1);
     halt_.reserve(1);
@@ -489,11 +506,7 @@ int64_t backend_device_bytes(const TrainSetup& setup, const BackendMemoryInputs&
   words += pairs + block * in.rank_k;                       // the exclusions, the ranked ids
   int64_t bytes = 4 * words + sizeof(EpochAccumulators) + sizeof(int);
   bytes += 8 * (users + 1) + items;  // the exclusions' offsets, the candidate flags
-  if (setup.deterministic) {         // size_deterministic's buffers and CUB's storage
-    const int64_t terms = 1 + setup.negatives + (setup.loss.kappa != 0 ? in.ii_k : 0);
-    const int64_t n = std::max<int64_t>(B * terms, 4096 + B);
-    bytes += 4 * (2 * B * terms + (4096 + B) * 2 * D + 4 * n) + sort_temp_bytes(n, nullptr);
-  }
+  if (setup.deterministic) bytes += deterministic_bytes(B, loss_terms(setup, in.ii_k), L.dim);
   return bytes + kCublasWorkspaceAllowance;
 }
 
@@ -516,11 +529,7 @@ int64_t him_train_device_bytes(const TrainSetup& setup, int32_t ii_k,
   int64_t bytes = 4 * words + E * sizeof(math::PhiloxKey)  // the models' negative keys
                   + sizeof(double) + sizeof(int) + sizeof(long long) +
                   steps * E * (sizeof(math::AdamStep) + 1);  // Adam steps, active flags
-  if (setup.deterministic) {
-    const int64_t terms = 1 + setup.negatives + (setup.loss.kappa != 0 ? ii_k : 0);
-    const int64_t n = std::max<int64_t>(E * B * terms, 4096 + E * B);
-    bytes += 4 * (2 * E * B * terms + (4096 + E * B) * 2 * D + 4 * n) + sort_temp_bytes(n, nullptr);
-  }
+  if (setup.deterministic) bytes += deterministic_bytes(E * B, loss_terms(setup, ii_k), L.dim);
   return bytes + kCublasWorkspaceAllowance;
 }
 
@@ -668,7 +677,7 @@ std::vector<float> train_env_models_projection_on_device(const TrainSetup& ts, c
   StreamContext ctx(ts.tf32);
   const cudaStream_t s = ctx.stream();
   const int32_t B = ts.batch_size, N = ts.negatives;
-  const int32_t terms = 1 + N + (ts.loss.kappa != 0 ? graph.ii_k : 0);
+  const int32_t terms = loss_terms(ts, graph.ii_k);
   {
     std::vector<int64_t> sizes;
     for (const PairList& p : env_pairs) sizes.push_back(int64_t(p.size()));

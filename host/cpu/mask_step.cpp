@@ -246,6 +246,15 @@ void axpy2x2(T ca, T cb, const T* f, T da, T db, const T* g, T* ya, T* yb, int64
   }
 }
 
+// Row r's terms that have an item (term_item >= 0), in slot order, into `terms`; returns how many.
+inline int32_t row_terms(const int32_t* term_item, int64_t r, int32_t per_row, int64_t* terms) {
+  int32_t n = 0;
+  for (int32_t slot = 0; slot < per_row; ++slot) {
+    if (term_item[r * per_row + slot] >= 0) terms[n++] = r * per_row + slot;
+  }
+  return n;
+}
+
 // Per-term values kept between the passes (MaskStepWorkspace::term).
 enum TermField : int {
   kAlphaPhi,
@@ -458,10 +467,7 @@ void mask_step(const MaskLayout& L, const T* params, const T* mask, const MaskPr
       };
       // The row's terms with an item, in slot order, two at a time (each sum is added in the
       // order one term at a time adds it; two rows' reads and four independent sums in flight).
-      int32_t nv = 0;
-      for (int32_t slot = 0; slot < TPR; ++slot) {
-        if (ws.term_item[r * TPR + slot] >= 0) valid[size_t(nv++)] = r * TPR + slot;
-      }
+      const int32_t nv = row_terms(ws.term_item.data(), r, TPR, valid.data());
       for (int32_t x = 0; x < nv; x += 2) {
         const int64_t ta = valid[size_t(x)];
         const T* fa = P.features + size_t(ws.term_item[ta]) * d;
@@ -582,10 +588,7 @@ void mask_step(const MaskLayout& L, const T* params, const T* mask, const MaskPr
         tv[kDAlphaPhiIrm] = gamma * tv[kB] + delta * Dq;
         tv[kDAlphaPsiIrm] = gamma * (tv[kA] - tv[kB]) + delta * (C - Dq);
       };
-      int32_t nv = 0;  // two terms at a time, as in pass 1
-      for (int32_t slot = 0; slot < TPR; ++slot) {
-        if (ws.term_item[r * TPR + slot] >= 0) valid[size_t(nv++)] = r * TPR + slot;
-      }
+      const int32_t nv = row_terms(ws.term_item.data(), r, TPR, valid.data());  // as in pass 1
       for (int32_t x = 0; x < nv; x += 2) {
         const int64_t ta = valid[size_t(x)];
         const T* fa = P.features + size_t(ws.term_item[ta]) * d;
